@@ -1,0 +1,1 @@
+"""absl entry points: run a study, write its report."""

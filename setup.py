@@ -1,0 +1,35 @@
+"""odyssey: LSTM: A Search Space Odyssey, reproduced in JAX with many trials at once."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="odyssey",
+    version="0.1.0",
+    description="The nine LSTM variants of Greff et al. (2017), trained as vmapped random-search trials in JAX.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["odyssey", "odyssey.*"]),
+    install_requires=[
+        "jax",
+        "jaxlib",
+        "flax",
+        "optax",
+        "numpy",
+        "chex",
+        "ml-collections",
+        "absl-py",
+        # analysis and report
+        "scipy",
+        "scikit-learn",
+        "matplotlib",
+        # offline stand-in data
+        "music21",
+        "espeakng-loader",
+        "Hershey-Fonts",
+    ],
+    extras_require={
+        # python_speech_features is only the independent MFCC oracle of the tests.
+        "test": ["pytest", "python_speech_features"],
+        # A CPU build of torch that installs quickly; an unpinned torch pulls a GPU build.
+        "bench": ["torch==2.13.0"],
+    },
+)

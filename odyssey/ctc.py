@@ -1,0 +1,148 @@
+"""Connectionist temporal classification: the CTC loss in log space and best-path decoding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Stands in for log(0): large enough that exp() of it is exactly 0 in float32 and float64, small
+# enough that sums of a few thousand of them stay finite, so no -inf and no NaN ever reach a gradient.
+_LOG_EPSILON = -1e5
+
+
+def _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id):
+    """Raises a ValueError that names the argument whose rank or shape is wrong."""
+    if jnp.ndim(logits) != 3:
+        raise ValueError(f"ctc: logits must be [B, T, K], got shape {jnp.shape(logits)}.")
+    batch, frames, classes = jnp.shape(logits)
+    if jnp.shape(logit_paddings) != (batch, frames):
+        raise ValueError(
+            f"ctc: logit_paddings must be [B, T] = {(batch, frames)} to match logits, "
+            f"got {jnp.shape(logit_paddings)}.")
+    if jnp.ndim(labels) != 2 or jnp.shape(labels)[0] != batch:
+        raise ValueError(f"ctc: labels must be [B, L] with B = {batch}, got shape {jnp.shape(labels)}.")
+    if jnp.shape(label_paddings) != jnp.shape(labels):
+        raise ValueError(
+            f"ctc: label_paddings must have the shape of labels {jnp.shape(labels)}, "
+            f"got {jnp.shape(label_paddings)}.")
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise ValueError(f"ctc: labels must be integers, got dtype {jnp.result_type(labels)}.")
+    if not 0 <= blank_id < classes:
+        raise ValueError(f"ctc: blank_id must be in [0, {classes}), got {blank_id}.")
+
+
+def _logsumexp3(a, b, c):
+    """Elementwise log(exp(a) + exp(b) + exp(c)); the shift is held constant for the gradient."""
+    shift = jax.lax.stop_gradient(jnp.maximum(jnp.maximum(a, b), c))
+    return shift + jnp.log(jnp.exp(a - shift) + jnp.exp(b - shift) + jnp.exp(c - shift))
+
+
+def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0):
+    r"""The CTC loss of Graves et al. (2006), -log p(labels | logits), by the forward algorithm.
+
+    Follows the conventions of ``optax.ctc_loss``. The label sequence l of length U is extended with
+    blanks to l' = (blank, l_1, blank, l_2, ..., l_U, blank) of length S = 2U + 1, and the forward
+    variables alpha_t(s) = log p(l'_{1:s} emitted by frames 1..t, path in state s at t) obey, with
+    y_t(k) the log-softmax of the logits (Graves et al. 2006, eq. 6-7),
+
+        alpha_t(s) = y_t(l'_s) + logsumexp(alpha_{t-1}(s), alpha_{t-1}(s-1), [alpha_{t-1}(s-2)]),
+
+    where the bracketed term is allowed only when l'_s is not blank and l'_s != l'_{s-2} (a repeated
+    label must be separated by a blank). Paths start in state 0 or 1 and end in state S - 1 or S - 2:
+    the loss is -logsumexp(alpha_T(S-1), alpha_T(S-2)). Padded frames carry alpha over unchanged, so
+    the frames need not be right-padded; labels must be.
+
+    log(0) is replaced by -1e5, so the loss is finite everywhere: a label that cannot fit in its
+    frames (U plus the number of adjacent repeats exceeds the number of valid frames) gets a loss of
+    order 1e5 and a finite gradient, never inf or NaN. All work is array work inside one
+    ``lax.scan`` over time, so the function compiles once per padded shape and works under
+    ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+
+    Args:
+        logits: float[B, T, K] unnormalised scores; K includes the blank.
+        logit_paddings: float[B, T], 1.0 where a frame is padding, 0.0 where it is valid.
+        labels: int[B, L] label ids, right-padded; valid entries must not be ``blank_id``. Values
+            in padded slots are ignored.
+        label_paddings: float[B, L], 1.0 where a label slot is padding; each row is zeros then ones.
+        blank_id: static int, the class id of the blank.
+
+    Returns:
+        float[B], the negative log-likelihood of each sequence's labels (a sum over its frames).
+
+    Raises:
+        ValueError: if a rank or shape does not match the others, or blank_id is out of range.
+    """
+    _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id)
+    batch, _, _ = logits.shape
+    max_labels = labels.shape[1]
+    num_states = 2 * max_labels + 1
+    logprobs = jax.nn.log_softmax(logits, axis=-1)
+    dtype = logprobs.dtype
+
+    label_lengths = max_labels - jnp.sum(label_paddings, axis=1).astype(jnp.int32)
+    # Padded slots become blanks so that the gather below stays in range; states past the end
+    # of a sequence's own l' never feed back into its earlier states, so they cannot change its loss.
+    labels = jnp.where(label_paddings > 0, blank_id, labels).astype(jnp.int32)
+    extended = jnp.full((batch, num_states), blank_id, jnp.int32).at[:, 1::2].set(labels)
+    prev_label = jnp.concatenate([jnp.full((batch, 2), blank_id, jnp.int32), extended[:, :-2]], axis=1)
+    skip_allowed = (extended != blank_id) & (extended != prev_label)
+    skip_penalty = jnp.where(skip_allowed, 0.0, _LOG_EPSILON).astype(dtype)
+
+    # One gather for all frames outside the scan: emit[t, b, s] = y_t(l'_s) of sequence b.
+    emit = jnp.take_along_axis(jnp.swapaxes(logprobs, 0, 1), extended[None, :, :], axis=2)
+    is_pad = jnp.swapaxes(logit_paddings, 0, 1)[:, :, None] > 0
+
+    edge = jnp.full((batch, 1), _LOG_EPSILON, dtype)
+    edge2 = jnp.full((batch, 2), _LOG_EPSILON, dtype)
+
+    def step(alpha, inputs):
+        emit_t, pad_t = inputs
+        from_prev = jnp.concatenate([edge, alpha[:, :-1]], axis=1)
+        from_skip = jnp.concatenate([edge2, alpha[:, :-2]], axis=1) + skip_penalty
+        new_alpha = _logsumexp3(alpha, from_prev, from_skip) + emit_t
+        return jnp.where(pad_t, alpha, new_alpha), None
+
+    # A virtual frame 0 in state 0 lets the first real frame enter state 0 or 1 by the same rule.
+    alpha0 = jnp.full((batch, num_states), _LOG_EPSILON, dtype).at[:, 0].set(0.0)
+    alpha, _ = jax.lax.scan(step, alpha0, (emit, is_pad))
+
+    last = jnp.take_along_axis(alpha, (2 * label_lengths)[:, None], axis=1)[:, 0]
+    before_last = jnp.take_along_axis(alpha, jnp.maximum(2 * label_lengths - 1, 0)[:, None], axis=1)[:, 0]
+    before_last = jnp.where(label_lengths > 0, before_last, _LOG_EPSILON)
+    return -jnp.logaddexp(last, before_last)
+
+
+def best_path_decode(logits, logit_paddings, blank_id=0):
+    """Greedy (best-path) CTC decoding: argmax per frame, merge repeats, then drop blanks.
+
+    Runs on the host with numpy. Frames marked as padding are skipped wherever they sit, so a
+    label repeated on both sides of a padded frame counts as one repeat.
+
+    Args:
+        logits: float[B, T, K] scores (unnormalised or log-probabilities; only the argmax matters).
+        logit_paddings: float[B, T], 1.0 where a frame is padding.
+        blank_id: int, the class id of the blank.
+
+    Returns:
+        A list of B numpy int64 arrays, the decoded label sequence of each item (possibly empty).
+
+    Raises:
+        ValueError: if the shapes do not match or blank_id is out of range.
+    """
+    logits = np.asarray(logits)
+    logit_paddings = np.asarray(logit_paddings)
+    if logits.ndim != 3:
+        raise ValueError(f"best_path_decode: logits must be [B, T, K], got shape {logits.shape}.")
+    if logit_paddings.shape != logits.shape[:2]:
+        raise ValueError(
+            f"best_path_decode: logit_paddings must be [B, T] = {logits.shape[:2]}, "
+            f"got {logit_paddings.shape}.")
+    if not 0 <= blank_id < logits.shape[2]:
+        raise ValueError(f"best_path_decode: blank_id must be in [0, {logits.shape[2]}), got {blank_id}.")
+    best = logits.argmax(axis=-1)
+    decoded = []
+    for path, pad in zip(best, logit_paddings):
+        path = path[pad == 0].astype(np.int64)
+        starts_run = np.ones(path.shape, dtype=bool)
+        starts_run[1:] = path[1:] != path[:-1]
+        decoded.append(path[starts_run & (path != blank_id)])
+    return decoded

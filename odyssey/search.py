@@ -1,0 +1,292 @@
+"""Random search: the search space as config data, checking a study config, drawing trials, scheduling them."""
+
+import hashlib
+import json
+import math
+import zlib
+
+import numpy as np
+
+from odyssey.cells import VARIANTS
+from odyssey.data import splits as data_splits
+
+TASKS = ("jsb", "timit", "iam_online")
+
+# Every field of a trial that random search may draw, its kind, and the config field that holds its value
+# when the search space does not draw it. The order here is the order of the draws, so it never changes.
+_DIMENSIONS = {
+    "hidden_size": ("int", "model.hidden_size"),
+    "learning_rate": ("float", "optim.learning_rate"),
+    "momentum": ("float", "optim.momentum"),
+    "input_noise": ("float", "train.input_noise"),
+    "nesterov": ("bool", "optim.nesterov"),
+    "clip": ("bool", "optim.clip"),
+}
+# Distribution name -> (kinds of dimension it can draw, number of parameters).
+_DISTRIBUTIONS = {
+    "log_uniform": (("float",), 2),
+    "one_minus_log_uniform": (("float",), 2),
+    "uniform": (("float",), 2),
+    "log_uniform_int": (("int",), 2),
+    "bernoulli": (("bool",), 1),
+}
+# Config fields that only decide how trials are packed into compiled programs: they change no trial's
+# numbers beyond float round-off, so a study may be resumed with other values.
+_SCHEDULING_ONLY = ("search.trials_per_batch", "search.hidden_buckets", "data.cache_dir")
+
+
+class ConfigError(ValueError):
+    """A study config that cannot run; the message names the field and what is wrong."""
+
+
+def _is_number(x):
+    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+
+
+def _get(config, dotted):
+    node = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _support(name, dist, params):
+    """Checks one distribution's parameters; returns the closed interval its draws lie in."""
+    where = f"config.search.space.{name} = {(dist, *params)!r}"
+    if not all(_is_number(p) and math.isfinite(p) for p in params):
+        raise ConfigError(f"{where}: the parameters of {dist!r} must be finite numbers")
+    if dist == "bernoulli":
+        (p,) = params
+        if not 0 <= p <= 1:
+            raise ConfigError(f"{where}: bernoulli needs a probability in [0, 1], got {p}")
+        return 0, 1
+    low, high = params
+    if not low < high:
+        raise ConfigError(f"{where}: {dist} needs low < high, got low={low}, high={high}")
+    if dist in ("log_uniform", "log_uniform_int") and low <= 0:
+        raise ConfigError(f"{where}: {dist} needs 0 < low < high, got low={low}, high={high}")
+    if dist == "log_uniform_int":
+        if int(low) != low or int(high) != high:
+            raise ConfigError(f"{where}: log_uniform_int needs integer bounds, got low={low}, high={high}")
+        return int(low), int(high)
+    if dist == "one_minus_log_uniform":
+        if not 0 < low < high <= 1:
+            raise ConfigError(f"{where}: one_minus_log_uniform draws 1 - x with x log-uniform in [low, high]; "
+                              f"it needs 0 < low < high <= 1, got low={low}, high={high}")
+        return 1 - high, 1 - low
+    return low, high
+
+
+def _check_value_range(where, name, low, high, max_hidden):
+    """Checks that a dimension's values (all in [low, high]) make sense for the trainer."""
+    if name == "hidden_size" and not 1 <= low <= high <= max_hidden:
+        raise ConfigError(f"{where}: hidden sizes must lie in [1, {max_hidden}] (the largest of "
+                          f"config.search.hidden_buckets), got [{low}, {high}]")
+    if name == "learning_rate" and low <= 0:
+        raise ConfigError(f"{where}: learning rates must be positive, got the range [{low}, {high}]")
+    if name == "momentum" and not (0 <= low and high <= 1 and low < 1):
+        raise ConfigError(f"{where}: momentum must lie in [0, 1), got the range [{low}, {high}]")
+    if name == "input_noise" and low < 0:
+        raise ConfigError(f"{where}: an input-noise std must be >= 0, got the range [{low}, {high}]")
+
+
+def _check_space(config):
+    space = config.search.space
+    buckets = tuple(config.search.hidden_buckets)
+    for name in space:
+        if name not in _DIMENSIONS:
+            raise ConfigError(f"config.search.space.{name}: unknown hyperparameter; known: {', '.join(_DIMENSIONS)}")
+        spec = space[name]
+        if not isinstance(spec, (tuple, list)) or not spec or spec[0] not in _DISTRIBUTIONS:
+            raise ConfigError(f"config.search.space.{name} = {spec!r}: expected (distribution, *parameters) "
+                              f"with a distribution among {', '.join(_DISTRIBUTIONS)}")
+        dist, params = spec[0], tuple(spec[1:])
+        kinds, arity = _DISTRIBUTIONS[dist]
+        kind = _DIMENSIONS[name][0]
+        if kind not in kinds:
+            usable = [d for d, (k, _) in _DISTRIBUTIONS.items() if kind in k]
+            raise ConfigError(f"config.search.space.{name}: {dist} cannot draw {kind} values; use one of {usable}")
+        if len(params) != arity:
+            raise ConfigError(f"config.search.space.{name} = {spec!r}: {dist} takes {arity} parameter(s)")
+        low, high = _support(name, dist, params)
+        _check_value_range(f"config.search.space.{name} = {spec!r}", name, low, high, buckets[-1])
+    for name, (kind, field) in _DIMENSIONS.items():
+        if name in space:
+            continue
+        value = _get(config, field)
+        where = f"config.{field} = {value!r} (used because config.search.space has no {name!r})"
+        if kind == "bool" and not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{where}: expected True or False")
+        if kind == "int" and not (isinstance(value, (int, np.integer)) and not isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected an integer")
+        if kind == "float" and not (_is_number(value) and math.isfinite(value)):
+            raise ConfigError(f"{where}: expected a finite number")
+        if kind != "bool":
+            _check_value_range(where, name, value, value, buckets[-1])
+
+
+def _check_int(config, dotted, minimum):
+    value = _get(config, dotted)
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"config.{dotted} = {value!r}: expected an integer >= {minimum}")
+
+
+def validate_config(config):
+    """Checks everything a study needs from its config before anything is read or written.
+
+    Args:
+      config: the study's `ml_collections.ConfigDict` (sections data, model, optim, train, search).
+
+    Raises:
+      ConfigError: naming the field and what is wrong: an unknown task or variant, a bad range in
+        the search space, bad sizes; FileNotFoundError from the data section for a missing path.
+    """
+    if config.task not in TASKS:
+        raise ConfigError(f"config.task = {config.task!r}: unknown task; known: {', '.join(TASKS)}")
+    variants = config.search.variants
+    if isinstance(variants, str) or not isinstance(variants, (tuple, list)) or not variants:
+        raise ConfigError(f"config.search.variants = {variants!r}: expected a non-empty tuple of variant names")
+    for v in variants:
+        if v not in VARIANTS:
+            raise ConfigError(f"config.search.variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    if len(set(variants)) != len(variants):
+        raise ConfigError(f"config.search.variants = {variants!r}: a variant is listed twice")
+    for dotted, minimum in (("search.num_trials", 1), ("search.seed", 0), ("search.trials_per_batch", 1),
+                            ("train.max_epochs", 1), ("train.patience", 1)):
+        _check_int(config, dotted, minimum)
+    buckets = config.search.hidden_buckets
+    if (not isinstance(buckets, (tuple, list)) or not buckets
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets)
+            or list(buckets) != sorted(set(buckets))):
+        raise ConfigError(f"config.search.hidden_buckets = {buckets!r}: expected increasing positive integers")
+    _check_space(config)
+    data_splits.check_data_config(config.data, config.task)
+
+
+def _draw(rng, dist, params):
+    if dist == "bernoulli":
+        return bool(rng.random() < params[0])
+    low, high = params
+    if dist == "uniform":
+        return float(rng.uniform(low, high))
+    if dist == "log_uniform":
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    if dist == "one_minus_log_uniform":
+        return float(1.0 - np.exp(rng.uniform(np.log(low), np.log(high))))
+    # The integer n holds the log-uniform mass of [n, n + 1), so every integer of [low, high] is reachable.
+    n = int(np.floor(np.exp(rng.uniform(np.log(low), np.log(high + 1)))))
+    return min(max(n, int(low)), int(high))
+
+
+def draw_trials(config):
+    """Draws the study's trials: `num_trials` per variant, from `config.search.seed` alone.
+
+    Trial k of a variant gets its own generator, keyed by (seed, a checksum of the variant's name, k),
+    so its hyperparameters and its training seed do not depend on num_trials or on the other variants.
+
+    Args:
+      config: a study config that passed `validate_config`.
+
+    Returns:
+      list of dicts with the fields of `odyssey.train.Trial` (trial_id, variant, hidden_size, learning_rate,
+      momentum, input_noise, nesterov, clip, seed); trial ids 0, 1, ... in the order of
+      config.search.variants, then k.
+    """
+    space = config.search.space
+    trials = []
+    for variant in config.search.variants:
+        for k in range(config.search.num_trials):
+            rng = np.random.default_rng(np.random.SeedSequence(
+                int(config.search.seed), spawn_key=(zlib.crc32(variant.encode()), k)))
+            values = {"seed": int(rng.integers(0, 2**31 - 1))}
+            for name, (kind, field) in _DIMENSIONS.items():
+                if name in space:
+                    values[name] = _draw(rng, space[name][0], tuple(space[name][1:]))
+                else:
+                    values[name] = _get(config, field)
+                values[name] = {"int": int, "float": float, "bool": bool}[kind](values[name])
+            trials.append({"trial_id": len(trials), "variant": variant, **values})
+    return trials
+
+
+def _plain(x):
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.integer, np.floating, np.bool_)):
+        return x.item()
+    return x
+
+
+def study_identity(config):
+    """The part of the config that decides the trials and their numbers, as plain JSON-able data.
+
+    Everything counts except the fields in `_SCHEDULING_ONLY` (how trials are packed into programs).
+    The data path counts as an absolute path.
+    """
+    ident = _plain(config.to_dict())
+    for dotted in _SCHEDULING_ONLY:
+        section, key = dotted.split(".")
+        ident.get(section, {}).pop(key, None)
+    if ident.get("data", {}).get("path"):
+        ident["data"]["path"] = data_splits.absolute_path(ident["data"]["path"])
+    return ident
+
+
+def fingerprint(config):
+    """A short hash of `study_identity(config)`: two configs that draw and train the same trials share it."""
+    text = json.dumps(study_identity(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def identity_diff(old, new, prefix="config"):
+    """The fields where two `study_identity` dicts differ, as 'field: old -> new' strings."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(identity_diff(a, b, f"{prefix}.{key}"))
+        elif a != b:
+            out.append(f"{prefix}.{key}: {a!r} -> {b!r}")
+    return out
+
+
+def bucket_of(hidden_size, hidden_buckets):
+    """The smallest bucket that holds `hidden_size` (the width the trainer pads the trial to)."""
+    for b in hidden_buckets:
+        if hidden_size <= b:
+            return b
+    raise ValueError(f"hidden size {hidden_size} exceeds the largest hidden bucket {hidden_buckets[-1]}")
+
+
+def schedule(trials, trials_per_batch, hidden_buckets):
+    """Packs trials into batches that the trainer can run as one compiled program each.
+
+    A batch holds trials of one variant and one hidden bucket, at most `trials_per_batch` of them, in
+    trial-id order. Batches take turns over the variants, so every variant makes early progress.
+
+    Args:
+      trials: objects with trial_id, variant and hidden_size (e.g. `odyssey.train.Trial`).
+      trials_per_batch: int >= 1.
+      hidden_buckets: increasing ints; every hidden size fits the last.
+
+    Returns:
+      list of lists of the given trials; each trial appears exactly once.
+    """
+    if trials_per_batch < 1:
+        raise ValueError(f"trials_per_batch must be >= 1, got {trials_per_batch}")
+    per_variant = {}
+    for t in sorted(trials, key=lambda t: t.trial_id):
+        per_variant.setdefault(t.variant, {}).setdefault(bucket_of(t.hidden_size, hidden_buckets), []).append(t)
+    queues = []
+    for groups in per_variant.values():
+        queue = []
+        for bucket in sorted(groups):
+            group = groups[bucket]
+            queue.extend(group[i:i + trials_per_batch] for i in range(0, len(group), trials_per_batch))
+        queues.append(queue)
+    batches = []
+    for turn in range(max((len(q) for q in queues), default=0)):
+        batches.extend(q[turn] for q in queues if turn < len(q))
+    return batches

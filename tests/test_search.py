@@ -1,0 +1,257 @@
+"""Tests of the search space, config checks, trial drawing and scheduling."""
+
+import collections
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from odyssey import search
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ALL_VARIANTS = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
+# Deterministic given the seed; a correct sampler passes with probability 1 - 0.001 per check.
+ALPHA = 1e-3
+
+
+def load_config(name, arg=None):
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def many_timit():
+    config = load_config("timit")
+    config.search.variants = ("CIFG",)
+    config.search.num_trials = 4000
+    search.validate_config(config)
+    trials = search.draw_trials(config)
+    return {k: np.array([t[k] for t in trials]) for k in trials[0]}
+
+
+def test_learning_rate_is_log_uniform_in_paper_range(many_timit):
+    lr = many_timit["learning_rate"]
+    assert lr.min() >= 1e-6 and lr.max() <= 1e-2
+    assert stats.kstest(np.log10(lr), stats.uniform(loc=-6, scale=4).cdf).pvalue > ALPHA
+    # The same test rejects a plain uniform law, so it has the power to catch a wrong sampler.
+    assert stats.kstest(lr, stats.uniform(loc=1e-6, scale=1e-2 - 1e-6).cdf).pvalue < 1e-10
+
+
+def test_momentum_is_one_minus_log_uniform(many_timit):
+    m = many_timit["momentum"]
+    assert m.min() >= 0.0 and m.max() <= 0.99
+    assert stats.kstest(np.log10(1.0 - m), stats.uniform(loc=-2, scale=2).cdf).pvalue > ALPHA
+    assert stats.kstest(np.log10(m + 1e-300), stats.uniform(loc=-2, scale=2).cdf).pvalue < 1e-10
+
+
+def test_input_noise_is_uniform(many_timit):
+    noise = many_timit["input_noise"]
+    assert stats.kstest(noise, stats.uniform(loc=0, scale=1).cdf).pvalue > ALPHA
+
+
+def test_hidden_size_is_log_uniform_integer(many_timit):
+    n = many_timit["hidden_size"]
+    values = np.arange(20, 201)
+    # P(n) = log((n + 1) / n) / log(201 / 20): the log-uniform mass of [n, n + 1) in [20, 201).
+    pmf = np.log((values + 1) / values) / np.log(201 / 20)
+    assert pmf.sum() == pytest.approx(1.0, abs=1e-12)
+    counts = np.array([(n == v).sum() for v in values])
+    assert counts.sum() == len(n), "a hidden size outside [20, 200]"
+    assert (counts > 0).all(), "every size of [20, 200] is reachable"
+    assert stats.chisquare(counts, pmf * len(n)).pvalue > ALPHA
+    flat = np.full(len(values), len(n) / len(values))
+    assert stats.chisquare(counts, flat).pvalue < 1e-10
+
+
+def test_timit_draws_nesterov_and_clipping_as_fair_coins(many_timit):
+    for key in ("nesterov", "clip"):
+        k = int(many_timit[key].sum())
+        assert stats.binomtest(k, len(many_timit[key]), 0.5).pvalue > ALPHA
+
+
+def test_hyperparameters_are_drawn_independently(many_timit):
+    keys = ("hidden_size", "learning_rate", "momentum", "input_noise", "nesterov", "clip")
+    for i, a in enumerate(keys):
+        for b in keys[i + 1:]:
+            assert stats.spearmanr(many_timit[a], many_timit[b]).pvalue > ALPHA / 15, (a, b)
+
+
+@pytest.mark.parametrize("name", ["jsb", "iam_online"])
+def test_other_tasks_fix_nesterov_on_and_clipping_off(name):
+    config = load_config(name)
+    config.search.num_trials = 50
+    trials = search.draw_trials(config)
+    assert len(trials) == 50 * 9
+    assert all(t["nesterov"] is True and t["clip"] is False for t in trials)
+
+
+def test_same_seed_same_trials_other_seed_other_trials():
+    config = load_config("jsb")
+    config.search.num_trials = 20
+    a, b = search.draw_trials(config), search.draw_trials(config)
+    assert a == b
+    assert [t["trial_id"] for t in a] == list(range(180))
+    assert [t["variant"] for t in a] == [v for v in ALL_VARIANTS for _ in range(20)]
+    config.search.seed = 1
+    c = search.draw_trials(config)
+    assert all(x["learning_rate"] != y["learning_rate"] and x["seed"] != y["seed"] for x, y in zip(a, c))
+
+
+def test_a_trial_does_not_depend_on_num_trials_or_other_variants():
+    config = load_config("jsb")
+    config.search.variants, config.search.num_trials = ("V", "FGR"), 7
+    big = [t for t in search.draw_trials(config) if t["variant"] == "FGR"]
+    config.search.variants, config.search.num_trials = ("FGR",), 3
+    small = search.draw_trials(config)
+    strip = lambda t: {k: v for k, v in t.items() if k != "trial_id"}  # noqa: E731
+    assert [strip(t) for t in small] == [strip(t) for t in big[:3]]
+
+
+def test_seeds_of_trials_are_distinct():
+    config = load_config("jsb")
+    seeds = [t["seed"] for t in search.draw_trials(config)]
+    assert len(set(seeds)) == len(seeds) == 1800
+
+
+def test_a_hyperparameter_left_out_of_the_space_takes_the_configs_value():
+    config = load_config("jsb")
+    config.search.num_trials = 5
+    del config.search.space["hidden_size"]
+    config.model.hidden_size = 33
+    search.validate_config(config)
+    assert {t["hidden_size"] for t in search.draw_trials(config)} == {33}
+
+
+@pytest.mark.parametrize("name,arg", [("jsb", None), ("jsb", "quick"), ("timit", None), ("timit", "quick"),
+                                      ("iam_online", None), ("iam_online", "quick"), ("test", None)])
+def test_shipped_configs_are_valid(name, arg):
+    config = load_config(name, arg)
+    search.validate_config(config)
+    assert config.search.space.learning_rate[1:] == ((1e-6, 1e-2) if name != "test" else (1e-3, 1e-1))
+    if name != "test":
+        assert tuple(config.search.variants) == ALL_VARIANTS
+        assert config.search.num_trials == (200 if arg is None else config.search.num_trials)
+        assert (config.train.max_epochs, config.train.patience) == ((150, 15) if arg is None else
+                                                                    (config.train.max_epochs, config.train.patience))
+        assert config.search.space.hidden_size == ("log_uniform_int", 20, 200)
+        assert config.search.space.momentum == ("one_minus_log_uniform", 0.01, 1.0)
+        assert config.search.space.input_noise == ("uniform", 0.0, 1.0)
+        assert ("nesterov" in config.search.space) == (name == "timit")
+
+
+def test_unknown_config_argument_is_refused():
+    with pytest.raises(ValueError, match="unknown config argument 'fast'"):
+        load_config("jsb", "fast")
+
+
+def _set(config, dotted, value):
+    node = config
+    *parents, last = dotted.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("search.variants", ("V", "LSTM2"), "unknown variant 'LSTM2'; known: V, NIG"),
+    ("search.variants", ("V", "V"), "listed twice"),
+    ("search.variants", (), "non-empty tuple"),
+    ("task", "mnist", "config.task = 'mnist': unknown task; known: jsb"),
+    ("search.space.learning_rate", ("log_uniform", -1e-6, 1e-2), "needs 0 < low < high, got low=-1e-06"),
+    ("search.space.learning_rate", ("log_uniform", 1e-2, 1e-6), "needs low < high, got low=0.01, high=1e-06"),
+    ("search.space.learning_rate", ("uniform", -1.0, 1e-2), "learning rates must be positive"),
+    ("search.space.learning_rate", ("lognormal", 1e-6, 1e-2), "a distribution among"),
+    ("search.space.learning_rate", ("log_uniform", 1e-6), "takes 2 parameter"),
+    ("search.space.momentum", ("one_minus_log_uniform", 0.01, 2.0), "0 < low < high <= 1"),
+    ("search.space.momentum", ("uniform", 0.5, 1.5), "momentum must lie in [0, 1)"),
+    ("search.space.input_noise", ("uniform", -0.5, 1.0), "input-noise std must be >= 0"),
+    ("search.space.hidden_size", ("log_uniform_int", 20, 400), "hidden sizes must lie in [1, 200]"),
+    ("search.space.hidden_size", ("log_uniform_int", 20.5, 200), "integer bounds"),
+    ("search.space.hidden_size", ("log_uniform", 20, 200), "log_uniform cannot draw int values"),
+    ("search.space.nesterov", ("uniform", 0, 1), "uniform cannot draw bool values"),
+    ("search.space.clip", ("bernoulli", 1.5), "probability in [0, 1]"),
+    ("search.num_trials", 0, "config.search.num_trials = 0: expected an integer >= 1"),
+    ("search.trials_per_batch", 0, "trials_per_batch = 0"),
+    ("search.seed", -3, "config.search.seed = -3"),
+    ("train.max_epochs", 0, "max_epochs = 0"),
+    ("search.hidden_buckets", (80, 40), "increasing positive integers"),
+    ("optim.learning_rate", -1.0, "learning rates must be positive"),
+])
+def test_bad_configs_are_refused_with_the_field_named(field, value, message):
+    config = load_config("timit")
+    if field == "optim.learning_rate":
+        del config.search.space["learning_rate"]
+    _set(config, field, value)
+    with pytest.raises(search.ConfigError) as info:
+        search.validate_config(config)
+    assert message in str(info.value)
+
+
+def test_unknown_hyperparameter_is_refused():
+    config = load_config("jsb")
+    config.search.space.dropout = ("uniform", 0.0, 0.5)
+    with pytest.raises(search.ConfigError, match="dropout: unknown hyperparameter; known: hidden_size"):
+        search.validate_config(config)
+
+
+def test_missing_data_path_is_a_clear_error(tmp_path):
+    config = load_config("jsb")
+    config.data.path = str(tmp_path / "nowhere.pickle")
+    with pytest.raises(FileNotFoundError, match="nowhere.pickle'?: nothing there; it should be the standard JSB"):
+        search.validate_config(config)
+
+
+def test_fingerprint_covers_what_changes_trials_and_nothing_else():
+    base = load_config("jsb")
+    fp = search.fingerprint(base)
+    assert fp == search.fingerprint(load_config("jsb"))
+    for field, value in [("search.trials_per_batch", 3), ("search.hidden_buckets", (100, 200)),
+                         ("data.cache_dir", "/tmp/elsewhere")]:
+        config = load_config("jsb")
+        _set(config, field, value)
+        assert search.fingerprint(config) == fp, field
+    for field, value in [("search.num_trials", 10), ("search.seed", 1), ("search.variants", ("V",)),
+                         ("train.max_epochs", 10), ("train.patience", 3), ("data.path", "/tmp/jsb.pickle"),
+                         ("search.space.learning_rate", ("log_uniform", 1e-5, 1e-2)), ("data.seed", 2),
+                         ("data.max_sequences.train", 5)]:
+        config = load_config("jsb")
+        _set(config, field, value)
+        assert search.fingerprint(config) != fp, field
+        diff = search.identity_diff(search.study_identity(base), search.study_identity(config))
+        assert len(diff) == 1 and diff[0].startswith(f"config.{field}: "), diff
+
+
+_T = collections.namedtuple("_T", "trial_id variant hidden_size")
+
+
+def test_bucket_of_is_the_smallest_bucket_that_holds_the_size():
+    buckets = (40, 80, 120, 160, 200)
+    for h in range(1, 201):
+        assert search.bucket_of(h, buckets) == min(b for b in buckets if b >= h)
+    with pytest.raises(ValueError, match="exceeds the largest hidden bucket 200"):
+        search.bucket_of(201, buckets)
+
+
+@pytest.mark.parametrize("per_batch", [1, 3, 64])
+def test_schedule_packs_every_trial_once_into_homogeneous_batches(per_batch):
+    rng = np.random.default_rng(0)
+    buckets = (40, 80, 120, 160, 200)
+    trials = [_T(i, ALL_VARIANTS[rng.integers(9)], int(rng.integers(20, 201))) for i in range(300)]
+    rng.shuffle(trials)
+    batches = search.schedule(trials, per_batch, buckets)
+    flat = [t.trial_id for b in batches for t in b]
+    assert sorted(flat) == list(range(300))
+    for b in batches:
+        assert 1 <= len(b) <= per_batch
+        assert len({(t.variant, search.bucket_of(t.hidden_size, buckets)) for t in b}) == 1
+        assert [t.trial_id for t in b] == sorted(t.trial_id for t in b)
+    # As few batches as the groups allow: ceil(group size / per_batch) per (variant, bucket).
+    groups = collections.Counter((t.variant, search.bucket_of(t.hidden_size, buckets)) for t in trials)
+    assert len(batches) == sum(-(-n // per_batch) for n in groups.values())
+    # The first turn gives every variant a batch before any variant gets a second.
+    first = [b[0].variant for b in batches[:len({t.variant for t in trials})]]
+    assert len(set(first)) == len(first)

@@ -37,7 +37,7 @@ def get_config(arg=None):
     config.data.source = config_dict.placeholder(str)
     # The root of a TIMIT copy, the LDC tree with TRAIN/ and TEST/.
     config.data.path = config_dict.placeholder(str)
-    # Where the stand-in is cached; unset: $ODYSSEY_CACHE/speech_standin, else ~/.cache/odyssey/speech_standin.
+    # Where the stand-in is cached; unset: $ODYSSEY_CACHE/timit_standin, else ~/.cache/odyssey/timit_standin.
     config.data.cache_dir = config_dict.placeholder(str)
     # Seed of the stand-in.
     config.data.seed = 0

@@ -36,9 +36,11 @@ def _tables(conn):
 
 
 def read_meta(path):
-    """The meta table of the store at `path`, read without writing anything; None if there is no study there.
+    """The meta table of the store at `path`; None if there is no study there. Reads only.
 
     A file that exists but holds no tables (a first start killed before its first commit) counts as no study.
+    The connection is a plain one, not `mode=ro`: a read-only connection to a WAL file leaves the -wal and
+    -shm side files behind, a plain one removes them again when it closes.
 
     Args:
       path: the `trials.sqlite` file.
@@ -53,7 +55,7 @@ def read_meta(path):
     if not path.exists():
         return None
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(os.fspath(path))
         try:
             tables = _tables(conn)
             if not tables:

@@ -1,0 +1,269 @@
+"""Runs or resumes a random-search study, then writes its report.
+
+    python -m experiments.study --config=configs/jsb.py:quick --workdir=runs/jsb_quick
+
+The workdir gets config.json, trials.sqlite (every trial and every epoch), study.log and the report.
+Started again on the same workdir, the study goes on where it stopped: finished trials are kept, trials
+that were running are trained again from their first epoch. A config that would draw or train other
+trials is refused, before anything in the workdir is touched.
+"""
+
+import contextlib
+import datetime
+import fcntl
+import importlib.util
+import json
+import os
+import pathlib
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from odyssey import search, store
+from odyssey.data import splits as data_splits
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<task>.py file, e.g. configs/jsb.py:quick.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "The study's directory: config.json, trials.sqlite, study.log, report.")
+_PROGRESS_SECONDS = flags.DEFINE_float("progress_seconds", 30.0, "The most seconds between two progress lines.")
+_REPORT = flags.DEFINE_bool("report", True, "Write the report (odyssey.analysis.report) once every trial is finished.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+_LOG_NAME = "study.log"
+_LOCK_NAME = "study.lock"
+
+
+def prepare(config, workdir):
+    """Checks a study before it touches anything: the config, the data path, and a store already in workdir.
+
+    Args:
+      config: the study's ConfigDict.
+      workdir: the study's directory (it need not exist).
+
+    Returns:
+      (config, fingerprint, identity): a resolved copy of the config (data.source set), its fingerprint
+      and its `search.study_identity`.
+
+    Raises:
+      ValueError (search.ConfigError) or FileNotFoundError: a bad config or a missing data path.
+      store.StoreError: workdir holds a study of another config, or a file that is not a trial store.
+    """
+    config = config.copy_and_resolve_references()
+    search.validate_config(config)
+    config.data.source = data_splits.resolve_source(config.data)
+    identity, fp = search.study_identity(config), search.fingerprint(config)
+    _check_workdir(pathlib.Path(workdir), fp, identity)
+    return config, fp, identity
+
+
+def _check_workdir(workdir, fp, identity):
+    if workdir.exists() and not workdir.is_dir():
+        raise store.StoreError(f"--workdir={workdir} is a file, not a directory")
+    meta = store.read_meta(workdir / store.FILENAME)
+    if meta is None or meta.get("fingerprint") == fp:
+        return
+    diff = search.identity_diff(json.loads(meta.get("identity", "{}")), identity)
+    raise store.StoreError(
+        f"{workdir} holds a study of another config (fingerprint {meta.get('fingerprint')}, this config's is {fp}); "
+        f"it differs in: {'; '.join(diff) or 'the config format'}. Use another --workdir, or the config of that "
+        f"study (its config.json) to resume it.")
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir):
+    # flock is released by the kernel when the process dies, so a killed study never leaves a stale lock.
+    with open(workdir / _LOCK_NAME, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise store.StoreError(f"another study is running in {workdir}; wait for it or stop it") from None
+        yield
+
+
+def _log_to_file(workdir):
+    handler = logging.logging.FileHandler(workdir / _LOG_NAME)
+    handler.setFormatter(logging.PythonFormatter())
+    logging.get_absl_logger().addHandler(handler)
+    return handler
+
+
+def _write_json(path, text):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _open_store(path, config, fp, identity):
+    """Creates the store, or reopens it and puts its interrupted trials back to 'pending'."""
+    drawn = search.draw_trials(config)
+    if store.read_meta(path) is None:
+        logging.info("New study: %d trials (%d variants x %d)", len(drawn), len(config.search.variants),
+                     config.search.num_trials)
+        return store.TrialStore.create(path, config.task, drawn,
+                                       {"fingerprint": fp, "identity": json.dumps(identity, sort_keys=True)})
+    st = store.TrialStore.open(path)
+    stored = [{k: row[k] for k in store.TRIAL_FIELDS} for row in st.trials()]
+    norm = [{**t, "nesterov": int(t["nesterov"]), "clip": int(t["clip"])} for t in drawn]
+    if stored != norm:
+        st.close()
+        raise store.StoreError(f"{path}: the stored trials differ from those this config draws, though the "
+                               f"fingerprints agree (did the sampling code change?); use another --workdir")
+    reset = st.reset_unfinished()
+    counts = st.counts()
+    logging.info("Resuming: %d done, %d diverged kept; %d interrupted trials run again, %d pending in all",
+                 counts["done"], counts["diverged"], reset, counts["pending"])
+    return st
+
+
+class _Progress:
+    """Trials done/running/pending, the best validation metric per variant, updates/s and an ETA, logged."""
+
+    def __init__(self, st, variants, n_train, max_epochs, every_s):
+        self._counts = st.counts()
+        self._best = st.best_by_variant()
+        finished = [r["epochs"] for r in st.trials() if r["status"] in ("done", "diverged") and r["epochs"]]
+        self._finished_epochs = finished
+        self._variants, self._n_train, self._max_epochs, self._every = variants, n_train, max_epochs, every_s
+        self._variant_of = {r["trial_id"]: r["variant"] for r in st.trials()}
+        self._live = {}
+        self._trial_epochs = 0
+        self._start = self._last = time.monotonic()
+
+    def started(self, trial_ids):
+        for i in trial_ids:
+            self._live[i] = 0
+        self._counts["pending"] -= len(trial_ids)
+        self._counts["running"] += len(trial_ids)
+
+    def epoch(self, trial_id, epoch):
+        self._live[trial_id] = epoch
+        self._trial_epochs += 1
+        self.maybe_log()
+
+    def finished(self, result):
+        self._live.pop(result.trial_id, None)
+        self._counts["running"] -= 1
+        self._counts[result.status] += 1
+        self._finished_epochs.append(result.epochs or 0)
+        variant = self._variant_of[result.trial_id]
+        if result.status == "done" and result.val_metric < self._best.get(variant, float("inf")):
+            self._best[variant] = result.val_metric
+
+    def maybe_log(self):
+        if time.monotonic() - self._last >= self._every:
+            self.log()
+
+    def line(self):
+        c = self._counts
+        total = sum(c.values())
+        ended = c["done"] + c["diverged"]
+        bar = "#" * round(20 * ended / max(total, 1))
+        best = " ".join(f"{v} {self._best[v]:.4g}" if v in self._best else f"{v} -" for v in self._variants)
+        elapsed = time.monotonic() - self._start
+        rate = self._trial_epochs / elapsed if elapsed > 0 else 0.0
+        # Unfinished trials are assumed to last as long as the finished ones did on average.
+        mean_epochs = (sum(self._finished_epochs) / len(self._finished_epochs)) if self._finished_epochs \
+            else self._max_epochs
+        left = c["pending"] * mean_epochs + sum(max(mean_epochs - e, 1) for e in self._live.values())
+        eta = str(datetime.timedelta(seconds=round(left / rate))) if rate > 0 else "?"
+        return (f"[{bar:<20}] {ended}/{total} finished ({c['done']} done, {c['diverged']} diverged), "
+                f"{c['running']} running, {c['pending']} pending | best val: {best} | "
+                f"{rate * self._n_train:.0f} updates/s | ETA {eta}")
+
+    def log(self):
+        self._last = time.monotonic()
+        logging.info("%s", self.line())
+
+
+def _train_pending(st, config, splits, every_s):
+    from odyssey import train  # the trainer pulls in the whole JAX stack; import it only to train
+
+    rows = st.trials("pending")
+    trials = [train.Trial(**{k: (bool(r[k]) if k in ("nesterov", "clip") else r[k]) for k in store.TRIAL_FIELDS})
+              for r in rows]
+    batches = search.schedule(trials, config.search.trials_per_batch, tuple(config.search.hidden_buckets))
+    progress = _Progress(st, tuple(config.search.variants), len(splits["train"]), config.train.max_epochs, every_s)
+    progress.log()
+
+    def on_epoch(trial_id, epoch, train_loss, val_metric, seconds):
+        st.add_epoch(trial_id, epoch, train_loss, val_metric, seconds)
+        progress.epoch(trial_id, epoch)
+
+    def on_result(result):
+        st.finish(result)
+        progress.finished(result)
+        progress.log()
+
+    for n, batch in enumerate(batches):
+        ids = [t.trial_id for t in batch]
+        logging.info("Batch %d/%d: %d %s trials, hidden sizes %s", n + 1, len(batches), len(batch), batch[0].variant,
+                     sorted(t.hidden_size for t in batch))
+        st.mark_running(ids)
+        progress.started(ids)
+        train.train_trials(config.task, splits, batch, max_epochs=config.train.max_epochs,
+                           patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
+                           hidden_buckets=tuple(config.search.hidden_buckets), on_epoch=on_epoch,
+                           on_result=on_result)
+        unfinished = [r["trial_id"] for r in st.trials("running")]
+        if unfinished:
+            raise RuntimeError(f"the trainer returned without a result for trials {unfinished}")
+    progress.log()
+
+
+def run_study(config, workdir, *, progress_seconds=30.0, report=True):
+    """Runs or resumes the study of `config` in `workdir`, then writes its report.
+
+    Args:
+      config: the study's ConfigDict (configs/<task>.py).
+      workdir: the study's directory; created if needed.
+      progress_seconds: the most seconds between two progress lines.
+      report: whether to write the report at the end (when odyssey.analysis.report exists).
+
+    Raises:
+      as `prepare`, before anything in workdir is touched.
+    """
+    workdir = pathlib.Path(workdir)
+    config, fp, identity = prepare(config, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    with _workdir_lock(workdir):
+        handler = _log_to_file(workdir)
+        try:
+            # Checked again under the lock: another study may have started here since `prepare`.
+            _check_workdir(workdir, fp, identity)
+            logging.info("Study %s of %s in %s", fp, config.task, workdir)
+            splits = data_splits.load_splits(config.data)
+            with _open_store(workdir / store.FILENAME, config, fp, identity) as st:
+                _write_json(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+                _train_pending(st, config, splits, progress_seconds)
+                counts = st.counts()
+            logging.info("Study finished: %d done, %d diverged", counts["done"], counts["diverged"])
+            if report:
+                _write_report(workdir)
+        finally:
+            logging.get_absl_logger().removeHandler(handler)
+            handler.close()
+
+
+def _write_report(workdir):
+    if importlib.util.find_spec("odyssey.analysis.report") is None:
+        logging.warning("odyssey.analysis.report is missing: no report written")
+        return
+    from odyssey.analysis import report
+    path = report.write_report(workdir)
+    logging.info("Report: %s", path)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    try:
+        prepare(_CONFIG.value, _WORKDIR.value)
+    except (ValueError, FileNotFoundError, store.StoreError) as e:
+        # A config or workdir problem: the message says what to change; a traceback would only hide it.
+        sys.exit(f"study: error: {e}")
+    run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

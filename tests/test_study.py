@@ -1,0 +1,213 @@
+"""End-to-end tests of the study command on configs/test.py: the pipeline, batch invariance, kills, bad input."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from odyssey import search, store
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Trials of one config differ between runs only by float round-off: other batch neighbours, other padding.
+RTOL = 1e-5
+METRICS = ("val_metric", "test_metric")
+EXACT = ("trial_id", "task", "variant", "hidden_size", "learning_rate", "momentum", "input_noise", "nesterov", "clip",
+         "seed", "status", "epochs", "best_epoch", "n_params")
+
+needs_trainer = pytest.mark.skipif(importlib.util.find_spec("odyssey.train") is None,
+                                   reason="odyssey.train (the multi-trial trainer) is not there yet")
+
+
+def load_config(name="test"):
+    spec = importlib.util.spec_from_file_location(f"_config_{name}", ROOT / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """The environment of every study subprocess: the repository importable, one shared compilation cache."""
+    out = dict(os.environ)
+    out["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    # Restarted studies load their programs from this cache instead of compiling them again.
+    out["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+    out["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    return out
+
+
+def study_command(workdir, *flags):
+    return [sys.executable, "-m", "experiments.study", "--config=configs/test.py", f"--workdir={workdir}",
+            "--progress_seconds=0", *flags]
+
+
+def run_study(env, workdir, *flags, timeout=300):
+    return subprocess.run(study_command(workdir, *flags), cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read(workdir, table="trials"):
+    conn = sqlite3.connect(f"{(pathlib.Path(workdir) / store.FILENAME).as_uri()}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    order = "trial_id" + (", epoch" if table == "epochs" else "")
+    rows = [dict(r) for r in conn.execute(f"SELECT * FROM {table} ORDER BY {order}")]
+    conn.close()
+    return rows
+
+
+def assert_same_results(rows, reference):
+    """Same trials, each finished once with the same numbers (metrics to RTOL; times may differ)."""
+    assert [r["trial_id"] for r in rows] == [r["trial_id"] for r in reference]
+    for r, ref in zip(rows, reference):
+        assert {k: r[k] for k in EXACT} == {k: ref[k] for k in EXACT}
+        for k in METRICS:
+            if ref[k] is None:
+                assert r[k] is None, (r["trial_id"], k)
+            else:
+                assert r[k] == pytest.approx(ref[k], rel=RTOL), (r["trial_id"], k)
+
+
+def assert_same_epochs(epochs, reference):
+    assert [(e["trial_id"], e["epoch"]) for e in epochs] == [(e["trial_id"], e["epoch"]) for e in reference]
+    for e, ref in zip(epochs, reference):
+        for k in ("train_loss", "val_metric"):
+            assert (e[k] is None) == (ref[k] is None) and (e[k] is None or e[k] == pytest.approx(ref[k], rel=RTOL))
+
+
+@pytest.fixture(scope="module")
+def reference(env, tmp_path_factory):
+    """One uninterrupted study on configs/test.py with the report: the run the other tests compare with."""
+    workdir = tmp_path_factory.mktemp("reference")
+    start = time.monotonic()
+    proc = run_study(env, workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir, time.monotonic() - start, proc
+
+
+@needs_trainer
+def test_pipeline_end_to_end(reference):
+    workdir, _, proc = reference
+    config = load_config()
+    rows = read(workdir)
+    drawn = search.draw_trials(config)
+    assert [{k: r[k] for k in store.TRIAL_FIELDS} for r in rows] == [
+        {**t, "nesterov": int(t["nesterov"]), "clip": int(t["clip"])} for t in drawn]
+    assert {r["status"] for r in rows} <= {"done", "diverged"}
+    assert sum(r["status"] == "done" for r in rows) >= len(rows) // 2, "the tiny trials should mostly train"
+    epochs = read(workdir, "epochs")
+    max_epochs, patience = config.train.max_epochs, config.train.patience
+    for r in rows:
+        mine = [e for e in epochs if e["trial_id"] == r["trial_id"]]
+        assert [e["epoch"] for e in mine] == list(range(1, len(mine) + 1))
+        if r["status"] != "done":
+            continue
+        assert len(mine) == r["epochs"] <= max_epochs
+        vals = [e["val_metric"] for e in mine]
+        # Early stopping from the epoch rows alone: the first best epoch, then `patience` epochs, or max_epochs.
+        best = int(np.argmin(vals)) + 1
+        assert r["best_epoch"] == best and r["val_metric"] == vals[best - 1]
+        assert r["epochs"] == min(best + patience, max_epochs)
+        assert np.isfinite(r["test_metric"]) and r["n_params"] > 0 and r["train_seconds"] > 0
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["task"] == "jsb" and saved["data"]["source"] == "synthetic" and saved["data"]["path"] is None
+    assert saved["search"]["variants"] == list(config.search.variants)
+    assert saved["search"]["num_trials"] == config.search.num_trials
+    log = (workdir / "study.log").read_text()
+    assert f"[{'#' * 20}] {len(rows)}/{len(rows)} finished" in log and "updates/s | ETA" in log
+    assert "best val: V " in log
+    if importlib.util.find_spec("odyssey.analysis.report") is not None:
+        assert (workdir / "report.md").is_file() and (workdir / "report.html").is_file()
+    # A finished study started again changes nothing.
+    again = run_study(os.environ | {"PYTHONPATH": str(ROOT)}, workdir, "--report=false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert read(workdir) == rows and read(workdir, "epochs") == epochs
+
+
+@needs_trainer
+def test_one_trial_per_batch_gives_the_same_numbers(env, reference, tmp_path):
+    proc = run_study(env, tmp_path, "--config.search.trials_per_batch=1", "--report=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Batch 9/9: 1 " in proc.stderr
+    assert_same_results(read(tmp_path), read(reference[0]))
+    assert_same_epochs(read(tmp_path, "epochs"), read(reference[0], "epochs"))
+
+
+def _has_started(workdir):
+    try:
+        return any(r["status"] == "running" for r in read(workdir))
+    except sqlite3.Error:
+        return False
+
+
+@needs_trainer
+def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_path):
+    rng = np.random.default_rng(0)
+    interrupted = 0
+    for _ in range(3):
+        proc = subprocess.Popen(study_command(tmp_path, "--report=false"), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not _has_started(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # A random moment of the training: between two epochs, inside a write, or between batches.
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        counts = {s: sum(r["status"] == s for r in read(tmp_path)) for s in store.STATUSES}
+        interrupted += counts["pending"] + counts["running"] > 0
+    assert interrupted >= 2, "the kills should land in the middle of the study"
+    final = run_study(env, tmp_path, "--report=false")
+    assert final.returncode == 0, final.stderr[-3000:]
+    rows = read(tmp_path)
+    assert {r["status"] for r in rows} <= {"done", "diverged"}
+    epochs = read(tmp_path, "epochs")
+    assert len(epochs) == len({(e["trial_id"], e["epoch"]) for e in epochs}), "an epoch recorded twice"
+    assert_same_results(rows, read(reference[0]))
+    assert_same_epochs(epochs, read(reference[0], "epochs"))
+
+
+def _snapshot(workdir):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(pathlib.Path(workdir).iterdir())}
+
+
+@pytest.fixture
+def foreign_study(tmp_path):
+    """A workdir holding the store of configs/test.py with 5 trials per variant (made without training)."""
+    config = load_config()
+    config.search.num_trials = 5
+    config.data.source = "synthetic"
+    identity = search.study_identity(config)
+    meta = {"fingerprint": search.fingerprint(config), "identity": json.dumps(identity, sort_keys=True)}
+    with store.TrialStore.create(tmp_path / store.FILENAME, "jsb", search.draw_trials(config), meta) as st:
+        st.mark_running([0])
+        st.add_epoch(0, 1, 50.0, 10.0, 0.1)
+    return tmp_path
+
+
+@pytest.mark.parametrize("flags,message", [
+    ((), "holds a study of another config (fingerprint"),
+    (("--config.search.variants=('V','LSTM2')",), "config.search.variants: unknown variant 'LSTM2'; known: V, NIG"),
+    (("--config.search.space.learning_rate=('log_uniform', -1e-6, 1e-2)",),
+     "log_uniform needs 0 < low < high, got low=-1e-06"),
+    (("--config.search.space.learning_rate=('log_uniform', 1e-2, 1e-6)",), "needs low < high, got low=0.01"),
+    (("--config.data.source=standard", "--config.data.path=/nonexistent/jsb.pickle"),
+     "config.data.path = '/nonexistent/jsb.pickle': nothing there"),
+])
+def test_bad_input_is_a_clear_error_that_leaves_the_store_alone(foreign_study, flags, message):
+    before = _snapshot(foreign_study)
+    proc = run_study(os.environ | {"PYTHONPATH": str(ROOT)}, foreign_study, *flags)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("study: error: ") and message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    if not flags:
+        assert "config.search.num_trials: 5 -> 3" in proc.stderr
+    assert _snapshot(foreign_study) == before

@@ -1,0 +1,175 @@
+"""Layers over time (`lax.scan` with padding masks) and the study's uni- and bidirectional networks.
+
+The networks of DESIGN §2:
+  * "uni" (JSB): one forward LSTM layer of N blocks → a linear readout (sigmoid outputs, applied by the loss).
+  * "bi" (TIMIT, IAM-OnDB): a forward and a backward layer of N blocks each, both feeding one linear readout
+    (softmax outputs, applied by the loss).
+
+Network parameters: {"fwd": cell params, ["bwd": cell params,] "out": {"w": float[D, K], "b": float[K]}} with
+D = N (uni) or 2N (bi; forward units first). The readout starts from N(0, std²) like the cells.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from odyssey import cells
+
+NET_KINDS = ("uni", "bi")
+
+# The axes of size N in each tensor of the layout of odyssey.cells.
+_HIDDEN_AXES = {"W": (2,), "R": (0, 2), "b": (1,), "p": (1,), "Rg": (1, 3)}
+
+
+def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None, reverse: bool = False,
+               carry0: tuple | None = None) -> jax.Array:
+    """Runs one LSTM layer over a sequence.
+
+    Args:
+      variant: one of `odyssey.cells.VARIANTS` (static).
+      params: the layer's parameters (`odyssey.cells.init`).
+      xs: float[T, M] inputs.
+      mask: float[T], 1 for valid steps and 0 for padding; a padded step keeps the state and outputs 0.
+        With padding at the end, the backward direction starts at the last valid step, so a padded
+        sequence gives exactly the outputs of the unpadded one in both directions.
+      reverse: run from the last step to the first.
+      carry0: the initial state (default zero), as from `odyssey.cells.init_carry`.
+
+    Returns:
+      float[T, N], the block outputs y_t (0 at padded steps).
+    """
+    n = params["R"].shape[0]
+    if carry0 is None:
+        carry0 = cells.init_carry(variant, n, xs.dtype)
+    xw = cells.input_projection(params, xs)
+    if mask is None:
+        def body(carry, xw_t):
+            return cells.step(variant, params, carry, xw_t)
+        _, ys = jax.lax.scan(body, carry0, xw, reverse=reverse)
+        return ys
+
+    def masked_body(carry, inputs):
+        xw_t, m = inputs
+        new, y = cells.step(variant, params, carry, xw_t)
+        keep = m > 0
+        carry = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, carry)
+        return carry, jnp.where(keep, y, 0.0)
+
+    _, ys = jax.lax.scan(masked_body, carry0, (xw, mask.astype(xs.dtype)), reverse=reverse)
+    return ys
+
+
+def _check_kind(kind: str):
+    if kind not in NET_KINDS:
+        raise ValueError(f"unknown net kind {kind!r}; known kinds: {', '.join(NET_KINDS)}")
+
+
+def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, n_out: int, std: float = 0.1,
+             dtype=jnp.float32) -> dict:
+    """Draws a network's parameters from N(0, std²).
+
+    Args:
+      key: a PRNG key.
+      variant: the LSTM variant of the hidden layer(s).
+      kind: "uni" or "bi".
+      n_in: M, inputs per step.
+      n_hidden: N, blocks per hidden layer.
+      n_out: K, outputs per step.
+      std: the standard deviation of every parameter.
+      dtype: the parameters' dtype.
+    """
+    _check_kind(kind)
+    k_fwd, k_bwd, k_w, k_b = jax.random.split(key, 4)
+    params = {"fwd": cells.init(k_fwd, variant, n_in, n_hidden, std, dtype)}
+    if kind == "bi":
+        params["bwd"] = cells.init(k_bwd, variant, n_in, n_hidden, std, dtype)
+    d = n_hidden * (2 if kind == "bi" else 1)
+    params["out"] = {"w": std * jax.random.normal(k_w, (d, n_out), dtype),
+                     "b": std * jax.random.normal(k_b, (n_out,), dtype)}
+    return params
+
+
+def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """The network's output activations before the sigmoid/softmax.
+
+    Args:
+      variant: the LSTM variant (static).
+      kind: "uni" or "bi" (static).
+      params: as from `init_net`.
+      xs: float[T, M] inputs.
+      mask: float[T] padding mask (1 = valid), padding at the end.
+
+    Returns:
+      float[T, K] logits (rows at padded steps are the readout's bias only; losses mask them).
+    """
+    hidden = lstm_layer(variant, params["fwd"], xs, mask)
+    if kind == "bi":
+        hidden = jnp.concatenate([hidden, lstm_layer(variant, params["bwd"], xs, mask, reverse=True)], axis=-1)
+    return hidden @ params["out"]["w"] + params["out"]["b"]
+
+
+def count_params(variant: str, kind: str, n_in: int, n_hidden: int, n_out: int) -> int:
+    """Number of parameters of a network: its LSTM layer(s) and the readout."""
+    _check_kind(kind)
+    layers = 2 if kind == "bi" else 1
+    return layers * cells.count_params(variant, n_in, n_hidden) + (layers * n_hidden + 1) * n_out
+
+
+def pad_hidden(params: dict, n_hidden: int, n_max: int, kind: str) -> dict:
+    """Zero-pads a network of N = n_hidden blocks per layer to n_max blocks.
+
+    The padded units' weights are zero in every direction (in, out, recurrent, readout), so the padded
+    network computes the same outputs; `hidden_mask` keeps their gradients at zero during training.
+    """
+    if n_max < n_hidden:
+        raise ValueError(f"cannot pad hidden size {n_hidden} down to {n_max}")
+    extra = n_max - n_hidden
+
+    def pad_cell(cell):
+        out = {}
+        for name, value in cell.items():
+            widths = [(0, extra) if axis in _HIDDEN_AXES[name] else (0, 0) for axis in range(value.ndim)]
+            out[name] = jnp.pad(value, widths)
+        return out
+
+    padded = {k: pad_cell(v) for k, v in params.items() if k != "out"}
+    w = params["out"]["w"]
+    if kind == "bi":
+        w = jnp.concatenate([jnp.pad(w[:n_hidden], ((0, extra), (0, 0))),
+                             jnp.pad(w[n_hidden:], ((0, extra), (0, 0)))])
+    else:
+        w = jnp.pad(w, ((0, extra), (0, 0)))
+    padded["out"] = {"w": w, "b": params["out"]["b"]}
+    return padded
+
+
+def hidden_mask(variant: str, kind: str, n_in: int, n_hidden: int, n_max: int, n_out: int, dtype=jnp.float32):
+    """A 0/1 pytree shaped like a network of n_max blocks: 1 where a parameter belongs to the first n_hidden.
+
+    Multiplying gradients by it keeps a padded trial exactly equal to the unpadded one, also for FGR, whose
+    padded units' gates sit at σ(0) = 0.5 and would otherwise teach the gate-recurrent weights (DESIGN §6).
+    """
+    ones = init_net(jax.random.PRNGKey(0), variant, kind, n_in, n_hidden, n_out, dtype=dtype)
+    ones = jax.tree_util.tree_map(jnp.ones_like, ones)
+    return pad_hidden(ones, n_hidden, n_max, kind)
+
+
+def unpad_hidden(params: dict, n_hidden: int, n_max: int, kind: str) -> dict:
+    """The inverse of `pad_hidden`: the first n_hidden blocks of a padded network."""
+    def cut_cell(name, value):
+        return value[tuple(slice(0, n_hidden) if axis in _HIDDEN_AXES[name] else slice(None)
+                           for axis in range(value.ndim))]
+
+    out = {k: {name: cut_cell(name, v) for name, v in cell.items()} for k, cell in params.items() if k != "out"}
+    w = params["out"]["w"]
+    if kind == "bi":
+        w = jnp.concatenate([w[:n_hidden], w[n_max:n_max + n_hidden]])
+    else:
+        w = w[:n_hidden]
+    out["out"] = {"w": w, "b": params["out"]["b"]}
+    return out
+
+
+def param_count_tree(params) -> int:
+    """Number of scalars in a pytree of arrays."""
+    return int(sum(np.size(x) for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,122 @@
+"""Tests of layers over time and the networks: gradients, masks, padding of the hidden size."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from odyssey import cells, nets
+
+
+def _directional_fd(fn, params, direction, eps=1e-5):
+    plus = jax.tree_util.tree_map(lambda p, d: p + eps * d, params, direction)
+    minus = jax.tree_util.tree_map(lambda p, d: p - eps * d, params, direction)
+    return (fn(plus) - fn(minus)) / (2 * eps)
+
+
+def _random_like(key, tree):
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    keys = jax.random.split(key, len(leaves))
+    return jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)])
+
+
+def _dot(a, b):
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+@pytest.mark.parametrize("variant", cells.VARIANTS)
+@pytest.mark.parametrize("nonzero_start", [False, True])
+def test_gradients_match_finite_differences(variant, nonzero_start, x64):
+    m, n, t = 3, 4, 6
+    params = cells.init(jax.random.PRNGKey(3), variant, m, n, std=0.5, dtype=jnp.float64)
+    rng = np.random.default_rng(2)
+    xs = jnp.asarray(rng.normal(size=(t, m)))
+    weights = jnp.asarray(rng.normal(size=(t, n)))
+    carry0 = None
+    if nonzero_start:
+        carry0 = (jnp.asarray(rng.normal(size=n)), jnp.asarray(rng.normal(size=n)))
+        if variant == "FGR":
+            carry0 = carry0 + (jnp.asarray(rng.uniform(size=(3, n))),)
+
+    def loss(p):
+        return jnp.sum(weights * nets.lstm_layer(variant, p, xs, carry0=carry0))
+
+    grad = jax.grad(loss)(params)
+    for seed in range(3):
+        direction = _random_like(jax.random.PRNGKey(seed), params)
+        fd = _directional_fd(loss, params, direction)
+        analytic = _dot(grad, direction)
+        assert abs(analytic - fd) <= 1e-6 * abs(fd), (variant, float(analytic), float(fd))
+    # Each tensor on its own, so that no wrong block can hide behind another's error.
+    for name in params:
+        direction = jax.tree_util.tree_map(jnp.zeros_like, params)
+        direction[name] = jax.random.normal(jax.random.PRNGKey(9), params[name].shape, jnp.float64)
+        fd = _directional_fd(loss, params, direction)
+        assert abs(_dot(grad, direction) - fd) <= 1e-6 * abs(fd), (variant, name)
+
+
+@pytest.mark.parametrize("variant", cells.VARIANTS)
+@pytest.mark.parametrize("kind", nets.NET_KINDS)
+def test_padded_sequence_equals_unpadded(variant, kind, x64):
+    m, n, k, t, pad = 3, 4, 5, 7, 5
+    params = nets.init_net(jax.random.PRNGKey(4), variant, kind, m, n, k, std=0.5, dtype=jnp.float64)
+    rng = np.random.default_rng(3)
+    xs = jnp.asarray(rng.normal(size=(t, m)))
+    padded = jnp.concatenate([xs, jnp.asarray(rng.normal(size=(pad, m)))])  # garbage in the padding
+    mask = jnp.concatenate([jnp.ones(t), jnp.zeros(pad)])
+    weights = jnp.asarray(rng.normal(size=(t, k)))
+
+    def loss_plain(p):
+        return jnp.sum(weights * nets.apply_net(variant, kind, p, xs))
+
+    def loss_padded(p):
+        return jnp.sum(weights * nets.apply_net(variant, kind, p, padded, mask)[:t])
+
+    np.testing.assert_allclose(nets.apply_net(variant, kind, params, padded, mask)[:t],
+                               nets.apply_net(variant, kind, params, xs), atol=1e-12)
+    g_plain, g_padded = jax.grad(loss_plain)(params), jax.grad(loss_padded)(params)
+    for a, b in zip(jax.tree_util.tree_leaves(g_plain), jax.tree_util.tree_leaves(g_padded)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    # The backward layer alone, on the padded sequence, reverses only the valid part.
+    ys = nets.lstm_layer(variant, params["fwd"], padded, mask, reverse=True)
+    np.testing.assert_allclose(ys[:t], nets.lstm_layer(variant, params["fwd"], xs[::-1])[::-1], atol=1e-12)
+    np.testing.assert_array_equal(ys[t:], 0.0)
+
+
+@pytest.mark.parametrize("variant", cells.VARIANTS)
+def test_hidden_padding_is_exact_with_masked_gradients(variant, x64):
+    """N = 3 padded to 8: same outputs, and gradients equal on the real units and zero elsewhere once masked."""
+    m, n, n_max, k, t = 2, 3, 8, 4, 5
+    params = nets.init_net(jax.random.PRNGKey(5), variant, "bi", m, n, k, std=0.5, dtype=jnp.float64)
+    padded = nets.pad_hidden(params, n, n_max, "bi")
+    xs = jnp.asarray(np.random.default_rng(4).normal(size=(t, m)))
+    np.testing.assert_allclose(nets.apply_net(variant, "bi", padded, xs),
+                               nets.apply_net(variant, "bi", params, xs), atol=1e-12)
+
+    def loss(p):
+        return jnp.sum(jnp.sin(nets.apply_net(variant, "bi", p, xs)))
+
+    mask = nets.hidden_mask(variant, "bi", m, n, n_max, k, jnp.float64)
+    g_small = jax.grad(loss)(params)
+    g_big = jax.tree_util.tree_map(jnp.multiply, jax.grad(loss)(padded), mask)
+    for a, b in zip(jax.tree_util.tree_leaves(nets.pad_hidden(g_small, n, n_max, "bi")),
+                    jax.tree_util.tree_leaves(g_big)):
+        np.testing.assert_allclose(a, b, atol=1e-12)
+    back = nets.unpad_hidden(padded, n, n_max, "bi")
+    for a, b in zip(jax.tree_util.tree_leaves(back), jax.tree_util.tree_leaves(params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fgr_padding_needs_the_mask(x64):
+    """Without the mask the padded units' gates (σ(0) = 0.5) give the gate-recurrent weights a gradient."""
+    params = nets.init_net(jax.random.PRNGKey(6), "FGR", "uni", 2, 3, 2, dtype=jnp.float64)
+    padded = nets.pad_hidden(params, 3, 5, "uni")
+    xs = jnp.ones((4, 2))
+    grad = jax.grad(lambda p: jnp.sum(nets.apply_net("FGR", "uni", p, xs)))(padded)
+    from_padded_units = grad["fwd"]["Rg"][:, 3:, :, :3]
+    assert float(jnp.abs(from_padded_units).max()) > 1e-4
+
+
+def test_unknown_kind_is_an_error():
+    with pytest.raises(ValueError, match="unknown net kind 'tri'"):
+        nets.init_net(jax.random.PRNGKey(0), "V", "tri", 2, 3, 4)

@@ -1,0 +1,24 @@
+"""Writes a run's report: python -m experiments.report --workdir=DIR.
+
+Reads DIR/config.json and DIR/trials.sqlite and writes DIR/report.md,
+DIR/report.html (figures inline) and DIR/figures/*.png.
+"""
+
+from absl import app, flags
+
+from odyssey.analysis import report
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "The run's directory (config.json, trials.sqlite).")
+_TREES = flags.DEFINE_integer("n_trees", 100, "Regression trees per fANOVA forest (100 in the paper).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the fANOVA forests.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    report.write_report(_WORKDIR.value, n_trees=_TREES.value, seed=_SEED.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

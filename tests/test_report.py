@@ -1,0 +1,196 @@
+"""Tests of the report and its figures, on trial stores fabricated with planted effects."""
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib import colors as mcolors
+from matplotlib import image as mimage
+
+from odyssey.analysis import plots, report, stats
+
+_VARIANTS = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
+_N_TREES = 25
+
+
+def _make_store(workdir, task, per_variant, dominant, worse, seed, source="standin", variants=_VARIANTS):
+    """A run directory with config.json and a store whose metric has a planted structure.
+
+    The test metric is dominated by `dominant` ("learning_rate": a parabola in log10 lr,
+    "hidden_size": a slope in log10 hidden size) and the variant `worse` adds 15 to it.
+    The first trial of NOAF diverges.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(json.dumps({
+        "task": task, "data": {"source": source, "path": "/somewhere/jsb.pickle" if source == "standard" else None},
+        "search": {"variants": list(variants), "num_trials": per_variant}}))
+    rng = np.random.default_rng(seed)
+    con = sqlite3.connect(workdir / "trials.sqlite")
+    con.execute("CREATE TABLE trials (trial_id INTEGER PRIMARY KEY, task TEXT, variant TEXT, hidden_size INTEGER, "
+                "learning_rate REAL, momentum REAL, input_noise REAL, nesterov INTEGER, clip INTEGER, seed INTEGER, "
+                "status TEXT, epochs INTEGER, best_epoch INTEGER, val_metric REAL, test_metric REAL, "
+                "n_params INTEGER, train_seconds REAL)")
+    con.execute("CREATE TABLE epochs (trial_id INTEGER, epoch INTEGER, train_loss REAL, val_metric REAL, "
+                "seconds REAL)")
+    tid = 0
+    for v in variants:
+        for k in range(per_variant):
+            lr, mom = 10 ** rng.uniform(-6, -2), 1 - 10 ** rng.uniform(-2, 0)
+            hid, noise = int(round(10 ** rng.uniform(np.log10(20), np.log10(200)))), rng.uniform(0, 1)
+            flags = (int(rng.integers(2)), int(rng.integers(2))) if task == "timit" else (None, None)
+            if dominant == "learning_rate":
+                metric = 30 + 10 * (np.log10(lr) + 3) ** 2 + 2 * np.log10(hid)
+            else:
+                metric = 30 + 40 * np.log10(hid) + 0.5 * np.log10(lr)
+            metric += noise + rng.normal(0, 0.5) + (15 if v == worse else 0)
+            diverged = v == "NOAF" and k == 0
+            con.execute("INSERT INTO trials VALUES (" + ",".join("?" * 17) + ")", (
+                tid, task, v, hid, lr, mom, noise, *flags, k, "diverged" if diverged else "done", 20, 17,
+                None if diverged else metric + rng.normal(0, 0.3), None if diverged else metric,
+                4 * hid * (hid + 40), hid * 0.05 * (1 + 3 * noise) * rng.uniform(0.9, 1.1)))
+            tid += 1
+    con.commit()
+    con.close()
+    return workdir
+
+
+def _table(md, heading):
+    """Rows (lists of cells) of the first Markdown table after the first heading containing `heading`."""
+    lines = md.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith("#") and heading in line)
+    rows = []
+    for line in lines[start + 1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]
+
+
+def _pct(cell):
+    return float(cell.rstrip(" %")) / 100
+
+
+def _colour_share(png, colour, palette):
+    """Share of the pixels of `colour` among the pixels of any colour of `palette` (within 3/255)."""
+    img = mimage.imread(png)[..., :3]
+    def near(c):
+        return (np.abs(img - np.array(mcolors.to_rgb(c))) <= 3 / 255).all(axis=-1)
+    counts = {c: int(near(c).sum()) for c in palette}
+    return counts[colour] / sum(counts.values())
+
+
+_PALETTE = (list(plots.HYPERPARAMETER_COLORS.values()) + list(plots.PAIR_COLORS)
+            + [plots.OTHER_PAIRS_COLOR, plots.HIGHER_ORDER_COLOR])
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory):
+    """Hundreds of TIMIT-like trials: learning rate dominant, NFG much worse."""
+    workdir = _make_store(tmp_path_factory.mktemp("a"), "timit", 30, "learning_rate", "NFG", seed=0)
+    md = report.write_report(workdir, n_trees=_N_TREES)
+    return workdir, md.read_text()
+
+
+def test_report_states_the_data_first_and_shows_the_planted_variant_effect(run_a):
+    workdir, md = run_a
+    first = [line for line in md.splitlines() if line.strip()][:2]
+    assert first[0].startswith("# odyssey report: TIMIT")
+    assert "stand-in" in first[1] and "not comparable" in first[1]
+    rows = _table(md, "top 10 %")
+    verdicts = {r[0]: r[8] for r in rows}
+    assert set(verdicts) == set(_VARIANTS) - {"V"}
+    assert verdicts["NFG"] == "worse"
+    assert [v for v, x in verdicts.items() if x == "worse"] == ["NFG"]
+    nfg = next(r for r in rows if r[0] == "NFG")
+    assert nfg[1] == "3" and float(nfg[3]) > 10 and float(nfg[6]) < 0.05
+    assert nfg[9] == "worse" and nfg[10] == "yes"   # the paper's verdict beside ours
+    counts = {r[0]: r[1:] for r in _table(md, "Trials per variant")}
+    assert counts["NOAF"] == ["29", "1", "0"] and counts["V"] == ["30", "0", "0"]
+
+
+def test_report_shows_the_planted_importance_beside_the_paper(run_a):
+    _, md = run_a
+    rows = {r[0]: r for r in _table(md, "fANOVA")}
+    lr = _pct(rows["log10 learning rate"][1])
+    assert lr > 0.8
+    others = [_pct(r[1]) for name, r in rows.items() if name != "log10 learning rate"]
+    assert max(others) < 0.05
+    assert "2/3" in rows["log10 learning rate"][3] and "1 %" in rows["log10(1 - momentum)"][3]
+    # Nesterov and clipping vary in a TIMIT store, so they are columns of the forest.
+    assert "Nesterov momentum (0/1)" in rows and "gradient clipping (0/1)" in rows
+    # The training time was planted on hidden size and noise, not on learning rate.
+    assert _pct(rows["log10 hidden size"][2]) > 0.4 and _pct(rows["log10 learning rate"][2]) < 0.05
+    total = sum(_pct(r[1]) for r in rows.values())
+    assert total == pytest.approx(1.0, abs=0.002)
+
+
+def test_every_figure_exists_is_a_picture_and_is_in_both_reports(run_a):
+    workdir, md = run_a
+    names = {"fig2_top10.png", "fig7_all.png", "fig3_importance.png", "fig4_marginals.png",
+             "fig5_lr_hidden.png", "fig8_pairs_timit.png", "fig9_11_time_timit.png"}
+    assert {p.name for p in (workdir / "figures").iterdir()} == names
+    html = (workdir / "report.html").read_text()
+    assert len(re.findall(r"src='data:image/png;base64,", html)) == len(names)
+    assert "stand-in" in html.split("<h2>")[0]
+    for name in names:
+        path = workdir / "figures" / name
+        assert path.stat().st_size > 10_000
+        assert f"(figures/{name})" in md
+        img = mimage.imread(path)
+        assert img.ndim == 3 and min(img.shape[:2]) > 300
+        assert img[..., :3].std() > 0.05   # not a blank canvas
+
+
+def test_importance_pie_shows_the_fractions_as_areas(run_a, tmp_path):
+    workdir, md = run_a
+    lr = _pct({r[0]: r for r in _table(md, "fANOVA")}["log10 learning rate"][1])
+    red = plots.HYPERPARAMETER_COLORS["learning_rate"]
+    blue = plots.HYPERPARAMETER_COLORS["hidden_size"]
+    share_a = _colour_share(workdir / "figures" / "fig3_importance.png", red, _PALETTE)
+    # Pie areas against the table, within antialiasing and the legend's colour patches.
+    assert share_a == pytest.approx(lr, abs=0.03)
+    # A second store with hidden size dominant gives a different picture.
+    b = _make_store(tmp_path / "b", "jsb", 20, "hidden_size", "NOAF", seed=1)
+    analysis = report.analyse_task(stats.load_trials(b / "trials.sqlite"), "jsb", n_trees=_N_TREES)
+    hidden = analysis.fractions[(analysis.names.index("hidden_size"),)]
+    assert hidden > 0.8 and analysis.names == ["learning_rate", "momentum", "hidden_size", "input_noise"]
+    png = plots.importance_pies([analysis], tmp_path / "pie_b.png")
+    assert _colour_share(png, blue, _PALETTE) == pytest.approx(hidden, abs=0.03)
+    assert _colour_share(png, red, _PALETTE) < 0.1 < 0.7 < share_a
+
+
+def test_quick_study_still_reports(tmp_path):
+    # The README's quick study: 9 variants x 4 trials; top 10 % means 2 per variant.
+    quick = _make_store(tmp_path / "quick", "jsb", 4, "learning_rate", "NFG", seed=2, source="standard")
+    md = report.write_report(quick, n_trees=10).read_text()
+    assert "standard JSB Chorales" in md.split("\n## ")[0] and "(jsb.pickle)" in md
+    assert all(r[1] == "2" for r in _table(md, "top 10 %"))
+    assert len(list((quick / "figures").iterdir())) == 7
+
+
+def test_command_line_reports_a_tiny_study_without_fanova(tmp_path):
+    # Fewer than 10 finished trials: no fANOVA, and a variant with one trial gets no test.
+    tiny = _make_store(tmp_path / "tiny", "iam_online", 3, "learning_rate", "NFG", seed=3,
+                       variants=("V", "NFG", "CIFG"))
+    con = sqlite3.connect(tiny / "trials.sqlite")
+    con.execute("DELETE FROM trials WHERE variant = 'CIFG' AND seed > 0")
+    con.commit()
+    con.close()
+    done = subprocess.run([sys.executable, "-m", "experiments.report", f"--workdir={tiny}"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    md = (tiny / "report.md").read_text()
+    assert md.startswith("# odyssey report: IAM-OnDB")
+    assert "fANOVA skipped: 7 finished trial(s)" in md
+    cifg = next(r for r in _table(md, "top 10 %") if r[0] == "CIFG")
+    assert cifg[8].startswith("no test: 1 finished trial")
+    assert {p.name for p in (tiny / "figures").iterdir()} == {
+        "fig2_top10.png", "fig7_all.png", "fig3_importance.png", "fig9_11_time_iam_online.png"}
+    assert (tiny / "report.html").read_text().count("data:image/png;base64,") == 4

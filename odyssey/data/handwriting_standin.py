@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 import scipy.signal
 from absl import logging
+from HersheyFonts import HersheyFonts
 
 from odyssey.data import default_cache_dir, iam_ondb, text
 
@@ -113,8 +114,6 @@ def glyphs(font: str) -> dict:
     Raises:
       ValueError: if the font lacks a character of the alphabet.
     """
-    from HersheyFonts import HersheyFonts  # pylint: disable=import-outside-toplevel
-
     face = HersheyFonts()
     face.load_default_font(font)
     table = face.all_glyphs

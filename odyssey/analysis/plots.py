@@ -182,9 +182,14 @@ def time_vs_metric(analysis, path):
     """Fig. 9-11 for one task: training time against test metric, one panel per variant.
 
     The top 10 % by validation metric are drawn in a strong colour over the rest.
+
+    Returns:
+        the path written, or None when the task has no trial at all.
     """
     a = analysis
     present = [v for v in stats.VARIANTS if (a.trials["variant"] == v).any()]
+    if not present:
+        return None
     cols = 3
     nrows = -(-len(present) // cols)
     fig = new_figure(4.0 * cols, 3.2 * nrows)

@@ -117,6 +117,15 @@ def _pct(x):
     return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
 
 
+def _md_row(cells):
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _html_inline(text):
+    """Escapes text for HTML, keeping the one Markdown mark the report uses: **bold**."""
+    return re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(text))
+
+
 class _Doc:
     """A list of blocks rendered both as Markdown and as HTML."""
 
@@ -143,10 +152,9 @@ class _Doc:
             elif b[0] == "p":
                 out.append(b[1])
             elif b[0] == "table":
-                esc = lambda c: c.replace("|", "\\|")
-                out.append("| " + " | ".join(map(esc, b[1])) + " |")
+                out.append(_md_row(b[1]))
                 out.append("|" + "---|" * len(b[1]))
-                out.extend("| " + " | ".join(map(esc, r)) + " |" for r in b[2])
+                out.extend(_md_row(r) for r in b[2])
             else:
                 rel = pathlib.Path(b[1]).relative_to(root).as_posix()
                 out.append(f"![{b[2]}]({rel})\n\n*{b[2]}*")
@@ -154,7 +162,7 @@ class _Doc:
         return "\n".join(out)
 
     def html(self, title):
-        inline = lambda t: re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(t))
+        inline = _html_inline
         out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{html.escape(title)}</title>",
                "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
                "table{border-collapse:collapse}td,th{border:1px solid #bbb;padding:2px 6px}"
@@ -248,14 +256,14 @@ def _importance_section(doc, a):
         t = a.time_fractions[(i, j)] if a.time_fractions else None
         pair = {a.names[i], a.names[j]}
         theirs = paper.IMPORTANCE["pairs"] if pair == {"learning_rate", "hidden_size"} else "small"
-        rows.append([f"{a.names[i]} x {a.names[j]}", _pct(f), _pct(t), theirs])
+        rows.append([f"{a.names[i]} x {a.names[j]}".replace("_", " "), _pct(f), _pct(t), theirs])
     higher = 1.0 - sum(a.fractions.values())
     thigher = 1.0 - sum(a.time_fractions.values()) if a.time_fractions else None
     rows.append(["higher order (the rest)", _pct(higher), _pct(thigher), "-"])
     doc.table(["component", "ours: test metric", "ours: training time", "paper (test metric)"], rows)
     singles = {a.names[k[0]]: v for k, v in a.fractions.items() if len(k) == 1}
     ranked = sorted(singles, key=singles.get, reverse=True)
-    doc.p(f"Ours: most important is {ranked[0]} ({_pct(singles[ranked[0]])}); learning rate above two thirds: "
+    doc.p(f"Ours: most important is {ranked[0].replace('_', ' ')} ({_pct(singles[ranked[0]])}); learning rate above two thirds: "
           f"{'yes' if singles['learning_rate'] > 2 / 3 else 'no'} (paper: yes); momentum under 1 %: "
           f"{'yes' if singles['momentum'] < 0.01 else 'no'} (paper: yes).")
 
@@ -283,8 +291,9 @@ def _figures(analyses, figdir):
         if p:
             out.append((p, f"Fig. 8 ({a.task}): every pair of hyperparameters, marginal and interaction."))
     for a in analyses:
-        out.append((plots.time_vs_metric(a, figdir / f"fig9_11_time_{a.task}.png"),
-                    f"Fig. 9-11 ({a.task}): training time against test metric per variant."))
+        p = plots.time_vs_metric(a, figdir / f"fig9_11_time_{a.task}.png")
+        if p:
+            out.append((p, f"Fig. 9-11 ({a.task}): training time against test metric per variant."))
     return out
 
 

@@ -220,6 +220,7 @@ def _segments(audio: np.ndarray, events: list[tuple[str, int]], sample_rate: int
         key = name.lstrip("',")
         if key not in ESPEAK_TO_TIMIT:
             raise ValueError(f"espeak phoneme {name!r} in {sentence!r} has no TIMIT phone in ESPEAK_TO_TIMIT")
+        start = max(start, starts[-1])
         end = max(bounds[k + 1], start)
         mapped = ESPEAK_TO_TIMIT[key]
         if mapped[0] in _CLOSURE and phones[-1] not in _PAUSES:

@@ -21,6 +21,8 @@ setup(
         "scipy",
         "scikit-learn",
         "matplotlib",
+        # edit distance for the character error rate: C++, ~150x a Python dynamic programme
+        "rapidfuzz",
         # offline stand-in data
         "music21",
         "espeakng-loader",

@@ -75,11 +75,23 @@ def spec(variant: str) -> Spec:
         raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}") from None
 
 
-def init(key: jax.Array, variant: str, n_in: int, n_hidden: int, std: float = 0.1, dtype=jnp.float32) -> dict:
+def _host_rng(key) -> np.random.Generator:
+    """A numpy generator seeded by a JAX key's bits: draws on the host, with no compilation per shape."""
+    try:
+        bits = np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
+    except jax.errors.TracerArrayConversionError:
+        raise ValueError("odyssey initialisers run on the host; call them outside jit/vmap") from None
+    return np.random.default_rng(bits.astype(np.uint64).tolist())
+
+
+def init(key: jax.Array, variant: str, n_in: int, n_hidden: int, std: float = 0.1, dtype=np.float32) -> dict:
     """Draws a variant's parameters from N(0, std²), as in the paper.
 
+    The draws are made on the host by a numpy generator seeded by the key, so a trial of any hidden size
+    starts without compiling anything (a study meets hundreds of distinct sizes).
+
     Args:
-      key: a PRNG key.
+      key: a PRNG key (its bits seed the draws: the same key gives the same parameters).
       variant: one of `VARIANTS`.
       n_in: M, inputs per time step.
       n_hidden: N, the number of blocks.
@@ -87,22 +99,28 @@ def init(key: jax.Array, variant: str, n_in: int, n_hidden: int, std: float = 0.
       dtype: the parameters' dtype.
 
     Returns:
-      The parameters in the internal layout (see the module docstring).
+      The parameters in the internal layout (see the module docstring), as numpy arrays.
     """
+    rng = _host_rng(key)
+    return {name: (std * rng.standard_normal(shape)).astype(dtype)
+            for name, shape in shapes(variant, n_in, n_hidden).items()}
+
+
+def shapes(variant: str, n_in: int, n_hidden: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of a variant's parameters in the internal layout."""
     s = spec(variant)
     if n_in < 1 or n_hidden < 1:
         raise ValueError(f"n_in and n_hidden must be >= 1, got n_in={n_in}, n_hidden={n_hidden}")
-    shapes = {"W": (n_in, len(s.gates), n_hidden), "R": (n_hidden, len(s.gates), n_hidden),
-              "b": (len(s.gates), n_hidden)}
+    out = {"W": (n_in, len(s.gates), n_hidden), "R": (n_hidden, len(s.gates), n_hidden),
+           "b": (len(s.gates), n_hidden)}
     if s.peepholes:
-        shapes["p"] = (len(s.peepholes), n_hidden)
+        out["p"] = (len(s.peepholes), n_hidden)
     if s.fgr:
-        shapes["Rg"] = (3, n_hidden, 3, n_hidden)
-    keys = jax.random.split(key, len(shapes))
-    return {name: std * jax.random.normal(k, shape, dtype) for k, (name, shape) in zip(keys, shapes.items())}
+        out["Rg"] = (3, n_hidden, 3, n_hidden)
+    return out
 
 
-def init_carry(variant: str, n_hidden: int, dtype=jnp.float32) -> tuple:
+def init_carry(variant: str, n_hidden: int, dtype=np.float32) -> tuple:
     """The zero initial state: (y, c), and for FGR also the previous gates (i, f, o) as float[3, N]."""
     s = spec(variant)
     zeros = jnp.zeros((n_hidden,), dtype)
@@ -232,17 +250,17 @@ def from_paper(variant: str, named: dict) -> dict:
         if np.shape(named[name]) != shape:
             raise ValueError(f"{variant}: {name} has shape {np.shape(named[name])}, expected {shape} "
                              f"(N={n_hidden}, M={n_in})")
-    arr = {k: jnp.asarray(v) for k, v in named.items()}
+    arr = {k: np.asarray(v) for k, v in named.items()}
     params = {
-        "W": jnp.stack([arr[f"W_{g}"].T for g in s.gates], axis=1),
-        "R": jnp.stack([arr[f"R_{g}"].T for g in s.gates], axis=1),
-        "b": jnp.stack([arr[f"b_{g}"] for g in s.gates]),
+        "W": np.stack([arr[f"W_{g}"].T for g in s.gates], axis=1),
+        "R": np.stack([arr[f"R_{g}"].T for g in s.gates], axis=1),
+        "b": np.stack([arr[f"b_{g}"] for g in s.gates]),
     }
     if s.peepholes:
-        params["p"] = jnp.stack([arr[f"p_{g}"] for g in s.peepholes])
+        params["p"] = np.stack([arr[f"p_{g}"] for g in s.peepholes])
     if s.fgr:
-        params["Rg"] = jnp.stack([jnp.stack([arr[f"R_{a}{b}"].T for b in _FGR_GATES], axis=1)
-                                  for a in _FGR_GATES])
+        params["Rg"] = np.stack([np.stack([arr[f"R_{a}{b}"].T for b in _FGR_GATES], axis=1)
+                                 for a in _FGR_GATES])
     return params
 
 

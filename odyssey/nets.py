@@ -65,8 +65,8 @@ def _check_kind(kind: str):
 
 
 def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, n_out: int, std: float = 0.1,
-             dtype=jnp.float32) -> dict:
-    """Draws a network's parameters from N(0, std²).
+             dtype=np.float32) -> dict:
+    """Draws a network's parameters from N(0, std²), on the host (numpy arrays), like `odyssey.cells.init`.
 
     Args:
       key: a PRNG key.
@@ -79,13 +79,13 @@ def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, 
       dtype: the parameters' dtype.
     """
     _check_kind(kind)
-    k_fwd, k_bwd, k_w, k_b = jax.random.split(key, 4)
-    params = {"fwd": cells.init(k_fwd, variant, n_in, n_hidden, std, dtype)}
+    params = {"fwd": cells.init(jax.random.fold_in(key, 0), variant, n_in, n_hidden, std, dtype)}
     if kind == "bi":
-        params["bwd"] = cells.init(k_bwd, variant, n_in, n_hidden, std, dtype)
+        params["bwd"] = cells.init(jax.random.fold_in(key, 1), variant, n_in, n_hidden, std, dtype)
     d = n_hidden * (2 if kind == "bi" else 1)
-    params["out"] = {"w": std * jax.random.normal(k_w, (d, n_out), dtype),
-                     "b": std * jax.random.normal(k_b, (n_out,), dtype)}
+    rng = cells._host_rng(jax.random.fold_in(key, 2))
+    params["out"] = {"w": (std * rng.standard_normal((d, n_out))).astype(dtype),
+                     "b": (std * rng.standard_normal(n_out)).astype(dtype)}
     return params
 
 
@@ -125,32 +125,33 @@ def pad_hidden(params: dict, n_hidden: int, n_max: int, kind: str) -> dict:
         raise ValueError(f"cannot pad hidden size {n_hidden} down to {n_max}")
     extra = n_max - n_hidden
 
-    def pad_cell(cell):
-        out = {}
-        for name, value in cell.items():
-            widths = [(0, extra) if axis in _HIDDEN_AXES[name] else (0, 0) for axis in range(value.ndim)]
-            out[name] = jnp.pad(value, widths)
-        return out
+    def pad(value, axes):
+        xp = np if isinstance(value, np.ndarray) else jnp  # numpy stays on the host: no compile per shape
+        return xp.pad(value, [(0, extra) if axis in axes else (0, 0) for axis in range(value.ndim)])
 
-    padded = {k: pad_cell(v) for k, v in params.items() if k != "out"}
+    padded = {k: {name: pad(v, _HIDDEN_AXES[name]) for name, v in cell.items()}
+              for k, cell in params.items() if k != "out"}
     w = params["out"]["w"]
     if kind == "bi":
-        w = jnp.concatenate([jnp.pad(w[:n_hidden], ((0, extra), (0, 0))),
-                             jnp.pad(w[n_hidden:], ((0, extra), (0, 0)))])
+        xp = np if isinstance(w, np.ndarray) else jnp
+        w = xp.concatenate([pad(w[:n_hidden], (0,)), pad(w[n_hidden:], (0,))])
     else:
-        w = jnp.pad(w, ((0, extra), (0, 0)))
+        w = pad(w, (0,))
     padded["out"] = {"w": w, "b": params["out"]["b"]}
     return padded
 
 
-def hidden_mask(variant: str, kind: str, n_in: int, n_hidden: int, n_max: int, n_out: int, dtype=jnp.float32):
+def hidden_mask(variant: str, kind: str, n_in: int, n_hidden: int, n_max: int, n_out: int, dtype=np.float32):
     """A 0/1 pytree shaped like a network of n_max blocks: 1 where a parameter belongs to the first n_hidden.
 
     Multiplying gradients by it keeps a padded trial exactly equal to the unpadded one, also for FGR, whose
     padded units' gates sit at σ(0) = 0.5 and would otherwise teach the gate-recurrent weights (DESIGN §6).
     """
-    ones = init_net(jax.random.PRNGKey(0), variant, kind, n_in, n_hidden, n_out, dtype=dtype)
-    ones = jax.tree_util.tree_map(jnp.ones_like, ones)
+    _check_kind(kind)
+    cell = {name: np.ones(shape, dtype) for name, shape in cells.shapes(variant, n_in, n_hidden).items()}
+    d = n_hidden * (2 if kind == "bi" else 1)
+    ones = {"fwd": cell, **({"bwd": cell} if kind == "bi" else {}),
+            "out": {"w": np.ones((d, n_out), dtype), "b": np.ones(n_out, dtype)}}
     return pad_hidden(ones, n_hidden, n_max, kind)
 
 

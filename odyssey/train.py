@@ -1,0 +1,421 @@
+"""The multi-trial trainer: many trials of online momentum SGD in one jit-compiled, vmapped program.
+
+Protocol (DESIGN §3, paper Section 4.2), per trial: one sequence per update in a fresh shuffle each epoch,
+Gaussian input noise of the trial's std at every presentation, Nesterov (or classical) momentum in
+Sutskever's form with the learning rate scaled by (1 − momentum), optional element-wise gradient clipping,
+full BPTT; after each epoch the validation metric, the best parameters kept, a stop at `max_epochs` or after
+`patience` epochs without improvement, and the test metric of the best epoch.
+
+How trials run together. Trials are grouped by (variant, hidden-size bucket): each group is one compiled
+program (the variant fixes the cell's structure, the bucket fixes the padded hidden size) that trains K slots
+at once with `vmap`; per-trial hyperparameters are arrays. A trial's hidden size is zero-padded to its bucket's
+size and its gradient multiplied by a 0/1 mask of its own units, which keeps it exactly equal to the
+unpadded trial (FGR included, DESIGN §6). A slot whose trial stops (early stopping, the epoch bound,
+divergence) takes the group's next pending trial at the next epoch, so slots do not idle while work is
+pending. Every random draw of a trial (initial weights, data order, noise) comes from its own seed and
+its own epoch counter, never from the batch, so its numbers do not depend on the batch around it (up to
+float round-off of batched matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise).
+
+Why one program per variant rather than one for all nine: a single "universal" cell must carry FGR's
+3N×3N gate recurrence and every gate for all trials, which costs at least the FGR step for each trial;
+`bench/trainer_speed.py` measures FGR against V on the same shapes (FGR ≈ 1.3-1.6× V per update on CPU),
+so grouping by variant is the cheaper choice, and 9 × buckets programs compile once each per study.
+
+The trial axis is sharded over all local devices (`jax.sharding`, a 1-D mesh named "trials"); data are
+replicated. With several hosts, call `jax.distributed.initialize()` first (see `initialize_distributed`).
+"""
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from odyssey import cells, nets, optim, tasks
+
+DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """One random-search trial: its hyperparameters and its seed (DESIGN §4)."""
+
+    trial_id: int
+    variant: str
+    hidden_size: int
+    learning_rate: float
+    momentum: float
+    input_noise: float
+    nesterov: bool = True
+    clip: bool = False
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialResult:
+    """How a trial ended. Metrics are NaN for a diverged trial; epochs are counted from 1."""
+
+    trial_id: int
+    status: str  # "done" or "diverged"
+    epochs: int
+    best_epoch: int
+    val_metric: float
+    test_metric: float
+    n_params: int
+    train_seconds: float
+
+
+def initialize_distributed(**kwargs):
+    """Joins several hosts into one JAX runtime; call it on every host before anything else touches JAX.
+
+    A thin wrapper of `jax.distributed.initialize` (coordinator address, process count and id as keyword
+    arguments or from the cluster's environment); the trial mesh then spans `jax.devices()`.
+    """
+    jax.distributed.initialize(**kwargs)
+
+
+def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds `hidden_size`."""
+    for b in sorted(buckets):
+        if hidden_size <= b:
+            return b
+    raise ValueError(f"hidden size {hidden_size} exceeds the largest bucket {max(buckets)}")
+
+
+def early_stopping(best_val, best_epoch, epoch, val, max_epochs, patience):
+    """The paper's stopping rule after one epoch, for arrays of trials (numpy, host side).
+
+    Args:
+      best_val: float[K], the best validation metric so far (inf before the first epoch).
+      best_epoch: int[K], the epoch that reached it (0 before the first).
+      epoch: int[K], the epoch just finished (counted from 1).
+      val: float[K], its validation metric (lower is better; NaN counts as no improvement).
+      max_epochs: the epoch bound.
+      patience: epochs without improvement that end a trial.
+
+    Returns:
+      (best_val, best_epoch, improved bool[K], stop bool[K]).
+    """
+    improved = val < best_val
+    best_val = np.where(improved, val, best_val)
+    best_epoch = np.where(improved, epoch, best_epoch)
+    stop = (epoch >= max_epochs) | (epoch - best_epoch >= patience)
+    return best_val, best_epoch, improved, stop
+
+
+def _check_trials(trials):
+    seen = set()
+    for t in trials:
+        cells.spec(t.variant)
+        if t.trial_id in seen:
+            raise ValueError(f"trial_id {t.trial_id} appears twice")
+        seen.add(t.trial_id)
+        if t.hidden_size < 1:
+            raise ValueError(f"trial {t.trial_id}: hidden_size must be >= 1, got {t.hidden_size}")
+        if not (t.learning_rate > 0 and 0 <= t.momentum < 1 and t.input_noise >= 0):
+            raise ValueError(f"trial {t.trial_id}: need learning_rate > 0, 0 <= momentum < 1, input_noise >= 0; "
+                             f"got {t.learning_rate}, {t.momentum}, {t.input_noise}")
+
+
+def _trial_key(seed):
+    return jax.random.PRNGKey(seed)
+
+
+def _where(cond, a, b):
+    """Per-trial select: cond bool[K] broadcast against leading-K pytrees."""
+    def pick(x, y):
+        c = cond.reshape(cond.shape + (1,) * (x.ndim - 1))
+        return jnp.where(c, x, y)
+    return jax.tree_util.tree_map(pick, a, b)
+
+
+def _train_epoch(task, variant, state, hp, train, epoch):
+    """One epoch of online updates for K trials at once.
+
+    Args:
+      task, variant: static.
+      state: dict params/velocity (leading axis K), alive bool[K].
+      hp: dict of per-trial arrays: lr, momentum, noise, nesterov, clip, key uint32[K, 2], mask (pytree).
+      train: `tasks.Arrays` of the training split as device arrays.
+      epoch: int32[K], each trial's own epoch counter (selects its shuffle and noise).
+
+    Returns:
+      (new state, summed train loss float[K], diverged bool[K]).
+    """
+    n_seq = train.xs.shape[0]
+
+    def order(key, ep):
+        return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), ep), n_seq)
+
+    perms = jax.vmap(order)(hp["key"], epoch)
+    noise_keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, 2), e))(hp["key"], epoch)
+
+    def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, nkey, idx, s):
+        x = train.xs[idx]
+        x = x + std * jax.random.normal(jax.random.fold_in(nkey, s), x.shape, x.dtype)
+        lp = None if train.label_paddings is None else train.label_paddings[idx]
+        point = optim.gradient_point(params, velocity, mu, nesterov)
+        loss, grads = jax.value_and_grad(tasks.sequence_loss, argnums=2)(
+            task, variant, point, x, train.mask[idx], train.targets[idx], lp)
+        grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
+        new_p, new_v = optim.update(params, velocity, grads, lr, mu, clip)
+        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_p)]))
+        keep = alive & finite
+        params = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_p, params)
+        velocity = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_v, velocity)
+        return params, velocity, keep, jnp.where(keep, loss, 0.0), alive & ~finite
+
+    def body(carry, s):
+        params, velocity, alive, diverged, loss_sum = carry
+        params, velocity, alive, loss, div = jax.vmap(one, in_axes=(0,) * 10 + (0, None))(
+            params, velocity, alive, hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"],
+            hp["noise"], noise_keys, perms[:, s], s)
+        return (params, velocity, alive, diverged | div, loss_sum + loss), None
+
+    k = epoch.shape[0]
+    init = (state["params"], state["velocity"], state["alive"], jnp.zeros(k, bool), jnp.zeros(k, jnp.float32))
+    (params, velocity, alive, diverged, loss_sum), _ = jax.lax.scan(body, init, jnp.arange(n_seq))
+    return {"params": params, "velocity": velocity, "alive": alive}, loss_sum, diverged
+
+
+def _eval_chunk(task, variant, params, chunk):
+    """Metric statistics of K trials on a chunk of sequences: vmapped over trials and sequences."""
+    def per_trial(p):
+        return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t))(
+            chunk.xs, chunk.mask, chunk.targets)
+    return jax.vmap(per_trial)(params)
+
+
+def _pad_split(arrays: tasks.Arrays, multiple: int) -> tasks.Arrays:
+    """Appends all-padding sequences so the split divides into equal chunks (one compile for all chunks)."""
+    extra = -arrays.size % multiple
+    if not extra:
+        return arrays
+
+    def grow(a):
+        return None if a is None else np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)])
+
+    lp = None if arrays.label_paddings is None else np.concatenate(
+        [arrays.label_paddings, np.ones((extra,) + arrays.label_paddings.shape[1:], np.float32)])
+    return tasks.Arrays(grow(arrays.xs), grow(arrays.mask), grow(arrays.targets), lp)
+
+
+def _eval_splits(arrays, chunk):
+    """Validation and test padded to the same steps (and labels) and to whole chunks: one compiled evaluation."""
+    steps = max(arrays[name].xs.shape[1] for name in ("valid", "test"))
+    out = {}
+    for name in ("valid", "test"):
+        a = arrays[name]
+        widen = steps - a.xs.shape[1]
+        xs = np.pad(a.xs, ((0, 0), (0, widen), (0, 0)))
+        mask = np.pad(a.mask, ((0, 0), (0, widen)))
+        targets = a.targets
+        if a.label_paddings is None:  # frame targets grow with the steps
+            targets = np.pad(targets, [(0, 0), (0, widen)] + [(0, 0)] * (targets.ndim - 2))
+        out[name] = _pad_split(tasks.Arrays(xs, mask, targets, a.label_paddings), chunk)
+    return out
+
+
+class _Group:
+    """K slots of one variant and one padded hidden size, trained in lock-step epochs."""
+
+    def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk):
+        self.task, self.variant, self.n_max, self.n_in = task, variant, n_max, n_in
+        self.arrays = arrays
+        n_dev = mesh.devices.size
+        self.k = int(math.ceil(k / n_dev) * n_dev)
+        self.shard = NamedSharding(mesh, PartitionSpec("trials"))
+        self.replicated = NamedSharding(mesh, PartitionSpec())
+        self.eval_chunk = eval_chunk
+        self.train = jax.device_put(arrays["train"], self.replicated)
+        self.eval_splits = _eval_splits(arrays, eval_chunk)
+        self._epoch_fn = jax.jit(functools.partial(_train_epoch, task, variant), donate_argnums=(0,))
+        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, variant))
+        self.slots = [None] * self.k
+        empty = self._slot_values(None)
+        stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *([empty] * self.k))
+        self.state = jax.device_put(stacked["state"], self.shard)
+        self.hp = jax.device_put(stacked["hp"], self.shard)
+        self.best = jax.device_put(stacked["state"]["params"], self.shard)
+        self.epoch = np.zeros(self.k, np.int32)
+
+    def _slot_values(self, trial):
+        """Host values of one slot: a trial's initial state and hyperparameters, or an empty slot."""
+        n = self.n_max if trial is None else trial.hidden_size
+        key = _trial_key(0 if trial is None else trial.seed)
+        params = nets.init_net(jax.random.fold_in(key, 0), self.variant, self.task.kind, self.n_in, n,
+                               self.task.n_out)
+        mask = nets.hidden_mask(self.variant, self.task.kind, self.n_in, n, self.n_max, self.task.n_out)
+        params = nets.pad_hidden(params, n, self.n_max, self.task.kind)
+        if trial is None:
+            params = jax.tree_util.tree_map(np.zeros_like, params)
+        state = {"params": params, "velocity": jax.tree_util.tree_map(np.zeros_like, params),
+                 "alive": np.bool_(trial is not None)}
+        hp = {"lr": np.float32(0 if trial is None else trial.learning_rate),
+              "momentum": np.float32(0 if trial is None else trial.momentum),
+              "noise": np.float32(0 if trial is None else trial.input_noise),
+              "nesterov": np.bool_(True if trial is None else trial.nesterov),
+              "clip": np.bool_(False if trial is None else trial.clip),
+              "key": np.asarray(key), "mask": mask}
+        return {"state": state, "hp": hp}
+
+    def assign(self, slot, trial):
+        values = self._slot_values(trial)
+        put = functools.partial(_set_slot, np.int32(slot))
+        self.state = put(self.state, values["state"])
+        self.hp = put(self.hp, values["hp"])
+        self.best = put(self.best, values["state"]["params"])
+        self.epoch[slot] = 0
+        self.slots[slot] = trial
+
+    def train_epoch(self):
+        epoch = jax.device_put(self.epoch, self.shard)
+        self.state, loss, diverged = self._epoch_fn(self.state, self.hp, self.train, epoch)
+        self.epoch += 1
+        return np.asarray(loss), np.asarray(diverged)
+
+    def evaluate(self, split, params):
+        arrays = self.eval_splits[split]
+        outs = []
+        for start in range(0, arrays.size, self.eval_chunk):
+            chunk = arrays.take(slice(start, start + self.eval_chunk))
+            chunk = tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None)
+            outs.append(jax.tree_util.tree_map(np.asarray, self._eval_fn(params, chunk)))
+        stats = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1), *outs)
+        if isinstance(stats, tuple):
+            stats = tuple(s[:, :self.arrays[split].size] for s in stats)
+        else:
+            stats = stats[:, :self.arrays[split].size]
+        return tasks.finish_metric(self.task, stats, self.arrays[split])
+
+    def keep_best(self, improved):
+        self.best = _select(jnp.asarray(improved), self.state["params"], self.best)
+
+
+@functools.partial(jax.jit, donate_argnums=(1,))
+def _set_slot(slot, tree, values):
+    return jax.tree_util.tree_map(lambda a, v: a.at[slot].set(v), tree, values)
+
+
+@jax.jit
+def _select(cond, a, b):
+    return _where(cond, a, b)
+
+
+def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs: int = 150, patience: int = 15,
+                 trials_per_batch: int = 64, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS,
+                 eval_chunk: int = 16, on_epoch: Callable | None = None, on_result: Callable | None = None,
+                 devices=None) -> list[TrialResult]:
+    """Trains trials to the end of the paper's protocol, many at once.
+
+    Args:
+      task: "jsb", "timit" or "iam_online".
+      splits: dict train/valid/test, as the data loaders return them.
+      trials: the trials to train, in the order they should start.
+      max_epochs: the epoch bound (paper: 150).
+      patience: stop after this many epochs without improvement of the validation metric (paper: 15).
+      trials_per_batch: the most trials one compiled program trains at once; results never depend on it.
+      hidden_buckets: padded hidden sizes; a trial runs padded to the smallest bucket that holds it.
+      eval_chunk: sequences per evaluation step (per trial; all trials of a group evaluate together).
+      on_epoch: called as on_epoch(trial_id, epoch, train_loss, val_metric, seconds) after every epoch of
+        every live trial; train_loss is the mean over the epoch's sequences of the summed sequence loss,
+        seconds the trial's share of the group's wall time for that epoch.
+      on_result: called with each `TrialResult` as soon as its trial ends.
+      devices: the devices to shard the trial axis over (default: all devices, of every host).
+
+    Returns:
+      The results, in the order of `trials`.
+    """
+    spec = tasks.get_task(task)
+    trials = list(trials)
+    _check_trials(trials)
+    if max_epochs < 1 or patience < 1 or trials_per_batch < 1:
+        raise ValueError(f"need max_epochs, patience, trials_per_batch >= 1; got {max_epochs}, {patience}, "
+                         f"{trials_per_batch}")
+    missing = [name for name in ("train", "valid", "test") if name not in splits]
+    if missing:
+        raise ValueError(f"splits lack {missing}; the loaders return train, valid and test")
+    arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
+    n_in = arrays["train"].xs.shape[-1]
+    mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
+    groups = {}
+    for t in trials:
+        groups.setdefault((t.variant, bucket_of(t.hidden_size, hidden_buckets)), []).append(t)
+    results = {}
+    for (variant, n_max), members in groups.items():
+        logging.info("%s: %d trials of %s padded to N=%d", task, len(members), variant, n_max)
+        group = _Group(spec, variant, n_max, min(trials_per_batch, len(members)), arrays, n_in, mesh, eval_chunk)
+        for res in _run_group(group, members, max_epochs, patience, on_epoch):
+            results[res.trial_id] = res
+            if on_result is not None:
+                on_result(res)
+    return [results[t.trial_id] for t in trials]
+
+
+def _run_group(group, members, max_epochs, patience, on_epoch):
+    """Runs a group's trials through their epochs, refilling slots as trials end; yields results."""
+    pending = list(members)
+    k = group.k
+    best_val = np.full(k, np.inf)
+    best_epoch = np.zeros(k, int)
+    seconds = np.zeros(k)
+    test_cache = {}
+    n_train = group.arrays["train"].size
+    spec = group.task
+
+    for slot in range(min(k, len(pending))):
+        group.assign(slot, pending.pop(0))
+    while any(t is not None for t in group.slots):
+        live = np.array([t is not None for t in group.slots])
+        start = time.perf_counter()
+        loss, diverged = group.train_epoch()
+        val = group.evaluate("valid", group.state["params"])
+        elapsed = time.perf_counter() - start
+        share = elapsed / live.sum()
+        logging.info("%s %s N<=%d: %d live trials, epoch took %.2fs (%.0f sequence-updates/s)", spec.name,
+                     group.variant, group.n_max, live.sum(), elapsed, live.sum() * n_train / elapsed)
+        diverged = diverged | ~np.isfinite(val)
+        new_best, new_epoch, improved, stop = early_stopping(best_val, best_epoch, group.epoch, val, max_epochs,
+                                                             patience)
+        improved &= live & ~diverged
+        best_val[live], best_epoch[live] = new_best[live], new_epoch[live]
+        group.keep_best(improved)
+        ended = []
+        for slot in np.flatnonzero(live):
+            trial, epoch = group.slots[slot], int(group.epoch[slot])
+            seconds[slot] += share
+            if on_epoch is not None:
+                on_epoch(trial.trial_id, epoch, float(loss[slot] / n_train), float(val[slot]), share)
+            if diverged[slot]:
+                ended.append((slot, "diverged"))
+            elif stop[slot]:
+                ended.append((slot, "done"))
+        if any(status == "done" for _, status in ended):
+            test = group.evaluate("test", group.best)
+            for slot, status in ended:
+                test_cache[slot] = test[slot]
+        for slot, status in ended:
+            trial = group.slots[slot]
+            n_params = nets.count_params(trial.variant, spec.kind, group.n_in, trial.hidden_size, spec.n_out)
+            if status == "diverged":
+                res = TrialResult(trial.trial_id, "diverged", int(group.epoch[slot]), int(best_epoch[slot]),
+                                  math.nan, math.nan, n_params, float(seconds[slot]))
+            else:
+                res = TrialResult(trial.trial_id, "done", int(group.epoch[slot]), int(best_epoch[slot]),
+                                  float(best_val[slot]), float(test_cache[slot]), n_params, float(seconds[slot]))
+            group.slots[slot] = None
+            yield res
+        for slot, _ in ended:
+            # The group's next pending trial takes the slot; with none left, the slot is emptied (trains nothing).
+            if pending:
+                group.assign(slot, pending.pop(0))
+                best_val[slot], best_epoch[slot], seconds[slot] = np.inf, 0, 0.0
+            else:
+                group.assign(slot, None)

@@ -7,6 +7,7 @@ call) and the ratio ours / optax; a ratio below 1 means ours is faster. Each sha
 frame and label lengths inside one padded batch, as the IAM-OnDB task produces.
 """
 
+import functools
 import statistics
 import time
 
@@ -22,6 +23,7 @@ from odyssey import ctc
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement; the median is shown.")
 _QUICK = flags.DEFINE_bool("quick", False, "Only the two smallest shapes, for a smoke run.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random logits and labels.")
+_UNROLL = flags.DEFINE_integer("unroll", None, "Time steps per scan iteration of ours; default: ctc_loss's choice.")
 
 # (B, T, K, L): batch, padded frames, classes incl. blank, padded label length.
 # IAM-OnDB lines give T of about 350-700 frames and 30-60 characters over 81 + blank classes.
@@ -70,10 +72,11 @@ def _programs(loss_fn):
 def main(argv):
     del argv
     rng = np.random.default_rng(_SEED.value)
-    ours = _programs(ctc.ctc_loss)
+    ours = _programs(functools.partial(ctc.ctc_loss, unroll=_UNROLL.value))
     theirs = _programs(optax.ctc_loss)
     shapes = _SHAPES[:2] if _QUICK.value else _SHAPES
-    print(f"device: {jax.devices()[0].device_kind}; median of {_REPEATS.value} calls; times in ms")
+    print(f"device: {jax.devices()[0].device_kind}; unroll: {_UNROLL.value or 'default'}; "
+          f"median of {_REPEATS.value} calls; times in ms")
     header = ("B", "T", "K", "L", "ours fwd", "optax fwd", "ratio", "ours f+g", "optax f+g", "ratio")
     print("".join(f"{h:>10}" for h in header))
     worst = 0.0

@@ -8,9 +8,15 @@ import numpy as np
 # enough that sums of a few thousand of them stay finite, so no -inf and no NaN ever reach a gradient.
 _LOG_EPSILON = -1e5
 
+# Time steps per loop iteration on an accelerator. Each step is little work on a [B, 2L + 1] array,
+# so an accelerator spends its time on per-iteration overhead: on an H200 at B = 32, T = 700, L = 60,
+# unrolling 8 steps cut the forward pass from 15 ms to 1.0 ms and forward+grad from 18 ms to 4.8 ms.
+# On CPU unrolling brought no gain and tripled the compile time, so CPU keeps one step per iteration.
+_ACCELERATOR_UNROLL = 8
 
-def _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id):
-    """Raises a ValueError that names the argument whose rank or shape is wrong."""
+
+def _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id, unroll):
+    """Raises a ValueError that names the argument whose rank, shape or value is wrong."""
     if jnp.ndim(logits) != 3:
         raise ValueError(f"ctc: logits must be [B, T, K], got shape {jnp.shape(logits)}.")
     batch, frames, classes = jnp.shape(logits)
@@ -28,6 +34,8 @@ def _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id):
         raise ValueError(f"ctc: labels must be integers, got dtype {jnp.result_type(labels)}.")
     if not 0 <= blank_id < classes:
         raise ValueError(f"ctc: blank_id must be in [0, {classes}), got {blank_id}.")
+    if unroll is not None and (not isinstance(unroll, int) or unroll < 1):
+        raise ValueError(f"ctc: unroll must be None or a positive int, got {unroll!r}.")
 
 
 def _logsumexp3(a, b, c):
@@ -36,7 +44,7 @@ def _logsumexp3(a, b, c):
     return shift + jnp.log(jnp.exp(a - shift) + jnp.exp(b - shift) + jnp.exp(c - shift))
 
 
-def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0):
+def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, *, unroll=None):
     r"""The CTC loss of Graves et al. (2006), -log p(labels | logits), by the forward algorithm.
 
     Follows the conventions of ``optax.ctc_loss``. The label sequence l of length U is extended with
@@ -64,14 +72,16 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0):
             in padded slots are ignored.
         label_paddings: float[B, L], 1.0 where a label slot is padding; each row is zeros then ones.
         blank_id: static int, the class id of the blank.
+        unroll: static int, time steps per iteration of the scan; it changes speed and compile
+            time, never the result. None picks 1 on CPU and 8 on other backends.
 
     Returns:
         float[B], the negative log-likelihood of each sequence's labels (a sum over its frames).
 
     Raises:
-        ValueError: if a rank or shape does not match the others, or blank_id is out of range.
+        ValueError: if a rank or shape does not match the others, or blank_id or unroll is out of range.
     """
-    _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id)
+    _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id, unroll)
     batch, _, _ = logits.shape
     max_labels = labels.shape[1]
     num_states = 2 * max_labels + 1
@@ -103,7 +113,9 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0):
 
     # A virtual frame 0 in state 0 lets the first real frame enter state 0 or 1 by the same rule.
     alpha0 = jnp.full((batch, num_states), _LOG_EPSILON, dtype).at[:, 0].set(0.0)
-    alpha, _ = jax.lax.scan(step, alpha0, (emit, is_pad))
+    if unroll is None:
+        unroll = 1 if jax.default_backend() == "cpu" else _ACCELERATOR_UNROLL
+    alpha, _ = jax.lax.scan(step, alpha0, (emit, is_pad), unroll=unroll)
 
     last = jnp.take_along_axis(alpha, (2 * label_lengths)[:, None], axis=1)[:, 0]
     before_last = jnp.take_along_axis(alpha, jnp.maximum(2 * label_lengths - 1, 0)[:, None], axis=1)[:, 0]

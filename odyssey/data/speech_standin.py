@@ -121,7 +121,7 @@ class _Espeak:
         if self.sample_rate <= 0:
             raise RuntimeError(f"espeak_Initialize failed with the data in {data_parent}")
         self._lib = lib
-        self._chunks, self._events = [], []
+        self._chunks, self._events, self._error = [], [], None
         self._callback = _CALLBACK(self._collect)  # held so that it outlives every synthesis
         lib.espeak_SetSynthCallback(self._callback)
 
@@ -132,8 +132,10 @@ class _Espeak:
         while events[k].type != _EVENT_LIST_TERMINATED:
             e = events[k]
             if e.type == _EVENT_PHONEME:
+                # `sample` is documented as internal; it must agree with the documented ms position.
                 if abs(e.sample * 1000 / self.sample_rate - e.audio_position) > 1.5:
-                    raise RuntimeError("espeak event sample and audio_position disagree; unknown library version")
+                    self._error = f"event sample {e.sample} and audio_position {e.audio_position} ms disagree"
+                    return 1  # an exception would not cross the C callback; abort and report after
                 self._events.append((e.id.string.decode("utf-8"), e.sample))
             k += 1
         return 0
@@ -147,11 +149,11 @@ class _Espeak:
         # espeak's noise sources draw from its own generator and from libc's rand().
         self._lib.espeak_ng_SetRandSeed(voice.engine_seed)
         ctypes.CDLL(None).srand(voice.engine_seed)
-        self._chunks, self._events = [], []
+        self._chunks, self._events, self._error = [], [], None
         data = sentence.encode("utf-8")
         status = self._lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
-        if status != 0:
-            raise RuntimeError(f"espeak_Synth returned {status} for {sentence!r}")
+        if status != 0 or self._error:
+            raise RuntimeError(f"espeak_Synth returned {status} for {sentence!r}; {self._error or ''}")
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
         return audio, self._events
 
@@ -159,9 +161,10 @@ class _Espeak:
 def speak(sentence: str, voice: Voice) -> tuple[int, np.ndarray, list[tuple[str, int]]]:
     """espeak-ng's audio and phoneme events for one sentence, the same on every call.
 
-    espeak keeps state from one synthesis to the next in its library (pitch flutter, filter
-    memories) that re-initialising does not reset, so each sentence is spoken in a child process
-    forked for it from this one, which never loads the voice itself.
+    The library keeps state from one synthesis to the next that re-initialising does not reset
+    (the same sentence spoken twice in one process comes out different), so each sentence is
+    spoken by a child process forked for it from this one, which never synthesises itself; its
+    random generators are seeded with `voice.engine_seed`.
 
     Args:
       sentence: the text.

@@ -3,7 +3,7 @@
 Run: python bench/ctc_speed.py [--repeats=20] [--quick]
 
 Prints one row per shape with the median wall time over repeats (after a compile-and-warm-up
-call) and the ratio ours / optax; a ratio below 1 means ours is faster. Each shape uses mixed
+call; ours and optax alternate) and the ratio ours / optax; a ratio below 1 means ours is faster. Each shape uses mixed
 frame and label lengths inside one padded batch, as the IAM-OnDB task produces.
 """
 
@@ -48,15 +48,18 @@ def _batch(rng, batch, frames, classes, max_labels):
     return tuple(jnp.asarray(a) for a in (logits, logit_paddings, labels, label_paddings))
 
 
-def _median_seconds(fn, args, repeats):
-    """Median wall time of fn(*args) over repeats, after one call that compiles and warms up."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _paired_median_seconds(fn_a, fn_b, args, repeats):
+    """Median wall times of fn_a(*args) and fn_b(*args), called alternately so that a change in
+    the machine's load hits both alike; one call of each first compiles and warms up."""
+    times = ([], [])
+    for fn in (fn_a, fn_b):
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    for _ in range(repeats):
+        for fn, record in zip((fn_a, fn_b), times):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            record.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _programs(loss_fn):
@@ -85,8 +88,7 @@ def main(argv):
         np.testing.assert_allclose(ours[0](*args), theirs[0](*args), rtol=1e-4)
         row = list(shape)
         for which in (0, 1):
-            mine = _median_seconds(ours[which], args, _REPEATS.value)
-            ref = _median_seconds(theirs[which], args, _REPEATS.value)
+            mine, ref = _paired_median_seconds(ours[which], theirs[which], args, _REPEATS.value)
             worst = max(worst, mine / ref)
             row += [f"{1e3 * mine:.3f}", f"{1e3 * ref:.3f}", f"{mine / ref:.2f}"]
         print("".join(f"{v:>10}" for v in row))

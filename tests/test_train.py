@@ -1,0 +1,238 @@
+"""Tests of the multi-trial trainer against a plain, unbatched reference loop written here."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from odyssey import cells, nets, train
+
+N_OUT = {"jsb": 88, "timit": 61, "iam_online": 82}
+KIND = {"jsb": "uni", "timit": "bi", "iam_online": "bi"}
+
+
+def make_splits(task, seed=0, sizes=(5, 3, 3), lengths=(4, 6)):
+    """Tiny random splits in the loaders' format; lengths from a small set to bound compilations."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, size in zip(("train", "valid", "test"), sizes):
+        seqs = []
+        for _ in range(size):
+            t = int(rng.choice(lengths))
+            if task == "jsb":
+                seqs.append((rng.random((t + 1, 88)) < 0.1).astype(np.float32))
+            elif task == "timit":
+                seqs.append((rng.normal(size=(t, 5)).astype(np.float32), rng.integers(0, 61, t).astype(np.int32)))
+            else:
+                seqs.append((rng.normal(size=(t, 4)).astype(np.float32),
+                             rng.integers(1, 82, int(rng.integers(1, 3))).astype(np.int32)))
+        out[name] = seqs
+    return out
+
+
+def _pairs(task, split):
+    """(inputs, targets) per sequence, unpadded."""
+    if task == "jsb":
+        return [(r[:-1], r[1:]) for r in split]
+    return list(split)
+
+
+def _ref_loss(task, variant, params, x, y):
+    logits = nets.apply_net(variant, KIND[task], params, x)
+    if task == "jsb":
+        return -jnp.sum(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits))
+    if task == "timit":
+        return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
+    zeros = jnp.zeros((1, x.shape[0]))
+    return optax.ctc_loss(logits[None], zeros, y[None], jnp.zeros((1, len(y))))[0]
+
+
+def _levenshtein(a, b):
+    d = np.arange(len(b) + 1)
+    for i, ca in enumerate(a, 1):
+        prev, d[0] = d[0], i
+        for j, cb in enumerate(b, 1):
+            prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (ca != cb))
+    return d[len(b)]
+
+
+def _ref_metric(task, variant, params, split):
+    num = den = 0.0
+    for x, y in _pairs(task, split):
+        logits = np.asarray(nets.apply_net(variant, KIND[task], params, jnp.asarray(x)))
+        if task == "jsb":
+            num += float(_ref_loss(task, variant, params, jnp.asarray(x), jnp.asarray(y)))
+            den += len(x)
+        elif task == "timit":
+            num += 100.0 * np.sum(logits.argmax(1) != y)
+            den += len(x)
+        else:
+            best = logits.argmax(1)
+            hyp = [int(c) for k, c in enumerate(best) if c != 0 and (k == 0 or c != best[k - 1])]
+            num += 100.0 * _levenshtein(list(y), hyp)
+            den += len(y)
+    return num / den
+
+
+def reference_run(task, variant, trial, splits, max_epochs, patience):
+    """The paper's protocol for one trial, one sequence at a time, in plain Python."""
+    key = jax.random.PRNGKey(trial.seed)
+    n_in = _pairs(task, splits["train"])[0][0].shape[1]
+    params = nets.init_net(jax.random.fold_in(key, 0), variant, KIND[task], n_in, trial.hidden_size, N_OUT[task])
+    velocity = jax.tree_util.tree_map(np.zeros_like, params)
+    grad_fn = jax.jit(jax.grad(lambda p, x, y: _ref_loss(task, variant, p, x, y)))
+    data = _pairs(task, splits["train"])
+    t_max = max(len(x) for x, _ in data)
+    mu = trial.momentum
+    curve, best, best_epoch, best_params = [], np.inf, 0, None
+    for epoch in range(max_epochs):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), len(data)))
+        noise_key = jax.random.fold_in(jax.random.fold_in(key, 2), epoch)
+        for s, idx in enumerate(order):
+            x, y = data[idx]
+            noise = np.asarray(jax.random.normal(jax.random.fold_in(noise_key, s), (t_max, n_in)))[:len(x)]
+            look = jax.tree_util.tree_map(lambda p, v: p + (mu * v if trial.nesterov else 0), params, velocity)
+            g = grad_fn(look, jnp.asarray(x + trial.input_noise * noise), jnp.asarray(y))
+            g = jax.tree_util.tree_map(lambda a: np.clip(a, -1, 1) if trial.clip else np.asarray(a), g)
+            velocity = jax.tree_util.tree_map(lambda v, a: mu * v - trial.learning_rate * (1 - mu) * a, velocity, g)
+            params = jax.tree_util.tree_map(lambda p, v: p + v, params, velocity)
+        val = _ref_metric(task, variant, params, splits["valid"])
+        curve.append(val)
+        if val < best:
+            best, best_epoch, best_params = val, epoch + 1, params
+        if epoch + 1 - best_epoch >= patience:
+            break
+    return curve, best_epoch, best, _ref_metric(task, variant, best_params, splits["test"])
+
+
+def run_trainer(task, splits, trials, **kwargs):
+    curves = {}
+    results = train.train_trials(task, splits, trials,
+                                 on_epoch=lambda tid, ep, loss, val, sec: curves.setdefault(tid, []).append(val),
+                                 **kwargs)
+    return {r.trial_id: r for r in results}, curves
+
+
+@pytest.mark.parametrize("task,variant", [("jsb", "V"), ("timit", "FGR"), ("iam_online", "CIFG")])
+def test_one_trial_equals_the_reference_loop(task, variant):
+    splits = make_splits(task)
+    trial = train.Trial(0, variant, 4, learning_rate=3e-2, momentum=0.7, input_noise=0.3, nesterov=True,
+                        clip=task == "timit", seed=11)
+    results, curves = run_trainer(task, splits, [trial], max_epochs=4, patience=2, hidden_buckets=(4,))
+    ref_curve, ref_best_epoch, ref_best, ref_test = reference_run(task, variant, trial, splits, 4, 2)
+    np.testing.assert_allclose(curves[0], ref_curve, rtol=2e-5)
+    r = results[0]
+    assert r.status == "done" and r.epochs == len(ref_curve) and r.best_epoch == ref_best_epoch
+    np.testing.assert_allclose([r.val_metric, r.test_metric], [ref_best, ref_test], rtol=2e-5)
+    assert r.n_params == nets.count_params(variant, KIND[task], splits["train"][0][0].shape[-1] if task != "jsb"
+                                           else 88, 4, N_OUT[task])
+
+
+def test_batch_invariance_and_padding_in_a_mixed_batch():
+    """A trial alone equals the same trial among 7 others of other sizes, variants and hyperparameters."""
+    splits = make_splits("timit", seed=1)
+    target = train.Trial(0, "NP", 5, 1e-2, 0.9, 0.5, nesterov=False, clip=True, seed=3)
+    others = [train.Trial(i, v, n, lr, 0.5, 0.2, True, False, 100 + i) for i, (v, n, lr) in enumerate(
+        [("NP", 7, 3e-3), ("NP", 3, 1e-3), ("V", 8, 1e-2), ("NP", 8, 5e-2), ("FGR", 6, 1e-2), ("NP", 2, 1e-4),
+         ("NIG", 5, 1e-2)], start=1)]
+    alone, alone_curves = run_trainer("timit", splits, [target], max_epochs=3, patience=5, hidden_buckets=(8,))
+    batch, batch_curves = run_trainer("timit", splits, others[:3] + [target] + others[3:], max_epochs=3, patience=5,
+                                      trials_per_batch=8, hidden_buckets=(8,))
+    np.testing.assert_allclose(batch_curves[0], alone_curves[0], rtol=1e-6)
+    assert batch[0] == alone[0] or np.allclose(
+        [batch[0].val_metric, batch[0].test_metric], [alone[0].val_metric, alone[0].test_metric], rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", cells.VARIANTS)
+def test_zero_padding_is_exact(variant):
+    """N = 23 trained padded to 200 follows N = 23 unpadded (the gradient mask keeps FGR exact)."""
+    splits = make_splits("jsb", seed=2, sizes=(4, 2, 2), lengths=(3,))
+    trial = train.Trial(0, variant, 23, 5e-2, 0.8, 0.1, True, False, seed=5)
+    small, small_curves = run_trainer("jsb", splits, [trial], max_epochs=3, patience=5, hidden_buckets=(23, 200))
+    big, big_curves = run_trainer("jsb", splits, [trial], max_epochs=3, patience=5, hidden_buckets=(200,))
+    np.testing.assert_allclose(big_curves[0], small_curves[0], rtol=1e-5)
+    np.testing.assert_allclose(big[0].test_metric, small[0].test_metric, rtol=1e-5)
+    assert big[0].n_params == small[0].n_params == nets.count_params(variant, "uni", 88, 23, 88)
+
+
+def test_divergence_is_isolated():
+    splits = make_splits("jsb", seed=3)
+    good = [train.Trial(i, "V", 6, 1e-2, 0.9, 0.1, True, False, seed=i) for i in (0, 2)]
+    bad = train.Trial(1, "V", 6, 1e38, 0.0, 0.1, True, False, seed=1)
+    batch, curves = run_trainer("jsb", splits, [good[0], bad, good[1]], max_epochs=3, patience=5,
+                                trials_per_batch=3, hidden_buckets=(8,))
+    assert batch[1].status == "diverged" and np.isnan(batch[1].val_metric) and np.isnan(batch[1].test_metric)
+    assert batch[1].epochs == 1
+    for g in good:
+        alone, alone_curves = run_trainer("jsb", splits, [g], max_epochs=3, patience=5, hidden_buckets=(8,))
+        assert batch[g.trial_id].status == "done"
+        np.testing.assert_allclose(curves[g.trial_id], alone_curves[g.trial_id], rtol=1e-6)
+
+
+def test_early_stopping_on_a_scripted_metric():
+    script = np.array([[5.0, 4.0, 4.5, 3.9, 4.0, 4.0, 4.0, 3.0, 3.0, 2.0],
+                       [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0],
+                       [9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.5]])
+    max_epochs, patience = 8, 3
+    # Oracle: the rule in words, one trial at a time.
+    expected = []
+    for row in script:
+        best, best_ep = np.inf, 0
+        for ep, v in enumerate(row, 1):
+            if v < best:
+                best, best_ep = v, ep
+            if ep == max_epochs or ep - best_ep == patience:
+                expected.append((ep, best_ep, best))
+                break
+    best_val, best_epoch = np.full(3, np.inf), np.zeros(3, int)
+    stopped = {}
+    for ep in range(1, 11):
+        best_val, best_epoch, _, stop = train.early_stopping(best_val, best_epoch, np.full(3, ep), script[:, ep - 1],
+                                                             max_epochs, patience)
+        for k in np.flatnonzero(stop):
+            stopped.setdefault(k, (ep, int(best_epoch[k]), float(best_val[k])))
+    assert [stopped[k] for k in range(3)] == expected == [(7, 4, 3.9), (4, 1, 1.0), (8, 8, 2.0)]
+
+
+def test_sharded_over_four_devices_equals_one_device(tmp_path):
+    script = textwrap.dedent("""
+        import json, sys, jax
+        sys.path.insert(0, %r)
+        from test_train import make_splits
+        from odyssey import train
+        splits = make_splits("jsb", seed=4)
+        trials = [train.Trial(i, "V", 3 + i, 1e-2, 0.9, 0.2, True, False, seed=i) for i in range(5)]
+        out = {}
+        for name, devices in (("four", jax.devices()), ("one", jax.devices()[:1])):
+            res = train.train_trials("jsb", splits, trials, max_epochs=2, patience=5, trials_per_batch=5,
+                                     hidden_buckets=(8,), devices=devices)
+            out[name] = [[r.val_metric, r.test_metric] for r in res]
+        print(json.dumps({"n": len(jax.devices()), **out}))
+    """) % os.path.dirname(__file__)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] == 4
+    np.testing.assert_allclose(out["four"], out["one"], rtol=1e-6)
+
+
+def test_bad_trials_are_named():
+    splits = make_splits("jsb")
+    with pytest.raises(ValueError, match="unknown variant 'LSTM'"):
+        train.train_trials("jsb", splits, [train.Trial(0, "LSTM", 4, 1e-3, 0.9, 0.0)])
+    with pytest.raises(ValueError, match="trial 0: need learning_rate > 0"):
+        train.train_trials("jsb", splits, [train.Trial(0, "V", 4, -1e-3, 0.9, 0.0)])
+    with pytest.raises(ValueError, match="exceeds the largest bucket 200"):
+        train.train_trials("jsb", splits, [train.Trial(0, "V", 201, 1e-3, 0.9, 0.0)])
+    with pytest.raises(ValueError, match="unknown task 'speech'"):
+        train.train_trials("speech", splits, [])
+    with pytest.raises(ValueError, match="trial_id 0 appears twice"):
+        train.train_trials("jsb", splits, [train.Trial(0, "V", 4, 1e-3, 0.9, 0.0)] * 2)

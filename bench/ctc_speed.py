@@ -1,10 +1,11 @@
 """Benchmark: odyssey.ctc.ctc_loss against optax.ctc_loss, both jitted, forward and forward+grad.
 
-Run: python bench/ctc_speed.py [--repeats=20] [--quick]
+Run: python bench/ctc_speed.py [--repeats=20] [--quick] [--unroll=N]
 
 Prints one row per shape with the median wall time over repeats (after a compile-and-warm-up
-call; ours and optax alternate) and the ratio ours / optax; a ratio below 1 means ours is faster. Each shape uses mixed
-frame and label lengths inside one padded batch, as the IAM-OnDB task produces.
+call; ours and optax alternate) and the ratio ours / optax; a ratio below 1 means ours is faster.
+Each shape uses mixed frame and label lengths inside one padded batch, as the IAM-OnDB task
+produces. On CPU and other backends, ctc_loss picks its own scan unrolling unless --unroll is given.
 """
 
 import functools
@@ -23,7 +24,8 @@ from odyssey import ctc
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement; the median is shown.")
 _QUICK = flags.DEFINE_bool("quick", False, "Only the two smallest shapes, for a smoke run.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the random logits and labels.")
-_UNROLL = flags.DEFINE_integer("unroll", None, "Time steps per scan iteration of ours; default: ctc_loss's choice.")
+_UNROLL = flags.DEFINE_integer(
+    "unroll", None, "Time steps per scan iteration of ours; default: ctc_loss's choice for the backend.")
 
 # (B, T, K, L): batch, padded frames, classes incl. blank, padded label length.
 # IAM-OnDB lines give T of about 350-700 frames and 30-60 characters over 81 + blank classes.

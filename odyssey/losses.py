@@ -37,6 +37,7 @@ def framewise_cross_entropy(logits, labels, mask):
         ValueError: if the ranks or shapes do not match.
     """
     _check_masked_pair("framewise_cross_entropy", logits, labels, 1, mask)
+    mask = jnp.asarray(mask)
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     # A one-hot product rather than a gather: out-of-range padding labels give 0, never NaN.
     target = jax.nn.one_hot(labels, logits.shape[-1], dtype=logprobs.dtype)
@@ -63,6 +64,7 @@ def bernoulli_nll(logits, targets, mask):
         ValueError: if the ranks or shapes do not match.
     """
     _check_masked_pair("bernoulli_nll", logits, targets, 2, mask)
+    logits, targets, mask = jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(mask)
     targets = targets.astype(logits.dtype)
     per_unit = jax.nn.softplus(logits) - targets * logits
     return jnp.sum(jnp.sum(per_unit, axis=-1) * mask.astype(logits.dtype))

@@ -31,7 +31,9 @@ def edit_distance(ref, hyp):
     Raises:
         ValueError: if an argument is neither a str nor a 1-D int sequence.
     """
-    return int(Levenshtein.distance(_as_symbols(ref, "edit_distance: ref"), _as_symbols(hyp, "edit_distance: hyp")))
+    ref = _as_symbols(ref, "edit_distance: ref")
+    hyp = _as_symbols(hyp, "edit_distance: hyp")
+    return int(Levenshtein.distance(ref, hyp))
 
 
 def character_error_rate(refs, hyps):
@@ -54,7 +56,8 @@ def character_error_rate(refs, hyps):
         raise ValueError(f"character_error_rate: {len(refs)} references but {len(hyps)} hypotheses.")
     total_length = sum(len(_as_symbols(r, f"character_error_rate: refs[{i}]")) for i, r in enumerate(refs))
     if total_length == 0:
-        raise ValueError(f"character_error_rate: the {len(refs)} references hold no symbol, so CER is undefined.")
+        raise ValueError(
+            f"character_error_rate: the {len(refs)} references hold no symbol, so CER is undefined.")
     edits = sum(edit_distance(r, h) for r, h in zip(refs, hyps))
     return 100.0 * edits / total_length
 

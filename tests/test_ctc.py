@@ -1,4 +1,4 @@
-"""Tests of the CTC loss against optax, brute-force alignment sums and finite differences; of best-path decoding by hand."""
+"""Tests of CTC against optax, brute-force alignment sums and finite differences; best-path decoding by hand."""
 
 import functools
 import itertools
@@ -43,7 +43,8 @@ def _labelled_batch(rng, dtype):
         labels[b, :len(seq)] = seq
     logit_paddings = _paddings([n for n, _ in items], frames)
     label_paddings = _paddings([len(s) for _, s in items], max_labels)
-    return logits.astype(dtype), logit_paddings.astype(dtype), labels.astype(np.int32), label_paddings.astype(dtype)
+    return (logits.astype(dtype), logit_paddings.astype(dtype), labels.astype(np.int32),
+            label_paddings.astype(dtype))
 
 
 def _loss_and_grad(fn, logits, logit_paddings, labels, label_paddings, weights):

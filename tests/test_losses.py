@@ -1,4 +1,4 @@
-"""Tests of the masked cross-entropy and Bernoulli NLL against numpy loops, closed forms and finite differences."""
+"""Tests of masked cross-entropy and Bernoulli NLL against numpy loops, closed forms and finite differences."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Tests of edit distance against a hand-written dynamic programme, and of CER and frame error on hand-made cases."""
+"""Tests of edit distance against a hand-written dynamic programme; CER and frame error on hand-made cases."""
 
 import numpy as np
 import pytest
@@ -60,7 +60,8 @@ def test_character_error_rate_hand_made():
     # One substitution in "abc", one deletion in "de": 2 edits over 5 reference characters.
     assert metrics.character_error_rate(["abc", "de"], ["abd", "e"]) == pytest.approx(40.0, abs=1e-12)
     # Int labels: 1 deletion + 2 insertions over 4 reference labels.
-    assert metrics.character_error_rate([[1, 2, 3], [4]], [np.array([1, 3]), [4, 4, 4]]) == pytest.approx(75.0)
+    cer = metrics.character_error_rate([[1, 2, 3], [4]], [np.array([1, 3]), [4, 4, 4]])
+    assert cer == pytest.approx(75.0)
     # Pooled, not averaged per line: a perfect long line and a wrong short one.
     assert metrics.character_error_rate(["abcdefghi", "x"], ["abcdefghi", "y"]) == pytest.approx(10.0)
     assert metrics.character_error_rate(["a"], ["bcd"]) == pytest.approx(300.0)
@@ -105,7 +106,8 @@ def test_frame_error_rate_equals_a_count_on_random_batches():
     wrong = sum(int(pred[b, t] != true[b, t]) for b in range(6) for t in range(lengths[b]))
     expected = 100.0 * wrong / lengths.sum()
     assert metrics.frame_error_rate(pred, true, mask) == pytest.approx(expected, rel=1e-12)
-    ragged = metrics.frame_error_rate([p[:n] for p, n in zip(pred, lengths)], [t[:n] for t, n in zip(true, lengths)])
+    ragged = metrics.frame_error_rate([p[:n] for p, n in zip(pred, lengths)],
+                                      [t[:n] for t, n in zip(true, lengths)])
     assert ragged == pytest.approx(expected, rel=1e-12)
 
 

@@ -179,35 +179,41 @@ class _Progress:
 def _train_pending(st, config, splits, every_s):
     from odyssey import train  # the trainer pulls in the whole JAX stack; import it only to train
 
-    rows = st.trials("pending")
     trials = [train.Trial(**{k: (bool(r[k]) if k in ("nesterov", "clip") else r[k]) for k in store.TRIAL_FIELDS})
-              for r in rows]
-    batches = search.schedule(trials, config.search.trials_per_batch, tuple(config.search.hidden_buckets))
+              for r in st.trials("pending")]
+    groups = search.schedule(trials, tuple(config.search.hidden_buckets))
     progress = _Progress(st, tuple(config.search.variants), len(splits["train"]), config.train.max_epochs, every_s)
     progress.log()
+    started = set()
+
+    def start(trial_id):
+        # A trial counts as running from its first epoch: the trainer fills its slots from the queue itself.
+        if trial_id not in started:
+            st.mark_running([trial_id])
+            started.add(trial_id)
+            progress.started([trial_id])
 
     def on_epoch(trial_id, epoch, train_loss, val_metric, seconds):
+        start(trial_id)
         st.add_epoch(trial_id, epoch, train_loss, val_metric, seconds)
         progress.epoch(trial_id, epoch)
 
     def on_result(result):
+        start(result.trial_id)
         st.finish(result)
         progress.finished(result)
         progress.log()
 
-    for n, batch in enumerate(batches):
-        ids = [t.trial_id for t in batch]
-        logging.info("Batch %d/%d: %d %s trials, hidden sizes %s", n + 1, len(batches), len(batch), batch[0].variant,
-                     sorted(t.hidden_size for t in batch))
-        st.mark_running(ids)
-        progress.started(ids)
-        train.train_trials(config.task, splits, batch, max_epochs=config.train.max_epochs,
+    if trials:
+        logging.info("Training %d trials in %d groups (variant x hidden bucket), %d trials at once per group",
+                     len(trials), len(groups), config.search.trials_per_batch)
+        train.train_trials(config.task, splits, [t for g in groups for t in g], max_epochs=config.train.max_epochs,
                            patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
                            hidden_buckets=tuple(config.search.hidden_buckets), on_epoch=on_epoch,
                            on_result=on_result)
-        unfinished = [r["trial_id"] for r in st.trials("running")]
-        if unfinished:
-            raise RuntimeError(f"the trainer returned without a result for trials {unfinished}")
+    unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
+    if unfinished:
+        raise RuntimeError(f"the trainer returned without a result for trials {unfinished}")
     progress.log()
 
 

@@ -260,33 +260,25 @@ def bucket_of(hidden_size, hidden_buckets):
     raise ValueError(f"hidden size {hidden_size} exceeds the largest hidden bucket {hidden_buckets[-1]}")
 
 
-def schedule(trials, trials_per_batch, hidden_buckets):
-    """Packs trials into batches that the trainer can run as one compiled program each.
+def schedule(trials, hidden_buckets):
+    """Orders trials into the groups the trainer compiles one program for, in the order to run them.
 
-    A batch holds trials of one variant and one hidden bucket, at most `trials_per_batch` of them, in
-    trial-id order. Batches take turns over the variants, so every variant makes early progress.
+    A group holds the trials of one variant and one hidden bucket, in trial-id order; the trainer runs a
+    group with `trials_per_batch` slots and refills a slot as soon as its trial ends. The groups take turns
+    over the variants (smallest bucket first), so every variant has results early in a study.
 
     Args:
       trials: objects with trial_id, variant and hidden_size (e.g. `odyssey.train.Trial`).
-      trials_per_batch: int >= 1.
       hidden_buckets: increasing ints; every hidden size fits the last.
 
     Returns:
-      list of lists of the given trials; each trial appears exactly once.
+      list of non-empty lists of the given trials; each trial appears exactly once.
     """
-    if trials_per_batch < 1:
-        raise ValueError(f"trials_per_batch must be >= 1, got {trials_per_batch}")
     per_variant = {}
     for t in sorted(trials, key=lambda t: t.trial_id):
         per_variant.setdefault(t.variant, {}).setdefault(bucket_of(t.hidden_size, hidden_buckets), []).append(t)
-    queues = []
-    for groups in per_variant.values():
-        queue = []
-        for bucket in sorted(groups):
-            group = groups[bucket]
-            queue.extend(group[i:i + trials_per_batch] for i in range(0, len(group), trials_per_batch))
-        queues.append(queue)
-    batches = []
+    queues = [[groups[b] for b in sorted(groups)] for groups in per_variant.values()]
+    order = []
     for turn in range(max((len(q) for q in queues), default=0)):
-        batches.extend(q[turn] for q in queues if turn < len(q))
-    return batches
+        order.extend(q[turn] for q in queues if turn < len(q))
+    return order

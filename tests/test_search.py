@@ -236,22 +236,20 @@ def test_bucket_of_is_the_smallest_bucket_that_holds_the_size():
         search.bucket_of(201, buckets)
 
 
-@pytest.mark.parametrize("per_batch", [1, 3, 64])
-def test_schedule_packs_every_trial_once_into_homogeneous_batches(per_batch):
+def test_schedule_groups_every_trial_once_by_variant_and_bucket():
     rng = np.random.default_rng(0)
     buckets = (40, 80, 120, 160, 200)
     trials = [_T(i, ALL_VARIANTS[rng.integers(9)], int(rng.integers(20, 201))) for i in range(300)]
     rng.shuffle(trials)
-    batches = search.schedule(trials, per_batch, buckets)
-    flat = [t.trial_id for b in batches for t in b]
-    assert sorted(flat) == list(range(300))
-    for b in batches:
-        assert 1 <= len(b) <= per_batch
-        assert len({(t.variant, search.bucket_of(t.hidden_size, buckets)) for t in b}) == 1
-        assert [t.trial_id for t in b] == sorted(t.trial_id for t in b)
-    # As few batches as the groups allow: ceil(group size / per_batch) per (variant, bucket).
-    groups = collections.Counter((t.variant, search.bucket_of(t.hidden_size, buckets)) for t in trials)
-    assert len(batches) == sum(-(-n // per_batch) for n in groups.values())
-    # The first turn gives every variant a batch before any variant gets a second.
-    first = [b[0].variant for b in batches[:len({t.variant for t in trials})]]
-    assert len(set(first)) == len(first)
+    groups = search.schedule(trials, buckets)
+    assert sorted(t.trial_id for g in groups for t in g) == list(range(300))
+    keys = [(g[0].variant, search.bucket_of(g[0].hidden_size, buckets)) for g in groups]
+    assert len(set(keys)) == len(keys), "one group per (variant, bucket)"
+    for g, key in zip(groups, keys):
+        assert all((t.variant, search.bucket_of(t.hidden_size, buckets)) == key for t in g)
+        assert [t.trial_id for t in g] == sorted(t.trial_id for t in g)
+    # Turns over the variants: the first nine groups are nine variants' smallest buckets.
+    first = keys[:9]
+    assert sorted(v for v, _ in first) == sorted(ALL_VARIANTS)
+    assert all(b == min(k[1] for k in keys if k[0] == v) for v, b in first)
+    assert search.schedule([], buckets) == []

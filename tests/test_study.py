@@ -136,35 +136,48 @@ def test_pipeline_end_to_end(reference):
 def test_one_trial_per_batch_gives_the_same_numbers(env, reference, tmp_path):
     proc = run_study(env, tmp_path, "--config.search.trials_per_batch=1", "--report=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Batch 9/9: 1 " in proc.stderr
+    assert "1 trials at once per group" in proc.stderr
     assert_same_results(read(tmp_path), read(reference[0]))
     assert_same_epochs(read(tmp_path, "epochs"), read(reference[0], "epochs"))
 
 
-def _has_started(workdir):
+def _count(workdir, query):
     try:
-        return any(r["status"] == "running" for r in read(workdir))
-    except sqlite3.Error:
-        return False
+        conn = sqlite3.connect(f"{(pathlib.Path(workdir) / store.FILENAME).as_uri()}?mode=ro", uri=True)
+        try:
+            return conn.execute(query).fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.Error:  # no store yet, or no tables yet
+        return 0
 
 
 @needs_trainer
 def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_path):
     rng = np.random.default_rng(0)
+    total = len(read(reference[0], "epochs"))
+    kept = "SELECT COUNT(*) FROM epochs JOIN trials USING (trial_id) WHERE status IN ('done', 'diverged')"
     interrupted = 0
-    for _ in range(3):
+    for kill in range(4):
         proc = subprocess.Popen(study_command(tmp_path, "--report=false"), cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while not _has_started(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        # A random moment of the training: between two epochs, inside a write, or between batches.
-        time.sleep(rng.uniform(0.0, 1.5))
+        if kill == 0:
+            # Anywhere in the start: imports, data, creating the store, compiling, the first epochs.
+            time.sleep(rng.uniform(0.0, 4.0))
+        else:
+            # The moment the study has written a random number of the epoch rows it still owes, give or take
+            # the polling delay: between two epochs, inside a write, between trials.
+            target = int(rng.integers(_count(tmp_path, kept) + 1, total))
+            deadline = time.monotonic() + 120
+            while (proc.poll() is None and time.monotonic() < deadline
+                   and _count(tmp_path, "SELECT COUNT(*) FROM epochs") < target):
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.02))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        counts = {s: sum(r["status"] == s for r in read(tmp_path)) for s in store.STATUSES}
-        interrupted += counts["pending"] + counts["running"] > 0
-    assert interrupted >= 2, "the kills should land in the middle of the study"
+        unfinished = _count(tmp_path, "SELECT COUNT(*) FROM trials WHERE status IN ('pending', 'running')")
+        interrupted += proc.returncode == -signal.SIGKILL and unfinished > 0
+    assert interrupted >= 3, "the kills should land in the middle of the study"
     final = run_study(env, tmp_path, "--report=false")
     assert final.returncode == 0, final.stderr[-3000:]
     rows = read(tmp_path)

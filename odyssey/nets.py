@@ -40,7 +40,7 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
     """
     n = params["R"].shape[0]
     if carry0 is None:
-        carry0 = cells.init_carry(variant, n, xs.dtype)
+        carry0 = cells.init_carry(variant, n, jnp.result_type(xs.dtype, params["R"].dtype))
     xw = cells.input_projection(params, xs)
     if mask is None:
         def body(carry, xw_t):

@@ -62,7 +62,7 @@ def _pad_stack(seqs, length, dtype):
     return out
 
 
-def to_arrays(task: Task, split: list) -> Arrays:
+def to_arrays(task: Task, split: list, dtype=np.float32) -> Arrays:
     """Pads one split of a task's data (as the loaders return it) into `Arrays`.
 
     jsb: a list of piano rolls float[T, 88]; input step t predicts step t + 1, so a roll of T steps gives
@@ -72,19 +72,19 @@ def to_arrays(task: Task, split: list) -> Arrays:
     if not split:
         raise ValueError(f"{task.name}: an empty split cannot be trained or evaluated")
     if task.name == "jsb":
-        rolls = [np.asarray(r, np.float32) for r in split]
+        rolls = [np.asarray(r, dtype) for r in split]
         short = [k for k, r in enumerate(rolls) if len(r) < 2]
         if short:
             raise ValueError(f"jsb: sequences {short[:5]} have fewer than 2 steps; nothing to predict")
         xs, ys = [r[:-1] for r in rolls], [r[1:] for r in rolls]
         length = max(len(x) for x in xs)
-        mask = _pad_stack([np.ones(len(x), np.float32) for x in xs], length, np.float32)
-        return Arrays(_pad_stack(xs, length, np.float32), mask, _pad_stack(ys, length, np.float32))
-    feats = [np.asarray(f, np.float32) for f, _ in split]
+        mask = _pad_stack([np.ones(len(x), dtype) for x in xs], length, dtype)
+        return Arrays(_pad_stack(xs, length, dtype), mask, _pad_stack(ys, length, dtype))
+    feats = [np.asarray(f, dtype) for f, _ in split]
     labels = [np.asarray(y, np.int32) for _, y in split]
     length = max(len(f) for f in feats)
-    mask = _pad_stack([np.ones(len(f), np.float32) for f in feats], length, np.float32)
-    xs = _pad_stack(feats, length, np.float32)
+    mask = _pad_stack([np.ones(len(f), dtype) for f in feats], length, dtype)
+    xs = _pad_stack(feats, length, dtype)
     if task.name == "timit":
         return Arrays(xs, mask, _pad_stack(labels, length, np.int32))
     max_label = max(1, max(len(y) for y in labels))
@@ -92,7 +92,7 @@ def to_arrays(task: Task, split: list) -> Arrays:
     targets = np.zeros((len(labels), max_label), np.int32)
     for k, y in enumerate(labels):
         targets[k, :len(y)] = y
-    return Arrays(xs, mask, targets, label_pad.astype(np.float32))
+    return Arrays(xs, mask, targets, label_pad.astype(dtype))
 
 
 def sequence_loss(task: Task, variant: str, params, x, mask, target, label_padding=None):
@@ -115,7 +115,7 @@ def eval_statistics(task: Task, variant: str, params, x, mask, target):
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask), jnp.sum(mask)
     if task.loss == "xent":
-        wrong = (jnp.argmax(logits, -1) != target).astype(jnp.float32)
+        wrong = (jnp.argmax(logits, -1) != target).astype(logits.dtype)
         return jnp.sum(wrong * mask), jnp.sum(mask)
     return jnp.argmax(logits, -1).astype(jnp.int32)
 

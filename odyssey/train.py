@@ -180,7 +180,7 @@ def _train_epoch(task, variant, state, hp, train, epoch):
         return (params, velocity, alive, diverged | div, loss_sum + loss), None
 
     k = epoch.shape[0]
-    init = (state["params"], state["velocity"], state["alive"], jnp.zeros(k, bool), jnp.zeros(k, jnp.float32))
+    init = (state["params"], state["velocity"], state["alive"], jnp.zeros(k, bool), jnp.zeros(k, train.xs.dtype))
     (params, velocity, alive, diverged, loss_sum), _ = jax.lax.scan(body, init, jnp.arange(n_seq))
     return {"params": params, "velocity": velocity, "alive": alive}, loss_sum, diverged
 
@@ -203,7 +203,7 @@ def _pad_split(arrays: tasks.Arrays, multiple: int) -> tasks.Arrays:
         return None if a is None else np.concatenate([a, np.zeros((extra,) + a.shape[1:], a.dtype)])
 
     lp = None if arrays.label_paddings is None else np.concatenate(
-        [arrays.label_paddings, np.ones((extra,) + arrays.label_paddings.shape[1:], np.float32)])
+        [arrays.label_paddings, np.ones((extra,) + arrays.label_paddings.shape[1:], arrays.label_paddings.dtype)])
     return tasks.Arrays(grow(arrays.xs), grow(arrays.mask), grow(arrays.targets), lp)
 
 
@@ -226,8 +226,8 @@ def _eval_splits(arrays, chunk):
 class _Group:
     """K slots of one variant and one padded hidden size, trained in lock-step epochs."""
 
-    def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk):
-        self.task, self.variant, self.n_max, self.n_in = task, variant, n_max, n_in
+    def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype):
+        self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
         self.arrays = arrays
         n_dev = mesh.devices.size
         self.k = int(math.ceil(k / n_dev) * n_dev)
@@ -243,7 +243,7 @@ class _Group:
         stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *([empty] * self.k))
         self.state = jax.device_put(stacked["state"], self.shard)
         self.hp = jax.device_put(stacked["hp"], self.shard)
-        self.best = jax.device_put(stacked["state"]["params"], self.shard)
+        self.best = jax.device_put(jax.tree_util.tree_map(np.copy, stacked["state"]["params"]), self.shard)
         self.epoch = np.zeros(self.k, np.int32)
 
     def _slot_values(self, trial):
@@ -251,16 +251,17 @@ class _Group:
         n = self.n_max if trial is None else trial.hidden_size
         key = _trial_key(0 if trial is None else trial.seed)
         params = nets.init_net(jax.random.fold_in(key, 0), self.variant, self.task.kind, self.n_in, n,
-                               self.task.n_out)
-        mask = nets.hidden_mask(self.variant, self.task.kind, self.n_in, n, self.n_max, self.task.n_out)
+                               self.task.n_out, dtype=self.dtype)
+        mask = nets.hidden_mask(self.variant, self.task.kind, self.n_in, n, self.n_max, self.task.n_out, self.dtype)
         params = nets.pad_hidden(params, n, self.n_max, self.task.kind)
         if trial is None:
             params = jax.tree_util.tree_map(np.zeros_like, params)
         state = {"params": params, "velocity": jax.tree_util.tree_map(np.zeros_like, params),
                  "alive": np.bool_(trial is not None)}
-        hp = {"lr": np.float32(0 if trial is None else trial.learning_rate),
-              "momentum": np.float32(0 if trial is None else trial.momentum),
-              "noise": np.float32(0 if trial is None else trial.input_noise),
+        real = self.dtype.type
+        hp = {"lr": real(0 if trial is None else trial.learning_rate),
+              "momentum": real(0 if trial is None else trial.momentum),
+              "noise": real(0 if trial is None else trial.input_noise),
               "nesterov": np.bool_(True if trial is None else trial.nesterov),
               "clip": np.bool_(False if trial is None else trial.clip),
               "key": np.asarray(key), "mask": mask}
@@ -276,7 +277,9 @@ class _Group:
         self.slots[slot] = trial
 
     def train_epoch(self):
-        epoch = jax.device_put(self.epoch, self.shard)
+        # A copy: on CPU a device array may alias the numpy buffer, which the host changes below while
+        # the asynchronously dispatched epoch may still be reading it.
+        epoch = jax.device_put(self.epoch.copy(), self.shard)
         self.state, loss, diverged = self._epoch_fn(self.state, self.hp, self.train, epoch)
         self.epoch += 1
         return np.asarray(loss), np.asarray(diverged)
@@ -312,7 +315,7 @@ def _select(cond, a, b):
 def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs: int = 150, patience: int = 15,
                  trials_per_batch: int = 64, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS,
                  eval_chunk: int = 16, on_epoch: Callable | None = None, on_result: Callable | None = None,
-                 devices=None) -> list[TrialResult]:
+                 devices=None, dtype=np.float32) -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -329,6 +332,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         seconds the trial's share of the group's wall time for that epoch.
       on_result: called with each `TrialResult` as soon as its trial ends.
       devices: the devices to shard the trial axis over (default: all devices, of every host).
+      dtype: of parameters and data; float64 (with `jax.enable_x64`) serves tests of exactness.
 
     Returns:
       The results, in the order of `trials`.
@@ -342,7 +346,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     missing = [name for name in ("train", "valid", "test") if name not in splits]
     if missing:
         raise ValueError(f"splits lack {missing}; the loaders return train, valid and test")
-    arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
+    arrays = {name: tasks.to_arrays(spec, splits[name], dtype) for name in ("train", "valid", "test")}
     n_in = arrays["train"].xs.shape[-1]
     mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
     groups = {}
@@ -351,7 +355,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     results = {}
     for (variant, n_max), members in groups.items():
         logging.info("%s: %d trials of %s padded to N=%d", task, len(members), variant, n_max)
-        group = _Group(spec, variant, n_max, min(trials_per_batch, len(members)), arrays, n_in, mesh, eval_chunk)
+        group = _Group(spec, variant, n_max, min(trials_per_batch, len(members)), arrays, n_in, mesh, eval_chunk,
+                       np.dtype(dtype))
         for res in _run_group(group, members, max_epochs, patience, on_epoch):
             results[res.trial_id] = res
             if on_result is not None:

@@ -34,6 +34,10 @@ _LOG_NAME = "study.log"
 _LOCK_NAME = "study.lock"
 
 
+class WorkdirBusy(store.StoreError):
+    """Another study process holds the workdir."""
+
+
 def prepare(config, workdir):
     """Checks a study before it touches anything: the config, the data path, and a store already in workdir.
 
@@ -77,7 +81,7 @@ def _workdir_lock(workdir):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise store.StoreError(f"another study is running in {workdir}; wait for it or stop it") from None
+            raise WorkdirBusy(f"another study is running in {workdir}; wait for it or stop it") from None
         yield
 
 
@@ -268,7 +272,10 @@ def main(argv):
     except (ValueError, FileNotFoundError, store.StoreError) as e:
         # A config or workdir problem: the message says what to change; a traceback would only hide it.
         sys.exit(f"study: error: {e}")
-    run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value)
+    try:
+        run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value)
+    except WorkdirBusy as e:
+        sys.exit(f"study: error: {e}")
 
 
 if __name__ == "__main__":

@@ -224,3 +224,14 @@ def test_bad_input_is_a_clear_error_that_leaves_the_store_alone(foreign_study, f
     if not flags:
         assert "config.search.num_trials: 5 -> 3" in proc.stderr
     assert _snapshot(foreign_study) == before
+
+
+def test_a_second_study_on_a_busy_workdir_is_refused(tmp_path):
+    import fcntl
+
+    with open(tmp_path / "study.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as a running study holds it
+        proc = run_study(os.environ | {"PYTHONPATH": str(ROOT)}, tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith(f"study: error: another study is running in {tmp_path}"), proc.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.lock"]

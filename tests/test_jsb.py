@@ -1,5 +1,7 @@
 """Tests of odyssey.data.jsb: the standard file in its three forms, malformed files, the music21 build."""
 
+import fractions
+import hashlib
 import json
 import math
 import os
@@ -367,14 +369,23 @@ def test_music21_determinism_by_a_second_build_of_a_subset(built):
     assert set(rebuilt) == subset
     for name in subset:
         np.testing.assert_array_equal(rebuilt[name], by_name[name], err_msg=name)
-    # The split is a pure function of the seed and the chorales: re-splitting reproduces it.
-    pooled = sorted((name, roll) for s in SPLITS for name, roll in zip(names[s], rolls[s]))
-    pooled_rolls, pooled_names = [r for _, r in pooled], [n for n, _ in pooled]
-    same_rolls, same_names = jsb_music21._split(pooled_rolls, pooled_names, seed=0)
-    assert same_names == names
-    other_names = jsb_music21._split(pooled_rolls, pooled_names, seed=1)[1]
-    assert [len(other_names[s]) for s in SPLITS] == [len(names[s]) for s in SPLITS]
-    assert other_names != names
+    # The split follows the documented rule: rank by sha256("<seed>:<path>"), cut 229/76/77.
+    pooled = sorted(name for s in SPLITS for name in names[s])
+    ranked = sorted(pooled, key=lambda name: hashlib.sha256(f"0:{name}".encode()).hexdigest())
+    train, valid = len(names["train"]), len(names["valid"])
+    assert names == {"train": sorted(ranked[:train]), "valid": sorted(ranked[train:train + valid]),
+                     "test": sorted(ranked[train + valid:])}
+    other = jsb_music21._split([by_name[n] for n in pooled], pooled, seed=1)[1]
+    assert [len(other[s]) for s in SPLITS] == [len(names[s]) for s in SPLITS] and other != names
+
+
+def test_split_sizes_round_the_benchmark_proportions():
+    for n in range(1, 1000):
+        sizes = jsb_music21.split_sizes(n)
+        assert sum(sizes) == n
+        for size, share in zip(sizes[:2], (229, 76)):
+            assert size == math.floor(fractions.Fraction(n * share, 382) + fractions.Fraction(1, 2)), n
+    assert jsb_music21.split_sizes(382) == (229, 76, 77)
 
 
 def test_describe_cli_on_the_music21_build(built):

@@ -13,9 +13,7 @@ import io
 import json
 import pathlib
 import pickle
-import sys
 
-from absl import logging
 import numpy as np
 
 from odyssey.data.jsb_music21 import LOWEST_NOTE, NUM_KEYS, SPLITS, build_music21, chorale_names

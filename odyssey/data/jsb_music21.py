@@ -1,11 +1,12 @@
 """JSB Chorales stand-in: quarter-note piano rolls built offline from music21's Bach corpus, cached on disk."""
 
+import hashlib
 import importlib.metadata
 import json
 import math
 import os
 import pathlib
-import tempfile
+import uuid
 import zipfile
 
 from absl import logging
@@ -43,9 +44,9 @@ def build_music21(cache_dir=None, seed=0):
       steps of silence inside a chorale are kept, silence before the first and after the last
       note is trimmed;
     * a score whose roll equals one already kept (the same harmonisation in two places) is dropped;
-    * the chorales, sorted by corpus path, are split by a permutation from
-      ``numpy.random.default_rng(seed)`` into train/valid/test with the benchmark's proportions
-      229/76/77 of 382, rounded; each split is sorted by corpus path.
+    * the chorales, ranked by the SHA-256 hex digest of "<seed>:<corpus path>", go to train,
+      valid and test in that order, in the benchmark's proportions 229/76/77 of 382 rounded half
+      up (``split_sizes``); each split is sorted by corpus path.
 
     With music21 10.5 this yields 361 chorales: 216/72/73 for seed 0 (of the corpus's 413 scores,
     368 have four parts; one has badly formed repeats; 6 repeat another's roll), 22 557 steps.
@@ -144,7 +145,9 @@ def _read_cache(npz_path, json_path, recipe):
 
 def _atomic_write(path, write):
     """Calls write(file) on a temporary file beside path, then renames it over path."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+    # os.open with 0o666 honours the umask (mkstemp would leave the cache readable by its owner only).
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -185,7 +188,10 @@ def _build(seed, paths=None):
     for i, (name, path) in enumerate(paths):
         if i % _LOG_EVERY == 0:
             logging.info("JSB music21 build: score %d of %d (%s), %d chorales kept", i + 1, len(paths), name, len(rolls))
-        roll, reason = _chorale_roll(path)
+        try:
+            roll, reason = _chorale_roll(path)
+        except Exception as e:  # pylint: disable=broad-except
+            raise RuntimeError(f"JSB music21 build: could not turn {path} into a piano roll: {e}") from e
         if roll is None:
             skipped[reason] += 1
             continue
@@ -219,12 +225,12 @@ def split_sizes(n):
 
 
 def _split(rolls, names, seed):
-    order = np.random.default_rng(seed).permutation(len(rolls))
-    sizes = split_sizes(len(rolls))
+    # Ranking by a hash, not a numpy permutation, keeps the split the same under every numpy.
+    rank = sorted(range(len(rolls)), key=lambda j: hashlib.sha256(f"{seed}:{names[j]}".encode()).hexdigest())
     out_rolls, out_names = {}, {}
     start = 0
-    for split, size in zip(SPLITS, sizes):
-        picked = sorted(order[start:start + size].tolist())
+    for split, size in zip(SPLITS, split_sizes(len(rolls))):
+        picked = sorted(rank[start:start + size], key=lambda j: names[j])
         start += size
         out_rolls[split] = [rolls[j].astype(np.float32) for j in picked]
         out_names[split] = [names[j] for j in picked]

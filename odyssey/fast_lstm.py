@@ -1,0 +1,246 @@
+"""The LSTM layer of `odyssey.nets.lstm_layer` with a hand-written backward pass (BPTT, Supplement A.2).
+
+Autodiff through `lax.scan` adds an outer product y_{t-1} ⊗ δ_t of size N × GN into the recurrent-weight
+gradient at every time step (K of them under vmap over trials). Here the backward pass is a reverse scan that
+only carries the deltas of the state (δy, δc and, for FGR, the gates') and emits the deltas of the gate
+pre-activations δā_t; every weight gradient is then one product over all time steps after the loop:
+
+    dW = xsᵀ δA,   dR = Y'ᵀ δA,   db = Σ_t δA_t,   dp_g = Σ_t δā_g,t ⊙ c_(t or t−1),   dRg = G'ᵀ δA_ifo,
+    dxs = δA Wᵀ,
+
+where Y' and G' are the previous steps' outputs and gates. Inside the loop, one step (DESIGN §1, with
+σ'(a) = a(1 − a) written in terms of the activation and h', g' the variant's activation slopes) is
+
+    δy = dy_t + δy',            δo = δy ⊙ h(c) (+ δo' for FGR),     δā_o = δo ⊙ σ'(o)
+    δc = δc' + δy ⊙ o ⊙ h'(c) + δā_o ⊙ p_o
+    δā_z = δc ⊙ i ⊙ g'(ā_z),    δi = δc ⊙ z,    δf = δc ⊙ c_{t−1}     (CIFG: δi −= δf, as f = 1 − i)
+    δā_i = δi ⊙ σ'(i),          δā_f = δf ⊙ σ'(f)
+    δc_{t−1} = δc ⊙ f + δā_i ⊙ p_i + δā_f ⊙ p_f,   δy_{t−1} = R δā,   δgates_{t−1} = Rg δā_ifo (FGR)
+
+and a masked step passes the state's deltas through unchanged and has δā = 0, as its carry is kept.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from odyssey import cells
+
+
+def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None,
+               reverse: bool = False) -> jax.Array:
+    """Runs one LSTM layer over a sequence from the zero state; same values as `odyssey.nets.lstm_layer`.
+
+    Differentiable w.r.t. `params` and `xs` by a hand-written backward pass (see the module docstring);
+    works under `jax.jit` and `jax.vmap` (e.g. over trials) in float32 and float64.
+
+    Args:
+      variant: one of `odyssey.cells.VARIANTS` (static).
+      params: the layer's parameters in the layout of `odyssey.cells` (W float[M, G, N], R float[N, G, N],
+        b float[G, N], p float[P, N] unless NP, Rg float[3, N, 3, N] for FGR).
+      xs: float[T, M] inputs.
+      mask: float[T], 1 (any value > 0) for valid steps and 0 for padding; a padded step keeps the state and
+        outputs 0. No gradient flows into the mask.
+      reverse: run from the last step to the first.
+
+    Returns:
+      float[T, N], the block outputs y_t (0 at padded steps), in the promoted dtype of xs and params.
+
+    Raises:
+      ValueError: for an unknown variant, missing or extra parameters, or shapes that do not fit together.
+    """
+    _check(variant, params, xs, mask)
+    if reverse:
+        xs = jnp.flip(xs, 0)
+        mask = None if mask is None else jnp.flip(mask, 0)
+    dtype = jnp.result_type(xs.dtype, *(v.dtype for v in params.values()))
+    keep = None if mask is None else (jnp.asarray(mask) > 0).astype(dtype)
+    ys = _layer(variant, params, xs, keep)
+    return jnp.flip(ys, 0) if reverse else ys
+
+
+def _check(variant, params, xs, mask):
+    """Validates names and static shapes, so a mismatch is reported by name instead of deep inside XLA."""
+    s = cells.spec(variant)
+    expected = {"W", "R", "b"} | ({"p"} if s.peepholes else set()) | ({"Rg"} if s.fgr else set())
+    if not isinstance(params, dict) or set(params) != expected:
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"fast_lstm.lstm_layer: {variant} parameters need the keys {sorted(expected)}, got {got}")
+    if jnp.ndim(xs) != 2:
+        raise ValueError(f"fast_lstm.lstm_layer: xs must be float[T, M] (vmap over trials or batches), "
+                         f"got shape {jnp.shape(xs)}")
+    t, m = xs.shape
+    n = params["R"].shape[0]
+    g = len(s.gates)
+    want = cells.shapes(variant, m, n)
+    for name, shape in want.items():
+        if params[name].shape != shape:
+            raise ValueError(f"fast_lstm.lstm_layer: {variant} parameter {name} has shape {params[name].shape}, "
+                             f"expected {shape} for M={m} inputs, N={n} blocks and G={g} gates")
+    if mask is not None and jnp.shape(mask) != (t,):
+        raise ValueError(f"fast_lstm.lstm_layer: mask must be float[T] with T={t}, got shape {jnp.shape(mask)}")
+
+
+def _slope(fn, value):
+    """The derivative of the activation `fn` as a function of its output `value`."""
+    if fn is jnp.tanh:
+        return 1.0 - value * value
+    if fn is cells._identity:
+        return jnp.ones_like(value)
+    raise NotImplementedError(f"fast_lstm has no derivative for the activation {fn!r}; add it to _slope")
+
+
+def _shift(values):
+    """values[t - 1] at step t, zeros at t = 0: the previous step's state for every step (axis 0 is time)."""
+    return jnp.concatenate([jnp.zeros_like(values[:1]), values[:-1]])
+
+
+def _forward(variant, params, xs, keep):
+    """The forward scan; returns ys float[T, N] and the residuals the backward pass needs."""
+    s = cells.spec(variant)
+    n = params["R"].shape[0]
+    ng = len(s.gates)
+    dtype = jnp.result_type(xs.dtype, *(v.dtype for v in params.values()))
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    xw = cells.input_projection(params, xs.astype(dtype))
+    r = params["R"].reshape(n, ng * n)
+    rg = params["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
+    one = jnp.ones((n,), dtype)
+
+    def body(carry, inputs):
+        xw_t, k_t = inputs
+        y_prev, c_prev = carry[0], carry[1]
+        pre = xw_t + (y_prev @ r).reshape(ng, n)
+        if s.fgr:
+            # FGR has all four gates, so rows 1..3 of pre are i, f, o.
+            pre = pre.at[1:].add((carry[2].reshape(-1) @ rg).reshape(3, n))
+
+        def peep(gate, cell):
+            return params["p"][s.peepholes.index(gate)] * cell if gate in s.peepholes else 0.0
+
+        acts = {"z": s.g(pre[s.gate_index("z")])}
+        for gate in ("i", "f"):
+            if gate in s.gates:
+                acts[gate] = jax.nn.sigmoid(pre[s.gate_index(gate)] + peep(gate, c_prev))
+        i = acts.get("i", one)
+        f = acts.get("f", 1.0 - i if s.cifg else one)
+        c = acts["z"] * i + c_prev * f
+        if "o" in s.gates:
+            acts["o"] = jax.nn.sigmoid(pre[s.gate_index("o")] + peep("o", c))
+        y = s.h(c) * acts.get("o", one)
+        new = (y, c, jnp.stack([acts["i"], acts["f"], acts["o"]])) if s.fgr else (y, c)
+        if k_t is not None:
+            new = tuple(jnp.where(k_t > 0, a, b) for a, b in zip(new, carry))
+        return new, (new, jnp.stack([acts[gate] for gate in s.gates]))
+
+    carry0 = (jnp.zeros((n,), dtype), jnp.zeros((n,), dtype))
+    if s.fgr:
+        carry0 += (jnp.zeros((3, n), dtype),)
+    _, (states, acts) = jax.lax.scan(body, carry0, (xw, keep))
+    ys = states[0] if keep is None else jnp.where(keep[:, None] > 0, states[0], 0.0)
+    return ys, (states, acts)
+
+
+def _layer_fwd(variant, params, xs, keep):
+    ys, (states, acts) = _forward(variant, params, xs, keep)
+    return ys, (params, xs, keep, states, acts)
+
+
+def _layer_bwd(variant, residuals, dys):
+    params, xs, keep, states, acts = residuals
+    s = cells.spec(variant)
+    t, n = dys.shape
+    ng = len(s.gates)
+    dtype = acts.dtype
+    p = {k: v.astype(dtype) for k, v in params.items()}
+    r_t = p["R"].reshape(n, ng * n).T
+    rg_t = p["Rg"].reshape(3 * n, 3 * n).T if s.fgr else None
+    cell, cell_prev = states[1], _shift(states[1])
+    gate = {g: acts[:, s.gate_index(g)] for g in s.gates}
+    hc = s.h(cell)
+
+    # Everything that does not depend on the deltas is computed for all steps at once, outside the loop.
+    per_step = {"dy_ext": dys.astype(dtype), "c_prev": cell_prev,
+                "dz": _slope(s.g, gate["z"]) * gate.get("i", 1.0), "dc_from_y": _slope(s.h, hc)}
+    if "o" in s.gates:
+        per_step["dc_from_y"] = per_step["dc_from_y"] * gate["o"]
+        per_step["hc"] = hc
+        per_step["so"] = gate["o"] * (1.0 - gate["o"])
+    per_step["dc_from_y"] = jnp.broadcast_to(per_step["dc_from_y"], (t, n))
+    for g in ("i", "f"):
+        if g in s.gates:
+            per_step[g] = gate[g]
+            per_step["s" + g] = gate[g] * (1.0 - gate[g])
+    per_step["z"] = gate["z"]
+    if s.cifg:
+        per_step["f"] = 1.0 - gate["i"]
+    peep = {g: p["p"][s.peepholes.index(g)] for g in s.peepholes}
+
+    def body(carry, inputs):
+        v, k_t = inputs
+        dy_next, dc_next = carry[0], carry[1]
+        dgates = carry[2] if s.fgr else None
+        dy = v["dy_ext"] + dy_next
+        da = {}
+        dc = dc_next + dy * v["dc_from_y"]
+        if "o" in s.gates:
+            do = dy * v["hc"] + (dgates[2] if s.fgr else 0.0)
+            da["o"] = do * v["so"]
+            if "o" in peep:
+                dc = dc + da["o"] * peep["o"]
+        da["z"] = dc * v["dz"]
+        di = dc * v["z"]
+        df = dc * v["c_prev"]
+        if s.fgr:
+            di, df = di + dgates[0], df + dgates[1]
+        if s.cifg:
+            di = di - df
+        if "i" in s.gates:
+            da["i"] = di * v["si"]
+        if "f" in s.gates:
+            da["f"] = df * v["sf"]
+        dc_prev = dc * v["f"] if "f" in v else dc
+        for g in ("i", "f"):
+            if g in peep:
+                dc_prev = dc_prev + da[g] * peep[g]
+        d_pre = jnp.stack([da[g] for g in s.gates])
+        dy_prev = d_pre.reshape(-1) @ r_t
+        new = (dy_prev, dc_prev)
+        if s.fgr:
+            new += ((d_pre[1:].reshape(-1) @ rg_t).reshape(3, n),)
+        if k_t is not None:
+            valid = k_t > 0
+            new = tuple(jnp.where(valid, a, b) for a, b in zip(new, carry))
+            d_pre = jnp.where(valid, d_pre, 0.0)
+        return new, d_pre
+
+    carry0 = (jnp.zeros((n,), dtype), jnp.zeros((n,), dtype))
+    if s.fgr:
+        carry0 += (jnp.zeros((3, n), dtype),)
+    _, d_pre = jax.lax.scan(body, carry0, (per_step, keep), reverse=True)
+
+    flat = d_pre.reshape(t, ng * n)
+    m = xs.shape[1]
+    grads = {"W": (xs.astype(dtype).T @ flat).reshape(m, ng, n),
+             "R": (_shift(states[0]).T @ flat).reshape(n, ng, n),
+             "b": d_pre.sum(0)}
+    if s.peepholes:
+        grads["p"] = jnp.stack([jnp.sum(d_pre[:, s.gate_index(g)] * (cell if g == "o" else cell_prev), axis=0)
+                                for g in s.peepholes])
+    if s.fgr:
+        gates_prev = _shift(states[2]).reshape(t, 3 * n)
+        grads["Rg"] = (gates_prev.T @ d_pre[:, 1:].reshape(t, 3 * n)).reshape(3, n, 3, n)
+    grads = {k: v.astype(params[k].dtype) for k, v in grads.items()}
+    dxs = (flat @ p["W"].reshape(m, ng * n).T).astype(xs.dtype)
+    dkeep = None if keep is None else jnp.zeros_like(keep)
+    return grads, dxs, dkeep
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _layer(variant, params, xs, keep):
+    """float[T, N] outputs of the layer; keep is float[T] of 0/1 or None."""
+    return _forward(variant, params, xs, keep)[0]
+
+
+_layer.defvjp(_layer_fwd, _layer_bwd)

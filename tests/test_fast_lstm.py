@@ -1,0 +1,160 @@
+"""Tests of the hand-written LSTM backward pass against JAX autodiff of `odyssey.nets.lstm_layer`."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from odyssey import cells, fast_lstm, nets
+
+_T, _M, _N = 9, 3, 4
+# Interior gap and padding at the end: the backward direction must start at the last valid step.
+_MASK = np.array([1, 1, 1, 0, 1, 1, 0, 0, 0], np.float64)
+# (mask, reverse): the ways a layer is run. Unmasked reverse is the same flip as masked reverse and is
+# covered by the padding test, which keeps the compiled programs (most of this file's time) smaller.
+_MODES = ((False, False), (True, False), (True, True))
+# Compile time dominates these tests; XLA's backend optimisation level changes speed, not the maths.
+_QUICK_COMPILE = {"xla_backend_optimization_level": 0}
+# float64: both sides are exact up to round-off of O(T) operations; atol covers entries that cancel to ~0.
+_RTOL64, _ATOL64 = 1e-10, 1e-13
+
+
+def _params(variant, seed, dtype=np.float64, n=_N, std=0.4):
+    """Random parameters; std 0.4 keeps the gates away from saturation so every path carries gradient."""
+    return {k: jnp.asarray(v) for k, v in cells.init(jax.random.PRNGKey(seed), variant, _M, n, std, dtype).items()}
+
+
+def _data(seed, dtype=np.float64, t=_T):
+    rng = np.random.default_rng(seed)
+    xs = jnp.asarray(rng.normal(size=(t, _M)).astype(dtype))
+    cots = jnp.asarray(rng.normal(size=(len(_MODES), t, _N)).astype(dtype))
+    return xs, cots
+
+
+def _outputs_and_grads(layer, variant, params, xs, cots, mask):
+    """For each mode: the layer's outputs and the gradients of <cotangent, outputs> w.r.t. params and xs."""
+    out = []
+    for (masked, reverse), cot in zip(_MODES, cots):
+        def loss(p, x, masked=masked, reverse=reverse, cot=cot):
+            ys = layer(variant, p, x, mask if masked else None, reverse)
+            return jnp.sum(ys * cot), ys
+
+        (_, ys), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
+        out.append((ys, grads))
+    return out
+
+
+_reference = jax.jit(functools.partial(_outputs_and_grads, nets.lstm_layer), static_argnums=0,
+                     compiler_options=_QUICK_COMPILE)
+_fast = jax.jit(functools.partial(_outputs_and_grads, fast_lstm.lstm_layer), static_argnums=0,
+                compiler_options=_QUICK_COMPILE)
+
+
+def _assert_close(actual, expected, rtol, atol_scale, where):
+    assert jax.tree_util.tree_structure(actual) == jax.tree_util.tree_structure(expected), where
+    flat_a = jax.tree_util.tree_flatten_with_path(actual)[0]
+    flat_e = jax.tree_util.tree_leaves(expected)
+    for (path, a), e in zip(flat_a, flat_e):
+        assert a.shape == e.shape and a.dtype == e.dtype, f"{where} {jax.tree_util.keystr(path)}"
+        e = np.asarray(e)
+        np.testing.assert_allclose(np.asarray(a), e, rtol=rtol, atol=atol_scale * np.max(np.abs(e)),
+                                   err_msg=f"{where} {jax.tree_util.keystr(path)}")
+
+
+@pytest.mark.parametrize("variant", cells.VARIANTS)
+def test_outputs_and_gradients_equal_autodiff_float64(x64, variant):
+    params = _params(variant, 1)
+    xs, cots = _data(2)
+    mask = jnp.asarray(_MASK)
+    got = _fast(variant, params, xs, cots, mask)
+    want = _reference(variant, params, xs, cots, mask)
+    for mode, (g, w) in zip(_MODES, zip(got, want)):
+        where = f"{variant} mask={mode[0]} reverse={mode[1]}"
+        _assert_close(g, w, _RTOL64, _ATOL64, where)
+        # every parameter tensor and xs receives a gradient that is not trivially zero
+        assert all(np.max(np.abs(leaf)) > 1e-3 for leaf in jax.tree_util.tree_leaves(w[1])), where
+    # masked steps output exactly 0 in both directions
+    for masked, ys in ((m[0], g[0]) for m, g in zip(_MODES, got)):
+        if masked:
+            assert np.all(np.asarray(ys)[_MASK == 0] == 0.0)
+
+
+@pytest.mark.parametrize("variant", cells.VARIANTS)
+def test_vmap_over_trials_equals_each_trial_alone(x64, variant):
+    """Three trials with their own parameters, inputs, masks and cotangents, vmapped, against a loop."""
+    k = 3
+    trials = [_params(variant, 10 + j) for j in range(k)]
+    data = [_data(20 + j) for j in range(k)]
+    masks = [_MASK, np.ones(_T), np.r_[np.ones(5), np.zeros(_T - 5)]]
+    stack = functools.partial(jax.tree_util.tree_map, lambda *a: jnp.stack(a))
+    batched = jax.jit(jax.vmap(functools.partial(_outputs_and_grads, fast_lstm.lstm_layer, variant)),
+                      compiler_options=_QUICK_COMPILE)(
+        stack(*trials), jnp.stack([d[0] for d in data]), jnp.stack([d[1] for d in data]), jnp.asarray(np.stack(masks)))
+    for j in range(k):
+        want = _reference(variant, trials[j], data[j][0], data[j][1], jnp.asarray(masks[j]))
+        got = jax.tree_util.tree_map(lambda a, j=j: a[j], batched)
+        _assert_close(got, want, _RTOL64, _ATOL64, f"{variant} trial {j}")
+
+
+@pytest.mark.parametrize("variant, reverse", [("V", True), ("NOAF", False), ("CIFG", True), ("FGR", True)])
+def test_padding_at_the_end_gives_the_unpadded_sequence(x64, variant, reverse):
+    """A sequence of 6 steps padded to 9: same outputs on the valid steps and the same gradients."""
+    params = _params(variant, 3)
+    xs, cots = _data(4)
+    n_valid = 6
+    mask = jnp.asarray(np.r_[np.ones(n_valid), np.zeros(_T - n_valid)])
+    # the padded steps carry junk inputs and cotangents, which must not matter
+    xs_pad = xs.at[n_valid:].set(1e3)
+
+    def loss(p, x, m, cot):
+        return jnp.sum(fast_lstm.lstm_layer(variant, p, x, m, reverse) * cot)
+
+    grad = jax.jit(jax.grad(loss, (0, 1)), compiler_options=_QUICK_COMPILE)
+    g_pad = grad(params, xs_pad, mask, cots[0])
+    g_cut = grad(params, xs[:n_valid], None, cots[0, :n_valid])
+    _assert_close(g_pad[0], g_cut[0], _RTOL64, _ATOL64, f"{variant} params")
+    np.testing.assert_allclose(g_pad[1][:n_valid], g_cut[1], rtol=_RTOL64, atol=1e-14)
+    assert np.all(np.asarray(g_pad[1][n_valid:]) == 0.0)
+
+
+def test_float32_matches_autodiff_and_keeps_dtype():
+    """float32 in, float32 out (values and gradients); equal to autodiff up to float32 round-off.
+
+    FGR, as it has every tensor of every variant (p and Rg included).
+    """
+    variant = "FGR"
+    params = _params(variant, 5, np.float32)
+    xs, cots = _data(6, np.float32)
+    mask = jnp.asarray(_MASK, jnp.float32)
+    got = _fast(variant, params, xs, cots, mask)
+    want = _reference(variant, params, xs, cots, mask)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree_util.tree_leaves(got))
+    # ~T * N accumulated float32 round-offs of O(1) terms
+    _assert_close(got, want, 2e-5, 2e-6, variant)
+
+
+def test_mask_gets_no_gradient(x64):
+    params = _params("V", 7)
+    xs, cots = _data(8)
+
+    def loss(layer, m):
+        return jnp.sum(layer("V", params, xs, m, False) * cots[0])
+
+    for layer in (nets.lstm_layer, fast_lstm.lstm_layer):
+        np.testing.assert_array_equal(jax.grad(functools.partial(loss, layer))(jnp.asarray(_MASK)), 0.0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v, p, x, m: ("LSTM", p, x, m), "unknown variant"),
+    (lambda v, p, x, m: (v, {k: a for k, a in p.items() if k != "p"}, x, m), "need the keys"),
+    (lambda v, p, x, m: (v, {**p, "b": p["b"][:, :-1]}, x, m), "parameter b has shape"),
+    (lambda v, p, x, m: (v, p, x[:, :-1], m), "parameter W has shape"),
+    (lambda v, p, x, m: (v, p, x[None], m), "xs must be float"),
+    (lambda v, p, x, m: (v, p, x, m[:-1]), "mask must be float"),
+])
+def test_bad_arguments_are_named(change, message):
+    args = ("V", _params("V", 9, np.float32), _data(9, np.float32)[0], jnp.asarray(_MASK, jnp.float32))
+    with pytest.raises(ValueError, match=message):
+        fast_lstm.lstm_layer(*change(*args))

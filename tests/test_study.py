@@ -235,3 +235,84 @@ def test_a_second_study_on_a_busy_workdir_is_refused(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"study: error: another study is running in {tmp_path}"), proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.lock"]
+
+
+# The data entry of the study (odyssey.data.splits).
+
+SHARED_JSB = ROOT.parents[0] / "shared" / "data" / "jsb_chorales" / "jsb_chorales.pickle"
+
+
+def test_synthetic_rolls_are_chorale_like_and_reproducible():
+    from odyssey.data import splits as data_splits
+
+    config = load_config()
+    got = data_splits.load_splits(config.data)
+    assert [len(got[s]) for s in data_splits.SPLITS] == list(config.data.sizes)
+    for roll in [r for s in data_splits.SPLITS for r in got[s]]:
+        assert roll.dtype == np.float32 and roll.shape[1] == 88
+        assert config.data.lengths[0] <= roll.shape[0] <= config.data.lengths[1]
+        assert set(np.unique(roll)) == {0.0, 1.0}
+        assert set(roll.sum(axis=1)) <= {3.0, 4.0}
+        assert not roll[:, :22].any() and not roll[:, 76:].any()
+    again = data_splits.load_splits(config.data)
+    assert all(np.array_equal(a, b) for s in data_splits.SPLITS for a, b in zip(got[s], again[s]))
+    config.data.seed = 1
+    other = data_splits.load_splits(config.data)
+    assert not np.array_equal(got["train"][0][:5], other["train"][0][:5])
+
+
+def test_max_sequences_keeps_the_first_n_of_each_split():
+    from odyssey.data import splits as data_splits
+
+    config = load_config()
+    config.data.sizes = (7, 5, 4)
+    full = data_splits.load_splits(config.data)
+    config.data.max_sequences.train, config.data.max_sequences.test = 3, 1
+    cut = data_splits.load_splits(config.data)
+    for split, n in (("train", 3), ("valid", 5), ("test", 1)):
+        assert len(cut[split]) == n
+        assert all(np.array_equal(a, b) for a, b in zip(cut[split], full[split][:n]))
+
+
+@pytest.mark.skipif(not SHARED_JSB.is_file(), reason=f"the standard JSB file is not at {SHARED_JSB}")
+def test_a_data_path_reads_the_standard_file():
+    from odyssey.data import jsb
+    from odyssey.data import splits as data_splits
+
+    config = load_config("jsb")
+    config.data.path = str(SHARED_JSB)
+    assert data_splits.resolve_source(config.data) == "standard"
+    got = data_splits.load_splits(config.data)
+    assert [len(got[s]) for s in data_splits.SPLITS] == [229, 76, 77]
+    want = jsb.load(SHARED_JSB)
+    assert all(np.array_equal(a, b) for s in data_splits.SPLITS for a, b in zip(got[s], want[s]))
+
+
+@pytest.mark.parametrize("field,value,error,message", [
+    ("source", "synthetic", ValueError, "config.data.source = 'synthetic': timit reads one of standard, standin"),
+    ("source", "wav", ValueError, "config.data.source = 'wav'"),
+    ("path", "/nonexistent/TIMIT", FileNotFoundError, "nothing there; it should be the root of a TIMIT copy"),
+    ("sizes", (10, 0, 5), ValueError, "config.data.sizes = (10, 0, 5): expected three positive integers"),
+    ("max_sequences.valid", 0, ValueError, "config.data.max_sequences.valid = 0"),
+])
+def test_bad_data_sections_are_refused(field, value, error, message):
+    from odyssey.data import splits as data_splits
+
+    config = load_config("timit")
+    node = config.data
+    *parents, last = field.split(".")
+    for p in parents:
+        node = node[p]
+    node[last] = value
+    with pytest.raises(error) as info:
+        data_splits.check_data_config(config.data)
+    assert message in str(info.value)
+
+
+def test_a_path_with_a_source_that_ignores_it_is_refused(tmp_path):
+    from odyssey.data import splits as data_splits
+
+    config = load_config("jsb")
+    config.data.source, config.data.path = "standin", str(tmp_path)
+    with pytest.raises(ValueError, match="data.path = .* is set but config.data.source = 'standin' does not read it"):
+        data_splits.check_data_config(config.data)

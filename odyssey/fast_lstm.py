@@ -50,6 +50,7 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
     Raises:
       ValueError: for an unknown variant, missing or extra parameters, or shapes that do not fit together.
     """
+    xs = jnp.asarray(xs)
     _check(variant, params, xs, mask)
     if reverse:
         xs = jnp.flip(xs, 0)
@@ -154,25 +155,23 @@ def _layer_bwd(variant, residuals, dys):
     ng = len(s.gates)
     dtype = acts.dtype
     p = {k: v.astype(dtype) for k, v in params.items()}
-    r_t = p["R"].reshape(n, ng * n).T
-    rg_t = p["Rg"].reshape(3 * n, 3 * n).T if s.fgr else None
+    r = p["R"].reshape(n, ng * n)
+    rg = p["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
     cell, cell_prev = states[1], _shift(states[1])
     gate = {g: acts[:, s.gate_index(g)] for g in s.gates}
     hc = s.h(cell)
 
     # Everything that does not depend on the deltas is computed for all steps at once, outside the loop.
-    per_step = {"dy_ext": dys.astype(dtype), "c_prev": cell_prev,
-                "dz": _slope(s.g, gate["z"]) * gate.get("i", 1.0), "dc_from_y": _slope(s.h, hc)}
+    per_step = {"dy_ext": dys.astype(dtype), "c_prev": cell_prev, "z": gate["z"],
+                "dz": _slope(s.g, gate["z"]) * gate.get("i", 1.0),
+                "dc_from_y": _slope(s.h, hc) * gate.get("o", 1.0)}
     if "o" in s.gates:
-        per_step["dc_from_y"] = per_step["dc_from_y"] * gate["o"]
         per_step["hc"] = hc
         per_step["so"] = gate["o"] * (1.0 - gate["o"])
-    per_step["dc_from_y"] = jnp.broadcast_to(per_step["dc_from_y"], (t, n))
     for g in ("i", "f"):
         if g in s.gates:
             per_step[g] = gate[g]
             per_step["s" + g] = gate[g] * (1.0 - gate[g])
-    per_step["z"] = gate["z"]
     if s.cifg:
         per_step["f"] = 1.0 - gate["i"]
     peep = {g: p["p"][s.peepholes.index(g)] for g in s.peepholes}
@@ -205,10 +204,10 @@ def _layer_bwd(variant, residuals, dys):
             if g in peep:
                 dc_prev = dc_prev + da[g] * peep[g]
         d_pre = jnp.stack([da[g] for g in s.gates])
-        dy_prev = d_pre.reshape(-1) @ r_t
+        dy_prev = r @ d_pre.reshape(-1)
         new = (dy_prev, dc_prev)
         if s.fgr:
-            new += ((d_pre[1:].reshape(-1) @ rg_t).reshape(3, n),)
+            new += ((rg @ d_pre[1:].reshape(-1)).reshape(3, n),)
         if k_t is not None:
             valid = k_t > 0
             new = tuple(jnp.where(valid, a, b) for a, b in zip(new, carry))

@@ -18,6 +18,12 @@ where Y' and G' are the previous steps' outputs and gates. Inside the loop, one 
     δc_{t−1} = δc ⊙ f + δā_i ⊙ p_i + δā_f ⊙ p_f,   δy_{t−1} = R δā,   δgates_{t−1} = Rg δā_ifo (FGR)
 
 and a masked step passes the state's deltas through unchanged and has δā = 0, as its carry is kept.
+
+Measured on 2 shared CPU cores (bench/fast_lstm_speed.py; vanilla, JSB shape T = 60, M = 88, float32,
+jit(vmap), medians): forward+grad 1.3× faster than autodiff of `nets.lstm_layer` at N = 100, K = 1 trial,
+1.5× at N = 100, K = 8, 2.1× at N = 200, K = 1 and 1.9× at N = 200, K = 8 (1.5-2.8× for NP, CIFG, FGR).
+The loop's product δy_{t−1} = R δā is written in R's stored layout: as δāᵀ Rᵀ it was 2-4× slower on CPU.
+Unrolling either scan by 2 or 4 steps made CPU runs 3-10 % slower, so both scans step once per iteration.
 """
 
 import functools

@@ -1,0 +1,430 @@
+"""Benchmark: the trainer's throughput per task shape, hidden bucket and trial count, and the full study's wall time.
+
+Run (from the repository root):
+
+    python bench/study_time.py --quick --epochs_estimate=60 --out=/tmp/study_time.json    # CPU: a few minutes
+    python bench/study_time.py --device=gpu --store=runs/jsb/trials.sqlite --out=study_time_gpu.json
+
+1. Measures, on the device JAX sees, the trainer's own group program (`bench/trainer_speed.TrainerTimer`) for
+   each task's network at each hidden bucket and trial count K: the median time of a training epoch on
+   synthetic sequences of the task's mean length, the validation pass (host-side metric included) and the
+   first call (compile). Variant V stands for all nine unless --variants names more.
+2. Projects the full study: 27 x 200 trials (the task configs' own draws, `odyssey.search.draw_trials`:
+   hidden sizes log-uniform integers in [20, 200]), grouped as the trainer groups them (one program per
+   variant and hidden bucket, min(trials_per_batch, trials) slots, a finished trial's slot refilled by the
+   next pending one, a group running until its last trial ends), each lock-step epoch costing a training
+   epoch and a validation pass at the group's K, a test pass whenever a trial ends, one compile per group.
+   Epochs per trial: the bound (every trial runs --max_epochs), and the estimate: --epochs_estimate for
+   every trial, or the epochs of the finished trials of --store (their mean for every trial, and their
+   distribution drawn per trial, which shows the cost of groups waiting on their longest trial).
+
+Assumptions, stated in the output: costs at K between measured trial counts are interpolated linearly
+(beyond the largest, time grows in proportion to K; below the smallest, it is the smallest's); with --quick
+(--step_scale=4), tasks of more than 100 steps are trained at 1/4 and 2/4 of their mean length and the
+epoch's cost extrapolated along the line through the two (a scan's cost is a + b T; the per-update part a
+is large on CPU, so scaling one short length in proportion would overstate the cost 2-4x); evaluation is
+measured at 2/4 and scaled in proportion to length.
+The trainer today runs every sequence of a split padded to the split's longest; the "padded" column scales
+training and evaluation by --padded_steps / mean steps (an upper bound) where a task's longest is given.
+"""
+
+import bisect
+import collections
+import heapq
+import importlib.util
+import json
+import math
+import pathlib
+import sqlite3
+import warnings
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from odyssey import search, train
+
+import trainer_speed  # bench/ is the script's folder, so on sys.path
+
+FLAGS = flags.FLAGS
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+# Each task's sizes: mean steps per sequence, sequences per split (DESIGN §7), CTC labels per line.
+TaskShape = collections.namedtuple("TaskShape", "steps train valid test labels")
+TASK_SHAPES = {
+    "jsb": TaskShape(60, 229, 76, 77, 0),
+    "timit": TaskShape(304, 3696, 400, 192, 0),
+    # 40 characters per line is this benchmark's assumption; CTC's cost is small beside the LSTM's.
+    "iam_online": TaskShape(334, 5355, 2956, 3859, 40),
+}
+# Sequences up to this many steps are always measured whole (JSB's are).
+_WHOLE_STEPS = 100
+# The longest training input of the standard JSB file (129 rows, so 128 inputs); TIMIT's and IAM-OnDB's are
+# not known here and can be given with --padded_steps.
+_PADDED_STEPS = {"jsb": 128}
+
+
+def _define_flags():
+    flags.DEFINE_enum("device", "cpu", ["cpu", "gpu", "tpu"], "Where JAX runs.")
+    flags.DEFINE_bool("quick", False, "CPU-sized: TIMIT/IAM sequences measured 4x and 2x shorter, buckets "
+                      "40,120,200, K = 8.")
+    flags.DEFINE_list("tasks", list(TASK_SHAPES), "Tasks to measure and project.")
+    flags.DEFINE_list("buckets", None, "Hidden buckets (default: the configs' 40,80,120,160,200; --quick: "
+                      "40,120,200). The projection pads each trial to these.")
+    flags.DEFINE_list("trials", None, "Trial counts K to measure (default 1,16,64; --quick 8).")
+    flags.DEFINE_list("variants", ["V"], "Variants to measure; the others take V's cost.")
+    flags.DEFINE_integer("trials_per_batch", None, "Slots per group in the projection (default: the configs').")
+    flags.DEFINE_integer("max_epochs", 150, "The epoch bound of every trial.")
+    flags.DEFINE_float("epochs_estimate", None, "Mean epochs per trial under early stopping.")
+    flags.DEFINE_string("store", None, "A study store (trials.sqlite) whose finished trials' epochs give the "
+                        "estimate (for every task).")
+    flags.DEFINE_list("padded_steps", [f"{t}:{s}" for t, s in _PADDED_STEPS.items()],
+                      "task:steps, the longest sequence the trainer pads a task's split to.")
+    flags.DEFINE_integer("step_scale", None, "Above 1: measure each program at 1/step_scale and 2/step_scale of "
+                         "the task's mean length and extrapolate (default 1; --quick 4).")
+    flags.DEFINE_integer("sequences", None, "Synthetic training sequences per timed epoch (default 8; --quick 2).")
+    flags.DEFINE_integer("eval_chunk", 16, "Sequences per evaluation step, as the trainer's eval_chunk.")
+    flags.DEFINE_integer("eval_chunks", None, "Evaluation steps per timed validation pass (default 2; --quick 1).")
+    flags.DEFINE_integer("repeats", 3, "Timed measurements per program; the median is used.")
+    flags.DEFINE_float("min_time", 0.3, "Seconds of whole calls each measurement runs at least.")
+    flags.DEFINE_list("measurements", None, "JSON files this script wrote (e.g. one per task): project from "
+                      "their measurements instead of measuring again.")
+    flags.DEFINE_string("out", None, "Where to write the results as JSON.")
+    flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the store resampling.")
+
+
+def load_config(task: str):
+    """The task's study config (configs/<task>.py, `get_config()`), as the study command reads it."""
+    path = _ROOT / "configs" / f"{task}.py"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the task config that draws the study's trials is missing")
+    spec = importlib.util.spec_from_file_location(f"_config_{task}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def store_epochs(path) -> np.ndarray:
+    """Epochs used by the finished trials of a study store (table trials, column epochs)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--store={path}: no such file; give a run's trials.sqlite")
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT epochs FROM trials WHERE epochs IS NOT NULL AND epochs > 0").fetchall()
+    except sqlite3.DatabaseError as err:
+        raise ValueError(f"--store={path}: cannot read table trials, column epochs ({err})") from None
+    finally:
+        conn.close()
+    if not rows:
+        raise ValueError(f"--store={path}: no finished trial has its epochs recorded yet")
+    return np.array([r[0] for r in rows], float)
+
+
+def interpolate(measured: dict, k: int) -> float:
+    """Seconds at K slots from {K: seconds}: linear between measured K, below the smallest the smallest's
+    time (time never falls as K grows), above the largest in proportion to K."""
+    ks = sorted(measured)
+    if k >= ks[-1]:
+        return measured[ks[-1]] * k / ks[-1]
+    if k <= ks[0]:
+        return measured[ks[0]]
+    j = bisect.bisect_left(ks, k)
+    lo, hi = ks[j - 1], ks[j]
+    w = (k - lo) / (hi - lo)
+    return (1 - w) * measured[lo] + w * measured[hi]
+
+
+def simulate_group(epochs, k):
+    """The trainer's schedule of one group: k slots, trials in order, a slot refilled the epoch after its
+    trial ends, lock-step epochs until the last trial ends.
+
+    Args:
+      epochs: epochs each trial of the group runs, in the order the trials start.
+      k: slots.
+
+    Returns:
+      (lock-step epochs, epochs at which at least one trial ended, slot-epochs of live trials).
+    """
+    free = [0] * k  # the last lock-step epoch each slot is busy until
+    ends = set()
+    for e in epochs:
+        start = heapq.heappop(free)
+        end = start + int(e)
+        ends.add(end)
+        heapq.heappush(free, end)
+    return max(free), len(ends), int(sum(int(e) for e in epochs))
+
+
+def _extrapolate(short, long, steps_short, steps_long, steps):
+    """Seconds at `steps` from seconds at two lengths: the longer one plus the measured cost per step
+    (never negative) for the remaining steps; exact for a cost a + b T, and a scan's is one."""
+    if steps_long == steps:
+        return long
+    slope = max(0.0, (long - short) / (steps_long - steps_short))
+    return long + slope * (steps - steps_long)
+
+
+def _measure(task, buckets, trial_counts, variants, device, scale):
+    """Per (variant, bucket, K): seconds of a training epoch over the task's whole training split, of a
+    validation and a test pass over the task's splits, and of the first calls (compile), at the task's mean
+    length. With scale > 1, training is measured at two shorter lengths (1/scale and 2/scale of the task's)
+    and extrapolated along the line through them; evaluation, a forward pass, at the longer of the two and
+    scaled in proportion to length (which overstates it a little)."""
+    shape = TASK_SHAPES[task]
+    short = max(2, round(shape.steps / scale))
+    whole = scale == 1 or shape.steps <= _WHOLE_STEPS or 2 * short >= shape.steps
+    lengths = [shape.steps] if whole else [short, 2 * short]
+    n_eval = FLAGS.eval_chunks * FLAGS.eval_chunk
+    chunks = {name: math.ceil(getattr(shape, name) / FLAGS.eval_chunk) for name in ("valid", "test")}
+    rows = []
+    for variant in variants:
+        for bucket in buckets:
+            at = {}  # steps -> measure()'s output
+            for steps in lengths:
+                labels = max(1, round(shape.labels * steps / shape.steps)) if shape.labels else 0
+                splits = trainer_speed.synthetic_splits(
+                    task, steps, {"train": FLAGS.sequences, "valid": n_eval, "test": 1}, labels=labels,
+                    seed=FLAGS.seed)
+                timers = {k: trainer_speed.TrainerTimer(task, variant, bucket, k, splits, device,
+                                                        eval_chunk=FLAGS.eval_chunk, seed=FLAGS.seed)
+                          for k in trial_counts}
+                fns = {("train", k): timer.train_epoch for k, timer in timers.items()}
+                if steps == lengths[-1]:
+                    fns.update({("eval", k): timer.evaluate for k, timer in timers.items()})
+                at[steps] = trainer_speed.measure(fns, FLAGS.repeats, FLAGS.min_time)
+                del timers
+            last = at[lengths[-1]]
+            for k in trial_counts:
+                train_s = [at[steps][("train", k)]["median"] for steps in lengths]
+                train_s = train_s[0] if len(lengths) == 1 else _extrapolate(*train_s, *lengths, shape.steps)
+                per_seq = train_s / FLAGS.sequences
+                per_chunk = last[("eval", k)]["median"] / FLAGS.eval_chunks * shape.steps / lengths[-1]
+                compile_s = sum(last[(part, k)]["first"] - last[(part, k)]["median"] for part in ("train", "eval"))
+                row = {"task": task, "variant": variant, "bucket": bucket, "K": k, "measured_steps": lengths,
+                       "updates_per_s": k / per_seq, "train_epoch_s": per_seq * shape.train,
+                       "valid_s": per_chunk * chunks["valid"], "test_s": per_chunk * chunks["test"],
+                       "compile_s": max(compile_s, 0.0)}
+                rows.append(row)
+                print(f"{task:>10} {variant:>4} N={bucket:<4} K={k:<4} {row['updates_per_s']:10.1f} updates/s  "
+                      f"epoch {row['train_epoch_s']:9.1f}s  valid {row['valid_s']:8.2f}s  "
+                      f"compile {row['compile_s']:6.1f}s", flush=True)
+    return rows
+
+
+def _group_cost(rows, task, variant, bucket, k):
+    """Seconds of one lock-step epoch's parts at K slots, from the measured rows (V's where not measured)."""
+    mine = [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == variant]
+    mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == "V"]
+    mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket]
+    return {part: interpolate({r["K"]: r[part] for r in mine}, k)
+            for part in ("train_epoch_s", "valid_s", "test_s", "compile_s")}
+
+
+def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False):
+    """Projected seconds of one task's study under one rule for each trial's epochs.
+
+    Args:
+      rows: the measurements of `_measure`.
+      task: the task.
+      trials: `odyssey.train.Trial`s of the task's study.
+      buckets: hidden buckets.
+      tpb: slots per group at most.
+      epochs_of: function (group index, trials) -> epochs of each trial.
+      balanced: give a group of m trials ceil(m / waves) slots, waves = ceil(m / tpb), instead of
+        min(tpb, m): as many waves, fewer idle slots in the last one.
+
+    Returns:
+      dict of totals: seconds of training, evaluation, compilation and all; lock-step and live slot-epochs.
+    """
+    total = collections.Counter()
+    for g, members in enumerate(search.schedule(trials, buckets)):
+        k = min(tpb, len(members))
+        if balanced:
+            k = math.ceil(len(members) / math.ceil(len(members) / tpb))
+        bucket = train.bucket_of(members[0].hidden_size, buckets)
+        cost = _group_cost(rows, task, members[0].variant, bucket, k)
+        lockstep, test_passes, live = simulate_group(epochs_of(g, members), k)
+        total["train_s"] += lockstep * cost["train_epoch_s"]
+        total["eval_s"] += (lockstep * cost["valid_s"] + test_passes * cost["test_s"])
+        total["compile_s"] += cost["compile_s"]
+        total["lockstep_epochs"] += lockstep
+        total["slot_epochs"] += lockstep * k
+        total["live_slot_epochs"] += live
+        total["groups"] += 1
+    total["total_s"] = total["train_s"] + total["eval_s"] + total["compile_s"]
+    return dict(total)
+
+
+def _load_measurements(paths):
+    """The measurements and machine of JSON files this script wrote, merged (the first file's machine)."""
+    rows, machines = [], []
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            rows += list(data["measurements"])
+            machines.append(data["machine"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise app.UsageError(f"--measurements: {path} is not a JSON written by this script ({err!r})") from None
+    kinds = {m["jax_device"] for m in machines}
+    if len(kinds) > 1:
+        raise app.UsageError(f"--measurements: the files were measured on different devices: {sorted(kinds)}")
+    return {"measurements": rows, "machine": machines[0]}
+
+
+def _epoch_rules(max_epochs, seed):
+    """Name -> (description, function (group index, trials) -> epochs per trial) of each projection."""
+    rules = {"bound": (f"every trial runs {max_epochs} epochs", lambda g, m: [max_epochs] * len(m))}
+    if FLAGS.epochs_estimate is not None:
+        if not 1 <= FLAGS.epochs_estimate <= max_epochs:
+            raise app.UsageError(f"--epochs_estimate={FLAGS.epochs_estimate}: need 1 <= it <= {max_epochs}")
+        mean = int(round(FLAGS.epochs_estimate))
+        rules["estimate"] = (f"every trial runs {mean} epochs (--epochs_estimate)",
+                             lambda g, m, e=mean: [e] * len(m))
+    if FLAGS.store:
+        used = np.minimum(store_epochs(FLAGS.store), max_epochs)
+        mean = int(round(used.mean()))
+        rules["store_mean"] = (f"every trial runs {mean} epochs, the mean of {used.size} finished trials of "
+                               f"{FLAGS.store} (max {int(used.max())})", lambda g, m, e=mean: [e] * len(m))
+        rules["store_draws"] = (
+            f"each trial's epochs drawn from those {used.size} trials",
+            lambda g, m: np.random.default_rng((seed, g)).choice(used, len(m)).astype(int).tolist())
+    return rules
+
+
+def _settings():
+    quick = FLAGS.quick
+    for task in FLAGS.tasks:
+        if task not in TASK_SHAPES:
+            raise app.UsageError(f"--tasks: unknown task {task!r}; known: {', '.join(TASK_SHAPES)}")
+    buckets = [int(b) for b in FLAGS.buckets] if FLAGS.buckets else ([40, 120, 200] if quick else None)
+    trial_counts = [int(k) for k in FLAGS.trials] if FLAGS.trials else ([8] if quick else [1, 16, 64])
+    padded = {}
+    for item in FLAGS.padded_steps:
+        task, _, steps = item.partition(":")
+        if task not in TASK_SHAPES or not steps.isdigit() or int(steps) < TASK_SHAPES[task].steps:
+            raise app.UsageError(f"--padded_steps: {item!r} is not task:steps with steps >= the task's mean length")
+        padded[task] = int(steps)
+    return {"buckets": buckets, "trials": trial_counts, "padded_steps": padded,
+            "step_scale": FLAGS.step_scale or (4 if quick else 1), "sequences": FLAGS.sequences or (2 if quick else 8),
+            "eval_chunks": FLAGS.eval_chunks or (1 if quick else 2)}
+
+
+def main(argv):
+    del argv
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    settings = _settings()
+    FLAGS.sequences = settings["sequences"]
+    FLAGS.eval_chunks = settings["eval_chunks"]
+    device = trainer_speed.jax_device(FLAGS.device)
+    info = trainer_speed.machine_info(device)
+    info["load_before"] = trainer_speed.load_average()
+    if FLAGS.measurements:
+        info = _load_measurements(FLAGS.measurements)["machine"]
+    print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
+          f"jax {info['jax']}\nbefore: {info['load_before']}")
+    rules = _epoch_rules(FLAGS.max_epochs, FLAGS.seed)
+    measured = _load_measurements(FLAGS.measurements) if FLAGS.measurements else None
+
+    rows, projections, studies = [], [], {}
+    for task in FLAGS.tasks:
+        config = load_config(task)
+        buckets = settings["buckets"] or [int(b) for b in config.search.hidden_buckets]
+        tpb = FLAGS.trials_per_batch or int(config.search.trials_per_batch)
+        trials = [train.Trial(**t) for t in search.draw_trials(config)]
+        too_big = max(t.hidden_size for t in trials)
+        if too_big > buckets[-1]:
+            raise app.UsageError(f"--buckets: {task}'s trials reach N={too_big}, beyond the largest bucket")
+        padded = [train.bucket_of(t.hidden_size, buckets) for t in trials]
+        studies[task] = {"trials": len(trials), "variants": len(config.search.variants), "buckets": buckets,
+                         "trials_per_batch": tpb,
+                         "hidden_fill": sum(t.hidden_size ** 2 for t in trials) / sum(b * b for b in padded)}
+        if measured is None:
+            rows += _measure(task, buckets, settings["trials"], FLAGS.variants, device, settings["step_scale"])
+        else:
+            mine = [r for r in measured["measurements"] if r["task"] == task]
+            missing = sorted(set(buckets) - {r["bucket"] for r in mine})
+            if missing:
+                raise app.UsageError(f"--measurements: no measurement of {task} at buckets {missing}")
+            rows += mine
+        mean_steps = TASK_SHAPES[task].steps
+        for rule, (_, epochs_of) in rules.items():
+            result = project(rows, task, trials, buckets, tpb, epochs_of)
+            result.update(task=task, rule=rule,
+                          balanced_total_s=project(rows, task, trials, buckets, tpb, epochs_of, True)["total_s"])
+            if task in settings["padded_steps"]:
+                factor = settings["padded_steps"][task] / mean_steps
+                result["padded_total_s"] = result["total_s"] + (factor - 1) * (result["train_s"] + result["eval_s"])
+            projections.append(result)
+
+    if not FLAGS.measurements:
+        info["load_after"] = trainer_speed.load_average()
+    _print_tables(rows, projections, studies, rules, settings, info)
+    if FLAGS.out:
+        with open(FLAGS.out, "w") as f:
+            json.dump({"machine": info, "settings": settings, "studies": studies,
+                       "rules": {name: text for name, (text, _) in rules.items()}, "measurements": rows,
+                       "projections": projections}, f, indent=1)
+        print(f"wrote {FLAGS.out}")
+
+
+def _hours(seconds):
+    return f"{seconds / 3600:.2f}"
+
+
+def _print_tables(rows, projections, studies, rules, settings, info):
+    print("\nmeasured (per epoch over the task's whole splits, at its mean length):")
+    header = (f"{'task':<10} {'var':>4} {'N':>4} {'K':>4} {'updates/s':>10} {'train s':>9} {'valid s':>8} "
+              f"{'test s':>8} {'compile s':>9}")
+    print(header + "\n" + "-" * len(header))
+    for r in rows:
+        print(f"{r['task']:<10} {r['variant']:>4} {r['bucket']:>4} {r['K']:>4} {r['updates_per_s']:>10.1f} "
+              f"{r['train_epoch_s']:>9.1f} {r['valid_s']:>8.2f} {r['test_s']:>8.2f} {r['compile_s']:>9.1f}")
+
+    print("\nprojected study (hours on this device):")
+    header = (f"{'task':<10} {'epochs':<12} {'groups':>6} {'trials':>6} {'N^2 fill':>8} {'slot use':>8} "
+              f"{'train h':>8} {'eval h':>7} {'compile h':>9} {'total h':>8} {'padded h':>8} {'balanced h':>10}")
+    print(header + "\n" + "-" * len(header))
+    totals = collections.defaultdict(lambda: [0.0, 0.0, True, 0.0])
+    for p in projections:
+        s = studies[p["task"]]
+        padded = p.get("padded_total_s")
+        print(f"{p['task']:<10} {p['rule']:<12} {p['groups']:>6} {s['trials']:>6} {s['hidden_fill']:>8.2f} "
+              f"{p['live_slot_epochs'] / p['slot_epochs']:>8.2f} {_hours(p['train_s']):>8} {_hours(p['eval_s']):>7} "
+              f"{_hours(p['compile_s']):>9} {_hours(p['total_s']):>8} {_hours(padded) if padded else '-':>8} "
+              f"{_hours(p['balanced_total_s']):>10}")
+        totals[p["rule"]][0] += p["total_s"]
+        totals[p["rule"]][1] += padded if padded else p["total_s"]
+        totals[p["rule"]][2] &= padded is not None
+        totals[p["rule"]][3] += p["balanced_total_s"]
+    print("-" * len(header))
+    for rule, (total, padded, all_padded, balanced) in totals.items():
+        note = "" if all_padded else " (tasks without a known longest length at their mean)"
+        print(f"{'all':<10} {rule:<12} total {total / 3600:.2f} h, padded {padded / 3600:.2f} h{note}, "
+              f"balanced {balanced / 3600:.2f} h")
+
+    print("\nepochs rules:")
+    for name, (text, _) in rules.items():
+        print(f"  {name}: {text}")
+    print(f"assumptions: variants {', '.join(FLAGS.variants)} measured, others at V's cost; trial counts "
+          f"{settings['trials']} measured, other K interpolated (beyond the largest: time in proportion to K);")
+    print(f"  tasks over {_WHOLE_STEPS} steps trained at 1/{settings['step_scale']} and 2/{settings['step_scale']} "
+          "of their mean length, the cost extrapolated along the line through the two; evaluation at the longer, "
+          "scaled in proportion;"
+          if settings["step_scale"] > 1 else "  sequences at the task's mean length;")
+    print("  'N^2 fill' = sum of N^2 / sum of padded N^2 over the trials; 'slot use' = live slot-epochs / "
+          "slot-epochs;")
+    print("  'balanced': a group of m trials given ceil(m / waves) slots, waves = ceil(m / trials_per_batch), "
+          "instead of min(trials_per_batch, m);")
+    print(f"  'padded' scales training and evaluation to the longest sequence the trainer pads to "
+          f"({settings['padded_steps'] or 'none given'}).")
+    print(f"machine: {info['jax_device']}, {info.get('cpu', info['host'])}, {info['cores']} cores")
+    print(f"before: {info['load_before']}")
+    print(f"after:  {info['load_after']}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

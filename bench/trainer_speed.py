@@ -1,0 +1,346 @@
+"""Benchmark: sequence-updates per second of the multi-trial trainer beside a single-trial PyTorch LSTM.
+
+Run (from the repository root, with `pip install -e '.[bench]'` for PyTorch):
+
+    python bench/trainer_speed.py --quick --out=/tmp/trainer_speed.json     # CPU: a few minutes
+    python bench/trainer_speed.py --device=gpu --out=trainer_speed_gpu.json  # the full grid on a GPU
+
+What is timed is the trainer's own compiled epoch (`odyssey.train`'s group of K slots, one sequence per
+update, Nesterov SGD, full BPTT, input noise) on synthetic sequences of one length, after a compile-and-
+warm-up epoch; every measurement runs whole epochs for at least --min_time seconds, and the table shows the
+median of --repeats such measurements. All programs of one (shape, hidden size) row group, the PyTorch one
+included, are measured in turn inside each repeat, so a change in the machine's load hits them alike.
+
+Shapes (DESIGN §2): "jsb" is a unidirectional net, M = 88 inputs, 88 sigmoid outputs, ~60 steps; "timit" is
+a bidirectional net, M = 39, 61 softmax outputs, ~300 steps (--quick: 100 steps and fewer trial counts).
+
+The PyTorch baseline is one trial of `torch.nn.LSTM` (+ a linear readout) doing the same online updates:
+one sequence per `torch.optim.SGD(nesterov=True)` step, input noise, the task's summed loss, on the
+same device (eager). On CPU there is one baseline per thread count of --threads (default: 1 and the
+cores): on a loaded 2-core machine one thread is often the faster, and the ratio is taken against the
+fastest baseline of the same shape and hidden size.
+
+The helpers `synthetic_splits`, `TrainerTimer`, `measure` and `machine_info` also serve
+`bench/study_time.py`.
+"""
+
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import time
+import warnings
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from odyssey import tasks, train
+
+FLAGS = flags.FLAGS
+
+# Inputs per step of each task's network (DESIGN §2): piano-roll keys, MFCC features, pen features.
+N_INPUTS = {"jsb": 88, "timit": 39, "iam_online": 4}
+_FULL = {"steps": {"jsb": 60, "timit": 300}, "trials": (1, 8, 32, 128)}
+_QUICK = {"steps": {"jsb": 60, "timit": 100}, "trials": (1, 8, 32)}
+_QUICK_TIMIT_TRIALS = (1, 8)
+
+
+def _define_flags():
+    flags.DEFINE_enum("device", "cpu", ["cpu", "gpu", "tpu"], "Where JAX (and PyTorch: cpu or cuda) run.")
+    flags.DEFINE_bool("quick", False, "CPU-sized: 100-step TIMIT sequences, K up to 32 (JSB) and 8 (TIMIT).")
+    flags.DEFINE_list("shapes", ["jsb", "timit"], "Task shapes to measure: jsb, timit.")
+    flags.DEFINE_list("hidden", ["100", "200"], "Blocks per hidden layer N.")
+    flags.DEFINE_list("trials", None, "Trial counts K (default: 1,8,32,128; --quick: 1,8,32 and 1,8 for TIMIT).")
+    flags.DEFINE_list("variants", ["V"], "LSTM variants of the trainer (V is the plain peephole LSTM).")
+    flags.DEFINE_integer("jsb_steps", None, "Steps per JSB-shape sequence (default 60).")
+    flags.DEFINE_integer("timit_steps", None, "Steps per TIMIT-shape sequence (default 300; --quick: 100).")
+    flags.DEFINE_integer("sequences", 16, "Synthetic training sequences per epoch.")
+    flags.DEFINE_integer("repeats", 5, "Timed measurements per program; the median is reported.")
+    flags.DEFINE_float("min_time", 0.5, "Seconds of whole epochs each measurement runs at least.")
+    flags.DEFINE_bool("torch", True, "Measure the single-trial PyTorch baseline.")
+    flags.DEFINE_list("threads", None, "PyTorch CPU thread counts, one baseline each (default: 1 and the cores "
+                      "this process may use); the ratio is against the fastest.")
+    flags.DEFINE_string("out", None, "Where to write the results as JSON.")
+    flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
+
+
+def synthetic_splits(task: str, steps: int, sizes: dict, labels: int = 0, seed: int = 0) -> dict:
+    """Random sequences of one length in the data loaders' format (what `odyssey.tasks.to_arrays` takes).
+
+    Args:
+      task: "jsb", "timit" or "iam_online".
+      steps: T, time steps per sequence (network inputs; a JSB roll gets T + 1 rows, as it predicts ahead).
+      sizes: split name -> number of sequences, e.g. {"train": 16, "valid": 32, "test": 32}.
+      labels: characters per IAM-OnDB line (CTC targets); ignored for the other tasks.
+      seed: of the numpy generator.
+
+    Returns:
+      dict split -> list of float32[T + 1, 88] rolls (jsb), (float32[T, 39], int[T]) pairs (timit) or
+      (float32[T, 4], int[labels]) pairs with labels in 1..81 (iam_online; 0 is CTC's blank).
+    """
+    spec = tasks.get_task(task)
+    if steps < 1:
+        raise ValueError(f"{task}: steps per sequence must be >= 1, got {steps}")
+    if task == "iam_online" and not 1 <= labels <= steps:
+        raise ValueError(f"iam_online: need 1 <= labels <= steps for a feasible CTC alignment, "
+                         f"got labels={labels}, steps={steps}")
+    rng = np.random.default_rng(seed)
+
+    def one():
+        if task == "jsb":
+            return (rng.random((steps + 1, spec.n_out)) < 0.05).astype(np.float32)  # ~4 of 88 keys sound
+        x = rng.standard_normal((steps, N_INPUTS[task])).astype(np.float32)
+        if task == "timit":
+            return x, rng.integers(0, spec.n_out, steps)
+        return x, rng.integers(1, spec.n_out, labels)
+
+    return {name: [one() for _ in range(n)] for name, n in sizes.items()}
+
+
+class TrainerTimer:
+    """K trials of one variant at one hidden size in the trainer's own group program, timed per epoch.
+
+    Uses `odyssey.train`'s internal group (the program `train_trials` runs), so what is timed is exactly
+    the trainer's epoch: K slots, all live, all at hidden size N (no padding).
+    """
+
+    def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0):
+        spec = tasks.get_task(task)
+        arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
+        mesh = Mesh(np.asarray([device]), ("trials",))
+        self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
+                                  np.dtype(np.float32))
+        for slot in range(self.group.k):
+            # A small learning rate keeps every trial finite; a frozen (diverged) slot would cost the same.
+            self.group.assign(slot, train.Trial(trial_id=slot, variant=variant, hidden_size=hidden,
+                                                learning_rate=1e-5, momentum=0.9, input_noise=0.1,
+                                                seed=seed * 100_003 + slot))
+        self.k = self.group.k
+        self.updates_per_epoch = self.k * arrays["train"].size
+        self.valid_size = arrays["valid"].size
+
+    def train_epoch(self) -> float:
+        """Seconds of one epoch of the K trials, to the host's copy of its losses (as the trainer waits)."""
+        start = time.perf_counter()
+        self.group.train_epoch()
+        return time.perf_counter() - start
+
+    def evaluate(self) -> float:
+        """Seconds of one validation pass of the K trials, host-side metric included (as after every epoch)."""
+        start = time.perf_counter()
+        self.group.evaluate("valid", self.group.state["params"])
+        return time.perf_counter() - start
+
+
+class TorchRunner:
+    """One trial of `torch.nn.LSTM` + linear readout doing the trainer's online updates, timed per epoch."""
+
+    def __init__(self, task, hidden, splits, device, threads=1, lr=1e-5, momentum=0.9, noise=0.1, seed=0):
+        import torch  # the `bench` extra; only this baseline needs it
+
+        self.torch = torch
+        self.cuda = device == "cuda"
+        self.threads = threads
+        torch.manual_seed(seed)
+        spec = tasks.get_task(task)
+        if spec.loss == "ctc":
+            raise ValueError("the PyTorch baseline covers the jsb and timit shapes only")
+        arrays = tasks.to_arrays(spec, splits["train"])
+        self.xs = torch.as_tensor(arrays.xs, device=device)
+        target_dtype = torch.float32 if spec.loss == "bernoulli" else torch.int64
+        self.targets = torch.as_tensor(arrays.targets, device=device, dtype=target_dtype)
+        bi = spec.kind == "bi"
+        self.lstm = torch.nn.LSTM(N_INPUTS[task], hidden, bidirectional=bi).to(device)
+        self.readout = torch.nn.Linear(hidden * (2 if bi else 1), spec.n_out).to(device)
+        params = list(self.lstm.parameters()) + list(self.readout.parameters())
+        # The paper's ε = η (1 − μ); torch's Nesterov form differs from Sutskever's only in what it stores.
+        self.opt = torch.optim.SGD(params, lr=lr * (1 - momentum), momentum=momentum, nesterov=True)
+        self.loss = (torch.nn.BCEWithLogitsLoss(reduction="sum") if spec.loss == "bernoulli"
+                     else torch.nn.CrossEntropyLoss(reduction="sum"))
+        self.noise = noise
+        self.updates_per_epoch = arrays.size
+
+    def train_epoch(self) -> float:
+        torch = self.torch
+        torch.set_num_threads(self.threads)  # process-wide, so set for each epoch of each baseline
+        start = time.perf_counter()
+        for idx in torch.randperm(self.xs.shape[0]).tolist():
+            x = self.xs[idx]
+            x = x + self.noise * torch.randn_like(x)
+            hidden, _ = self.lstm(x.unsqueeze(1))
+            loss = self.loss(self.readout(hidden.squeeze(1)), self.targets[idx])
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+
+def measure(fns, repeats, min_time):
+    """Median seconds per call of each function, measured in turn inside every repeat.
+
+    Each function is called once first (compile and warm-up; its time is returned as `first`), once more to
+    size a measurement to at least `min_time` seconds, then `repeats` times that many calls per measurement.
+
+    Args:
+      fns: dict name -> zero-argument function that does the work and returns its own seconds.
+      repeats: measurements per function.
+      min_time: seconds each measurement lasts at least.
+
+    Returns:
+      dict name -> {"first": s, "calls": n, "median": s per call, "all": [s per call of each measurement]}.
+    """
+    out = {}
+    for name, fn in fns.items():
+        first = fn()
+        calls = max(1, math.ceil(min_time / max(fn(), 1e-9)))
+        out[name] = {"first": first, "calls": calls, "all": []}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            out[name]["all"].append(sum(fn() for _ in range(out[name]["calls"])) / out[name]["calls"])
+    for record in out.values():
+        record["median"] = statistics.median(record["all"])
+    return out
+
+
+def load_average() -> str:
+    """The machine's load averages (1, 5, 15 min) as `uptime` states them."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average: %.2f, %.2f, %.2f" % os.getloadavg()
+
+
+def machine_info(device) -> dict:
+    """What the figures were measured on: the JAX device, the host, the versions and the date."""
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "jax_device": f"{device.platform}: {device.device_kind}", "host": platform.processor() or platform.machine(),
+            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "jax": jax.__version__}
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+    except OSError:
+        pass
+    return info
+
+
+def jax_device(kind: str):
+    """The first JAX device of a platform ("cpu", "gpu", "tpu"); a clear error when there is none."""
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError as err:
+        raise app.UsageError(f"--device={kind}: JAX sees no such device ({err})") from None
+
+
+def _settings():
+    mode = _QUICK if FLAGS.quick else _FULL
+    steps = {"jsb": FLAGS.jsb_steps or mode["steps"]["jsb"], "timit": FLAGS.timit_steps or mode["steps"]["timit"]}
+    for shape in FLAGS.shapes:
+        if shape not in steps:
+            raise app.UsageError(f"--shapes: unknown shape {shape!r}; known: jsb, timit")
+    if FLAGS.trials:
+        trials = {shape: tuple(int(k) for k in FLAGS.trials) for shape in steps}
+    else:
+        trials = {"jsb": mode["trials"], "timit": _QUICK_TIMIT_TRIALS if FLAGS.quick else mode["trials"]}
+    return steps, trials, [int(n) for n in FLAGS.hidden]
+
+
+def _torch_threads(torch_device):
+    """The PyTorch baselines' thread counts: one baseline on CUDA, else each count of --threads."""
+    if torch_device != "cpu":
+        return [1]
+    cores = len(os.sched_getaffinity(0))
+    return sorted({int(t) for t in FLAGS.threads} if FLAGS.threads else {1, cores})
+
+
+def main(argv):
+    del argv
+    warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    device = jax_device(FLAGS.device)
+    torch_device = {"cpu": "cpu", "gpu": "cuda"}.get(FLAGS.device) if FLAGS.torch else None
+    thread_counts = _torch_threads(torch_device) if torch_device else []
+    steps, trials, hiddens = _settings()
+    info = machine_info(device)
+    info["load_before"] = load_average()
+    if torch_device:
+        import torch
+        info["torch"] = f"{torch.__version__} on {torch_device}"
+    print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
+          f"jax {info['jax']}; PyTorch {info.get('torch', 'not measured')}")
+    print(f"before: {info['load_before']}")
+
+    rows = []
+    for shape in FLAGS.shapes:
+        splits = synthetic_splits(shape, steps[shape], {"train": FLAGS.sequences, "valid": 1, "test": 1},
+                                  seed=FLAGS.seed)
+        for hidden in hiddens:
+            runners = {}
+            for variant in FLAGS.variants:
+                for k in trials[shape]:
+                    runners[(variant, k)] = TrainerTimer(shape, variant, hidden, k, splits, device, seed=FLAGS.seed)
+            for threads in thread_counts:
+                runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
+                                                          seed=FLAGS.seed)
+            times = measure({key: r.train_epoch for key, r in runners.items()}, FLAGS.repeats, FLAGS.min_time)
+            rates = {key: r.updates_per_epoch / times[key]["median"] for key, r in runners.items()}
+            best = max((v for (name, _), v in rates.items() if name == "torch"), default=None)
+            for (name, k), r in runners.items():
+                t = times[(name, k)]
+                row = {"shape": shape, "steps": steps[shape], "hidden": hidden, "program": name,
+                       "K": 1 if name == "torch" else k, "torch_threads": k if name == "torch" else None,
+                       "updates_per_epoch": r.updates_per_epoch, "seconds_per_epoch": t["median"],
+                       "seconds_all": t["all"], "first_epoch_seconds": t["first"],
+                       "updates_per_s": rates[(name, k)], "ratio_vs_best_torch": rates[(name, k)] / best if best else None}
+                rows.append(row)
+                print(_row_text(row), flush=True)
+            del runners
+
+    info["load_after"] = load_average()
+    _print_table(rows, info)
+    if FLAGS.out:
+        config = {"quick": FLAGS.quick, "steps": steps, "trials": trials, "hidden": hiddens,
+                  "variants": FLAGS.variants, "sequences": FLAGS.sequences, "repeats": FLAGS.repeats,
+                  "min_time": FLAGS.min_time, "torch_threads": thread_counts}
+        with open(FLAGS.out, "w") as f:
+            json.dump({"machine": info, "config": config, "rows": rows}, f, indent=1)
+        print(f"wrote {FLAGS.out}")
+
+
+def _row_text(r):
+    name = f"torch nn.LSTM/{r['torch_threads']}t" if r["program"] == "torch" else f"odyssey {r['program']}"
+    ratio = f"{r['ratio_vs_best_torch']:.2f}" if r["ratio_vs_best_torch"] is not None else "-"
+    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<18} {r['K']:>4} {r['updates_per_s']:>11.1f} "
+            f"{ratio:>12}")
+
+
+def _print_table(rows, info):
+    print()
+    header = f"{'shape':<6} {'T':>4} {'N':>4} {'program':<18} {'K':>4} {'updates/s':>11} {'x best torch':>12}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(_row_text(r))
+    print("-" * len(header))
+    print("updates/s: sequence-updates per second summed over the K trials (median of the repeats); each update is")
+    print("one sequence: forward, full BPTT, a Nesterov SGD step; all sequences of length T (no padding).")
+    if any(r["program"] == "torch" for r in rows):
+        print("PyTorch: one trial of torch.nn.LSTM (NO peepholes; odyssey's V has three per block) + a linear")
+        print("readout; '/2t' = torch.set_num_threads(2). 'x best torch' divides by the fastest PyTorch row of the")
+        print("same shape and hidden size.")
+    print(f"machine: {info['jax_device']}, {info.get('cpu', info['host'])}, {info['cores']} cores")
+    print(f"before: {info['load_before']}")
+    print(f"after:  {info['load_after']}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)

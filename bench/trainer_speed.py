@@ -221,7 +221,8 @@ def load_average() -> str:
 def machine_info(device) -> dict:
     """What the figures were measured on: the JAX device, the host, the versions and the date."""
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "jax_device": f"{device.platform}: {device.device_kind}", "host": platform.processor() or platform.machine(),
+            "jax_device": f"{device.platform}: {device.device_kind}",
+            "host": platform.processor() or platform.machine(),
             "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "jax": jax.__version__}
     try:
         with open("/proc/cpuinfo") as f:
@@ -272,7 +273,11 @@ def main(argv):
     info = machine_info(device)
     info["load_before"] = load_average()
     if torch_device:
-        import torch
+        try:
+            import torch
+        except ImportError:
+            raise app.UsageError("PyTorch is missing: pip install -e '.[bench]' (torch==2.13.0), or pass "
+                                 "--notorch") from None
         info["torch"] = f"{torch.__version__} on {torch_device}"
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
           f"jax {info['jax']}; PyTorch {info.get('torch', 'not measured')}")
@@ -299,7 +304,8 @@ def main(argv):
                        "K": 1 if name == "torch" else k, "torch_threads": k if name == "torch" else None,
                        "updates_per_epoch": r.updates_per_epoch, "seconds_per_epoch": t["median"],
                        "seconds_all": t["all"], "first_epoch_seconds": t["first"],
-                       "updates_per_s": rates[(name, k)], "ratio_vs_best_torch": rates[(name, k)] / best if best else None}
+                       "updates_per_s": rates[(name, k)],
+                       "ratio_vs_best_torch": rates[(name, k)] / best if best else None}
                 rows.append(row)
                 print(_row_text(row), flush=True)
             del runners

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from odyssey import cells
+from odyssey import cells, fast_lstm
 
 NET_KINDS = ("uni", "bi")
 
@@ -89,8 +89,13 @@ def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, 
     return params
 
 
-def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Array | None = None, *,
+              autodiff: bool = False) -> jax.Array:
     """The network's output activations before the sigmoid/softmax.
+
+    The LSTM layers are `odyssey.fast_lstm.lstm_layer`: the same values as `lstm_layer` with a hand-written
+    backward pass (the trainer's gradients are 1.3-2× faster); `autodiff=True` differentiates through
+    `lstm_layer`'s scan instead (an independent path, e.g. as a reference in tests).
 
     Args:
       variant: the LSTM variant (static).
@@ -98,13 +103,15 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
       params: as from `init_net`.
       xs: float[T, M] inputs.
       mask: float[T] padding mask (1 = valid), padding at the end.
+      autodiff: static; use `lstm_layer` (autodiff through the scan) instead of the hand-written backward pass.
 
     Returns:
       float[T, K] logits (rows at padded steps are the readout's bias only; losses mask them).
     """
-    hidden = lstm_layer(variant, params["fwd"], xs, mask)
+    layer = lstm_layer if autodiff else fast_lstm.lstm_layer
+    hidden = layer(variant, params["fwd"], xs, mask)
     if kind == "bi":
-        hidden = jnp.concatenate([hidden, lstm_layer(variant, params["bwd"], xs, mask, reverse=True)], axis=-1)
+        hidden = jnp.concatenate([hidden, layer(variant, params["bwd"], xs, mask, reverse=True)], axis=-1)
     return hidden @ params["out"]["w"] + params["out"]["b"]
 
 

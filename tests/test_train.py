@@ -45,7 +45,7 @@ def _pairs(task, split):
 
 
 def _ref_loss(task, variant, params, x, y):
-    logits = nets.apply_net(variant, KIND[task], params, x)
+    logits = nets.apply_net(variant, KIND[task], params, x, autodiff=True)
     if task == "jsb":
         return -jnp.sum(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits))
     if task == "timit":

@@ -129,12 +129,12 @@ def _forward(variant, params, xs, keep):
         acts = {"z": s.g(pre[s.gate_index("z")])}
         for gate in ("i", "f"):
             if gate in s.gates:
-                acts[gate] = jax.nn.sigmoid(pre[s.gate_index(gate)] + peep(gate, c_prev))
+                acts[gate] = cells.sigmoid(pre[s.gate_index(gate)] + peep(gate, c_prev))
         i = acts.get("i", one)
         f = acts.get("f", 1.0 - i if s.cifg else one)
         c = acts["z"] * i + c_prev * f
         if "o" in s.gates:
-            acts["o"] = jax.nn.sigmoid(pre[s.gate_index("o")] + peep("o", c))
+            acts["o"] = cells.sigmoid(pre[s.gate_index("o")] + peep("o", c))
         y = s.h(c) * acts.get("o", one)
         new = (y, c, jnp.stack([acts["i"], acts["f"], acts["o"]])) if s.fgr else (y, c)
         if k_t is not None:

@@ -194,3 +194,16 @@ def test_command_line_reports_a_tiny_study_without_fanova(tmp_path):
     assert {p.name for p in (tiny / "figures").iterdir()} == {
         "fig2_top10.png", "fig7_all.png", "fig3_importance.png", "fig9_11_time_iam_online.png"}
     assert (tiny / "report.html").read_text().count("data:image/png;base64,") == 4
+
+
+@pytest.mark.parametrize("source,expected", [
+    ("standard", "the standard JSB"),
+    ("standin", "the offline stand-in for JSB"),
+    ("synthetic", "synthetic random piano rolls"),
+    ("real", "the real JSB"),
+    ("mystery", "unknown (config.json says source='mystery')"),
+])
+def test_data_statement_names_each_source(source, expected):
+    sentence = report.data_statement({"task": "jsb", "data": {"source": source, "path": None}})
+    assert expected.lower() in sentence.lower()
+    assert sentence.count("**") == 2

@@ -98,6 +98,9 @@ def data_statement(config):
     if source == "standin":
         return (f"**Data: the offline stand-in for {name}, not the paper's corpus.** Its numbers show that "
                 "the pipeline works; they are not comparable with the paper's.")
+    if source == "synthetic":
+        return ("**Data: synthetic random piano rolls (the test configuration), not music.** Its numbers only "
+                "exercise the pipeline.")
     if source == "real":
         return f"**Data: the real {name} corpus{where}**, as used by the paper."
     return f"**Data: unknown (config.json says source={source!r}).**"

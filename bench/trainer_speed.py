@@ -68,6 +68,8 @@ def _define_flags():
                       "this process may use); the ratio is against the fastest.")
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
+    flags.DEFINE_integer("trials_per_chunk", 0, "Trials per vmapped step of the trainer (0: its default, "
+                         "odyssey.train.default_trials_per_chunk: 8 on CPU, all on GPU).")
 
 
 def synthetic_splits(task: str, steps: int, sizes: dict, labels: int = 0, seed: int = 0) -> dict:
@@ -110,14 +112,16 @@ class TrainerTimer:
     the trainer's epoch: K slots, all live, all at hidden size N (no padding).
     """
 
-    def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0):
+    def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None):
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         mesh = Mesh(np.asarray([device]), ("trials",))
+        chunk = chunk or train.default_trials_per_chunk(device)
         self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
-                                  np.dtype(np.float32))
+                                  np.dtype(np.float32), chunk=chunk)
+        self.chunk = self.group.chunk
         for slot in range(self.group.k):
-            # A small learning rate keeps every trial finite; a frozen (diverged) slot would cost the same.
+            # A small learning rate keeps every trial finite (a chunk of frozen trials would be skipped).
             self.group.assign(slot, train.Trial(trial_id=slot, variant=variant, hidden_size=hidden,
                                                 learning_rate=1e-5, momentum=0.9, input_noise=0.1,
                                                 seed=seed * 100_003 + slot))
@@ -291,21 +295,29 @@ def main(argv):
             runners = {}
             for variant in FLAGS.variants:
                 for k in trials[shape]:
-                    runners[(variant, k)] = TrainerTimer(shape, variant, hidden, k, splits, device, seed=FLAGS.seed)
+                    runners[(variant, k)] = TrainerTimer(shape, variant, hidden, k, splits, device, seed=FLAGS.seed,
+                                                               chunk=FLAGS.trials_per_chunk or None)
             for threads in thread_counts:
                 runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
                                                           seed=FLAGS.seed)
             times = measure({key: r.train_epoch for key, r in runners.items()}, FLAGS.repeats, FLAGS.min_time)
             rates = {key: r.updates_per_epoch / times[key]["median"] for key, r in runners.items()}
-            best = max((v for (name, _), v in rates.items() if name == "torch"), default=None)
+            # Ratios are paired: in each repeat, against the fastest PyTorch baseline of that same repeat
+            # (measured moments apart), then the median over repeats; load drifts cancel.
+            per_repeat = {key: [r.updates_per_epoch / t for t in times[key]["all"]] for key, r in runners.items()}
+            torch_keys = [key for key in runners if key[0] == "torch"]
+            best = ([max(per_repeat[key][i] for key in torch_keys) for i in range(FLAGS.repeats)]
+                    if torch_keys else None)
             for (name, k), r in runners.items():
                 t = times[(name, k)]
                 row = {"shape": shape, "steps": steps[shape], "hidden": hidden, "program": name,
                        "K": 1 if name == "torch" else k, "torch_threads": k if name == "torch" else None,
+                       "chunk": None if name == "torch" else r.chunk,
                        "updates_per_epoch": r.updates_per_epoch, "seconds_per_epoch": t["median"],
                        "seconds_all": t["all"], "first_epoch_seconds": t["first"],
                        "updates_per_s": rates[(name, k)],
-                       "ratio_vs_best_torch": rates[(name, k)] / best if best else None}
+                       "ratio_vs_best_torch": (statistics.median(a / b for a, b in zip(per_repeat[(name, k)], best))
+                                               if best else None)}
                 rows.append(row)
                 print(_row_text(row), flush=True)
             del runners
@@ -324,13 +336,15 @@ def main(argv):
 def _row_text(r):
     name = f"torch nn.LSTM/{r['torch_threads']}t" if r["program"] == "torch" else f"odyssey {r['program']}"
     ratio = f"{r['ratio_vs_best_torch']:.2f}" if r["ratio_vs_best_torch"] is not None else "-"
-    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<18} {r['K']:>4} {r['updates_per_s']:>11.1f} "
-            f"{ratio:>12}")
+    chunk = "-" if r.get("chunk") is None else str(r["chunk"])
+    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<18} {r['K']:>4} {chunk:>5} "
+            f"{r['updates_per_s']:>11.1f} {ratio:>12}")
 
 
 def _print_table(rows, info):
     print()
-    header = f"{'shape':<6} {'T':>4} {'N':>4} {'program':<18} {'K':>4} {'updates/s':>11} {'x best torch':>12}"
+    header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<18} {'K':>4} {'chunk':>5} {'updates/s':>11} "
+              f"{'x best torch':>12}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -340,8 +354,9 @@ def _print_table(rows, info):
     print("one sequence: forward, full BPTT, a Nesterov SGD step; all sequences of length T (no padding).")
     if any(r["program"] == "torch" for r in rows):
         print("PyTorch: one trial of torch.nn.LSTM (NO peepholes; odyssey's V has three per block) + a linear")
-        print("readout; '/2t' = torch.set_num_threads(2). 'x best torch' divides by the fastest PyTorch row of the")
-        print("same shape and hidden size.")
+        print("readout; '/2t' = torch.set_num_threads(2). 'x best torch': in each repeat, updates/s over the")
+        print("fastest PyTorch baseline of the same shape, hidden size and repeat; the median over repeats.")
+    print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another).")
     print(f"machine: {info['jax_device']}, {info.get('cpu', info['host'])}, {info['cores']} cores")
     print(f"before: {info['load_before']}")
     print(f"after:  {info['load_after']}")

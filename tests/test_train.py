@@ -137,8 +137,13 @@ def test_one_trial_equals_the_reference_loop(task, variant, x64):
                                            else 88, 4, N_OUT[task])
 
 
-def test_batch_invariance_and_padding_in_a_mixed_batch(x64):
-    """A trial alone equals the same trial among 7 others of other sizes, variants and hyperparameters."""
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
+    """A trial alone equals the same trial among 7 others of other sizes, variants and hyperparameters.
+
+    The 5 NP trials run as one vmapped step (chunk None) or in chunks of 1 (the largest divisor of 5 that is
+    at most 3) one after another; the trial alone runs without vmap.
+    """
     splits = make_splits("timit", seed=1)
     target = train.Trial(0, "NP", 5, 1e-2, 0.9, 0.5, nesterov=False, clip=True, seed=3)
     others = [train.Trial(i, v, n, lr, 0.5, 0.2, True, False, 100 + i) for i, (v, n, lr) in enumerate(
@@ -147,7 +152,8 @@ def test_batch_invariance_and_padding_in_a_mixed_batch(x64):
     alone, alone_curves = run_trainer("timit", splits, [target], max_epochs=3, patience=5, hidden_buckets=(5,),
                                       dtype=np.float64)
     batch, batch_curves = run_trainer("timit", splits, others[:3] + [target] + others[3:], max_epochs=3, patience=5,
-                                      trials_per_batch=8, hidden_buckets=(8,), dtype=np.float64)
+                                      trials_per_batch=8, hidden_buckets=(8,), trials_per_chunk=chunk,
+                                      dtype=np.float64)
     # Alone unpadded (N = 5) against padded to 8 among others: equal to float64 round-off.
     np.testing.assert_allclose(batch_curves[0], alone_curves[0], rtol=1e-10)
     np.testing.assert_allclose([batch[0].val_metric, batch[0].test_metric],
@@ -173,13 +179,17 @@ def test_zero_padding_is_exact(variant, x64):
     assert big[0].n_params == small[0].n_params == nets.count_params(variant, "uni", 88, 23, 88)
 
 
-def test_divergence_is_isolated(x64):
-    """A learning rate of 1e308 overflows at the first update; the trial is frozen and the others do not notice."""
+@pytest.mark.parametrize("chunk", [None, 1])
+def test_divergence_is_isolated(chunk, x64):
+    """A learning rate of 1e308 overflows at the first update; the trial is frozen and the others do not notice.
+
+    With chunks of one trial, the diverged trial's chunk is all frozen from the second epoch on and skipped.
+    """
     splits = make_splits("jsb", seed=3)
     good = [train.Trial(i, "V", 6, 1e-2, 0.9, 0.1, True, False, seed=i) for i in (0, 2)]
     bad = train.Trial(1, "V", 6, 1e308, 0.0, 0.1, True, False, seed=1)
     batch, curves = run_trainer("jsb", splits, [good[0], bad, good[1]], max_epochs=3, patience=5,
-                                trials_per_batch=3, hidden_buckets=(8,), dtype=np.float64)
+                                trials_per_batch=3, hidden_buckets=(8,), trials_per_chunk=chunk, dtype=np.float64)
     assert batch[1].status == "diverged" and np.isnan(batch[1].val_metric) and np.isnan(batch[1].test_metric)
     assert batch[1].epochs == 1
     for g in good:

@@ -35,7 +35,7 @@ from odyssey import cells
 
 
 def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None,
-               reverse: bool = False) -> jax.Array:
+               reverse: bool = False, steps: jax.Array | int | None = None) -> jax.Array:
     """Runs one LSTM layer over a sequence from the zero state; same values as `odyssey.nets.lstm_layer`.
 
     Differentiable w.r.t. `params` and `xs` by a hand-written backward pass (see the module docstring);
@@ -49,6 +49,10 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
       mask: float[T], 1 (any value > 0) for valid steps and 0 for padding; a padded step keeps the state and
         outputs 0. No gradient flows into the mask.
       reverse: run from the last step to the first.
+      steps: optional int scalar (may be traced): the sequence is padding from step `steps` on (the mask,
+        if any, is 0 there). Both passes then run `steps` steps instead of T, so a padded sequence costs
+        what its length costs. Under `vmap` pass it unbatched (e.g. the longest length of the batch,
+        `in_axes=None`): a batched step count makes every step's slices gathers.
 
     Returns:
       float[T, N], the block outputs y_t (0 at padded steps), in the promoted dtype of xs and params.
@@ -63,7 +67,13 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         mask = None if mask is None else jnp.flip(mask, 0)
     dtype = jnp.result_type(xs.dtype, *(v.dtype for v in params.values()))
     keep = None if mask is None else (jnp.asarray(mask) > 0).astype(dtype)
-    ys = _layer(variant, params, xs, keep)
+    bounds = None
+    if steps is not None:
+        t = xs.shape[0]
+        count = jnp.clip(jnp.asarray(steps, jnp.int32), 0, t)
+        # After the flip of a reversed run the padding comes first: the valid steps are the last ones.
+        bounds = (t - count, jnp.int32(t)) if reverse else (jnp.int32(0), count)
+    ys = _layer(variant, params, xs, keep, bounds)
     return jnp.flip(ys, 0) if reverse else ys
 
 
@@ -103,7 +113,29 @@ def _shift(values):
     return jnp.concatenate([jnp.zeros_like(values[:1]), values[:-1]])
 
 
-def _forward(variant, params, xs, keep):
+def _scan_range(body, carry0, xs, lo, hi, reverse=False):
+    """`lax.scan` of `body` over the steps lo..hi-1 of xs only (all T steps when lo is None).
+
+    Outputs at the skipped steps are zeros. The bounds may be traced (a while loop of hi - lo steps); they
+    must not be batched under vmap (a batched step index turns every slice into a gather).
+    """
+    if lo is None:
+        return jax.lax.scan(body, carry0, xs, reverse=reverse)
+    t = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    _, out_shape = jax.eval_shape(body, carry0, jax.tree_util.tree_map(lambda a: a[0], xs))
+    outs0 = jax.tree_util.tree_map(lambda o: jnp.zeros((t,) + o.shape, o.dtype), out_shape)
+
+    def step(i, state):
+        carry, outs = state
+        k = hi - 1 - i if reverse else lo + i
+        carry, out = body(carry, jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, k, 0, False), xs))
+        outs = jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, k, 0), outs, out)
+        return carry, outs
+
+    return jax.lax.fori_loop(0, hi - lo, step, (carry0, outs0))
+
+
+def _forward(variant, params, xs, keep, bounds):
     """The forward scan; returns ys float[T, N] and the residuals the backward pass needs."""
     s = cells.spec(variant)
     n = params["R"].shape[0]
@@ -144,18 +176,19 @@ def _forward(variant, params, xs, keep):
     carry0 = (jnp.zeros((n,), dtype), jnp.zeros((n,), dtype))
     if s.fgr:
         carry0 += (jnp.zeros((3, n), dtype),)
-    _, (states, acts) = jax.lax.scan(body, carry0, (xw, keep))
+    lo, hi = bounds if bounds is not None else (None, None)
+    _, (states, acts) = _scan_range(body, carry0, (xw, keep), lo, hi)
     ys = states[0] if keep is None else jnp.where(keep[:, None] > 0, states[0], 0.0)
     return ys, (states, acts)
 
 
-def _layer_fwd(variant, params, xs, keep):
-    ys, (states, acts) = _forward(variant, params, xs, keep)
-    return ys, (params, xs, keep, states, acts)
+def _layer_fwd(variant, params, xs, keep, bounds):
+    ys, (states, acts) = _forward(variant, params, xs, keep, bounds)
+    return ys, (params, xs, keep, bounds, states, acts)
 
 
 def _layer_bwd(variant, residuals, dys):
-    params, xs, keep, states, acts = residuals
+    params, xs, keep, bounds, states, acts = residuals
     s = cells.spec(variant)
     t, n = dys.shape
     ng = len(s.gates)
@@ -223,7 +256,8 @@ def _layer_bwd(variant, residuals, dys):
     carry0 = (jnp.zeros((n,), dtype), jnp.zeros((n,), dtype))
     if s.fgr:
         carry0 += (jnp.zeros((3, n), dtype),)
-    _, d_pre = jax.lax.scan(body, carry0, (per_step, keep), reverse=True)
+    lo, hi = bounds if bounds is not None else (None, None)
+    _, d_pre = _scan_range(body, carry0, (per_step, keep), lo, hi, reverse=True)
 
     flat = d_pre.reshape(t, ng * n)
     m = xs.shape[1]
@@ -239,13 +273,13 @@ def _layer_bwd(variant, residuals, dys):
     grads = {k: v.astype(params[k].dtype) for k, v in grads.items()}
     dxs = (flat @ p["W"].reshape(m, ng * n).T).astype(xs.dtype)
     dkeep = None if keep is None else jnp.zeros_like(keep)
-    return grads, dxs, dkeep
+    return grads, dxs, dkeep, None
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _layer(variant, params, xs, keep):
-    """float[T, N] outputs of the layer; keep is float[T] of 0/1 or None."""
-    return _forward(variant, params, xs, keep)[0]
+def _layer(variant, params, xs, keep, bounds):
+    """float[T, N] outputs of the layer; keep is float[T] of 0/1 or None; bounds None or int (lo, hi)."""
+    return _forward(variant, params, xs, keep, bounds)[0]
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

@@ -9,6 +9,8 @@ Network parameters: {"fwd": cell params, ["bwd": cell params,] "out": {"w": floa
 D = N (uni) or 2N (bi; forward units first). The readout starts from N(0, std²) like the cells.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -90,7 +92,7 @@ def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, 
 
 
 def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Array | None = None, *,
-              autodiff: bool = False) -> jax.Array:
+              autodiff: bool = False, steps: jax.Array | int | None = None) -> jax.Array:
     """The network's output activations before the sigmoid/softmax.
 
     The LSTM layers are `odyssey.fast_lstm.lstm_layer`: the same values as `lstm_layer` with a hand-written
@@ -104,11 +106,16 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
       xs: float[T, M] inputs.
       mask: float[T] padding mask (1 = valid), padding at the end.
       autodiff: static; use `lstm_layer` (autodiff through the scan) instead of the hand-written backward pass.
+      steps: optional int scalar, unbatched under vmap: xs is padding from this step on, and the layers run
+        only the steps before it (see `odyssey.fast_lstm.lstm_layer`). The values do not change.
 
     Returns:
       float[T, K] logits (rows at padded steps are the readout's bias only; losses mask them).
     """
-    layer = lstm_layer if autodiff else fast_lstm.lstm_layer
+    if autodiff:
+        layer = lstm_layer
+    else:
+        layer = functools.partial(fast_lstm.lstm_layer, steps=steps)
     hidden = layer(variant, params["fwd"], xs, mask)
     if kind == "bi":
         hidden = jnp.concatenate([hidden, layer(variant, params["bwd"], xs, mask, reverse=True)], axis=-1)

@@ -95,9 +95,12 @@ def to_arrays(task: Task, split: list, dtype=np.float32) -> Arrays:
     return Arrays(xs, mask, targets, label_pad.astype(dtype))
 
 
-def sequence_loss(task: Task, variant: str, params, x, mask, target, label_padding=None):
-    """The task's loss of one sequence (summed over its steps), for `jax.grad`."""
-    logits = nets.apply_net(variant, task.kind, params, x, mask)
+def sequence_loss(task: Task, variant: str, params, x, mask, target, label_padding=None, steps=None):
+    """The task's loss of one sequence (summed over its steps), for `jax.grad`.
+
+    `steps`, optional: x is padding from this step on (see `odyssey.nets.apply_net`); speed only.
+    """
+    logits = nets.apply_net(variant, task.kind, params, x, mask, steps=steps)
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask)
     if task.loss == "xent":
@@ -105,13 +108,13 @@ def sequence_loss(task: Task, variant: str, params, x, mask, target, label_paddi
     return ctc.ctc_loss(logits[None], 1.0 - mask[None], target[None], label_padding[None])[0]
 
 
-def eval_statistics(task: Task, variant: str, params, x, mask, target):
+def eval_statistics(task: Task, variant: str, params, x, mask, target, steps=None):
     """Per-sequence sufficient statistics of the metric, on device.
 
     Returns (jsb) the summed NLL and the number of steps, (timit) wrong frames and frames, (iam_online) the
-    argmax label per frame int32[T] for best-path decoding on the host.
+    argmax label per frame int32[T] for best-path decoding on the host. `steps` as in `sequence_loss`.
     """
-    logits = nets.apply_net(variant, task.kind, params, x, mask)
+    logits = nets.apply_net(variant, task.kind, params, x, mask, steps=steps)
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask), jnp.sum(mask)
     if task.loss == "xent":

@@ -88,16 +88,31 @@ def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"hidden size {hidden_size} exceeds the largest bucket {max(buckets)}")
 
 
-def default_trials_per_chunk(device) -> int | None:
-    """How many trials a device trains in one vmapped step by default: 8 on a CPU, all (None) otherwise.
+# On a CPU, a chunk of trials whose weights fill about this many bytes runs fastest (see below).
+CPU_CHUNK_BYTES = 4 << 20
 
-    On a CPU, K vmapped trials stream K copies of the weights through the caches at every time step; past
-    a few trials that is slower per trial than running chunks of them one after another. Measured on 2
-    shared CPU cores (JSB shape, T = 60, N = 200, 32 trials, sequence-updates/s): one vmap of 32 trials
-    155, chunks of 8 215, of 4 224, of 1 204; at N = 100 chunks of 8 beat chunks of 4 by 13 %. On a
-    GPU one vmap over all trials keeps the device busy; chunks would only serialise the work.
+
+def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
+    """How many trials a device trains in one vmapped step by default.
+
+    On a CPU, K vmapped trials stream K sets of weights through the caches at every time step; once those
+    outgrow the cache, a trial runs slower inside the batch than in a smaller chunk. So a CPU chunk holds
+    about `CPU_CHUNK_BYTES` of weights. Measured on 2 shared CPU cores (sequence-updates/s summed over
+    the trials, bench/trainer_speed.py --quick):
+      JSB shape, N = 200 (1 MB of weights per trial), 32 trials: one vmap 155, chunks of 8 215, of 4 224,
+        of 1 204; N = 100 (0.3 MB): chunks of 8 beat chunks of 4 by 13 %.
+      TIMIT shape (bidirectional, T = 100), N = 200 (1.6 MB), 8 trials: one vmap 79, chunks of 4 84,
+        of 2 104, of 1 92.
+    On an accelerator (None: all of a device's trials in one step) the vmap keeps the device busy; chunks
+    would only serialise the work.
+
+    Args:
+      device: a JAX device of the trial mesh.
+      weight_bytes: the bytes of one trial's (padded) parameters.
     """
-    return 8 if device.platform == "cpu" else None
+    if device.platform != "cpu":
+        return None
+    return max(1, CPU_CHUNK_BYTES // max(1, weight_bytes))
 
 
 def early_stopping(best_val, best_epoch, epoch, val, max_epochs, patience):
@@ -147,7 +162,7 @@ def _where(cond, a, b):
     return jax.tree_util.tree_map(pick, a, b)
 
 
-def _train_epoch(task, variant, state, hp, train, epoch):
+def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
     """One epoch of online updates for K trials at once.
 
     Args:
@@ -156,6 +171,8 @@ def _train_epoch(task, variant, state, hp, train, epoch):
       hp: dict of per-trial arrays: lr, momentum, noise, nesterov, clip, key uint32[K, 2], mask (pytree).
       train: `tasks.Arrays` of the training split as device arrays.
       epoch: int32[K], each trial's own epoch counter (selects its shuffle and noise).
+      trim: static; the training sequences differ in length: each update runs the LSTM loops only up to
+        the longest of the K sequences it presents (exact: the rest is padding).
 
     Returns:
       (new state, summed train loss float[K], diverged bool[K]).
@@ -168,13 +185,15 @@ def _train_epoch(task, variant, state, hp, train, epoch):
     perms = jax.vmap(order)(hp["key"], epoch)
     noise_keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, 2), e))(hp["key"], epoch)
 
-    def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, nkey, idx, s):
+    lengths = jnp.sum(train.mask > 0, axis=1).astype(jnp.int32)
+
+    def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, nkey, idx, s, steps):
         x = train.xs[idx]
         x = x + std * jax.random.normal(jax.random.fold_in(nkey, s), x.shape, x.dtype)
         lp = None if train.label_paddings is None else train.label_paddings[idx]
         point = optim.gradient_point(params, velocity, mu, nesterov)
         loss, grads = jax.value_and_grad(tasks.sequence_loss, argnums=2)(
-            task, variant, point, x, train.mask[idx], train.targets[idx], lp)
+            task, variant, point, x, train.mask[idx], train.targets[idx], lp, steps)
         grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
         new_p, new_v = optim.update(params, velocity, grads, lr, mu, clip)
         finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
@@ -188,16 +207,16 @@ def _train_epoch(task, variant, state, hp, train, epoch):
     if k == 1:
         # One trial: the update without vmap (a batch of one costs ~10-15 % more on CPU).
         def per_trial(*args):
-            out = one(*[jax.tree_util.tree_map(lambda x: x[0], a) for a in args[:-1]], args[-1])
+            out = one(*[jax.tree_util.tree_map(lambda x: x[0], a) for a in args[:-2]], *args[-2:])
             return jax.tree_util.tree_map(lambda x: x[None], out)
     else:
-        per_trial = jax.vmap(one, in_axes=(0,) * 10 + (0, None))
+        per_trial = jax.vmap(one, in_axes=(0,) * 10 + (0, None, None))
 
     def body(carry, s):
         params, velocity, alive, diverged, loss_sum = carry
         params, velocity, alive, loss, div = per_trial(
             params, velocity, alive, hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"],
-            hp["noise"], noise_keys, perms[:, s], s)
+            hp["noise"], noise_keys, perms[:, s], s, jnp.max(lengths[perms[:, s]]) if trim else None)
         return (params, velocity, alive, diverged | div, loss_sum + loss), None
 
     init = (state["params"], state["velocity"], state["alive"], jnp.zeros(k, bool), jnp.zeros(k, train.xs.dtype))
@@ -205,7 +224,7 @@ def _train_epoch(task, variant, state, hp, train, epoch):
     return {"params": params, "velocity": velocity, "alive": alive}, loss_sum, diverged
 
 
-def _local_epoch(task, variant, chunk, state, hp, train, epoch):
+def _local_epoch(task, variant, chunk, trim, state, hp, train, epoch):
     """One epoch of the trials on one device, `chunk` trials at a time.
 
     The device's K trials are split into K / chunk chunks that run one after another (`lax.map`), each a
@@ -214,14 +233,14 @@ def _local_epoch(task, variant, chunk, state, hp, train, epoch):
     """
     k = epoch.shape[0]
     if chunk >= k:
-        return _train_epoch(task, variant, state, hp, train, epoch)
+        return _train_epoch(task, variant, state, hp, train, epoch, trim)
 
     def run(args):
         st, h, ep = args
         def idle(st, h, ep):
             return st, jnp.zeros(ep.shape, train.xs.dtype), jnp.zeros(ep.shape, bool)
         def live(st, h, ep):
-            return _train_epoch(task, variant, st, h, train, ep)
+            return _train_epoch(task, variant, st, h, train, ep, trim)
         return jax.lax.cond(jnp.any(st["alive"]), live, idle, st, h, ep)
 
     def split(x):
@@ -289,7 +308,10 @@ class _Group:
         self.train = jax.device_put(arrays["train"], self.replicated)
         self.eval_splits = _eval_splits(arrays, eval_chunk)
         trials, whole = PartitionSpec("trials"), PartitionSpec()
-        epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, variant, self.chunk), mesh=mesh,
+        # Trim the loops to each update's sequences when lengths differ; with equal lengths the plain scan
+        # is ~5-10 % faster than the while loop that trimming needs (bench: fast_lstm, CPU).
+        trim = not bool(np.all(arrays["train"].mask > 0))
+        epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, variant, self.chunk, trim), mesh=mesh,
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
         self._epoch_fn = jax.jit(epoch_fn, donate_argnums=(0,))
         self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, variant))
@@ -383,7 +405,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
       hidden_buckets: padded hidden sizes; a trial runs padded to the smallest bucket that holds it.
       eval_chunk: sequences per evaluation step (per trial; all trials of a group evaluate together).
       trials_per_chunk: the most trials one device trains in one vmapped step; a device's slots run in
-        chunks, one after another (default `default_trials_per_chunk`: 8 on CPU, all on accelerators).
+        chunks, one after another (default `default_trials_per_chunk`: about 4 MiB of weights per chunk
+        on a CPU, all trials on an accelerator).
         Speed only; results never depend on it.
       on_epoch: called as on_epoch(trial_id, epoch, train_loss, val_metric, seconds) after every epoch of
         every live trial; train_loss is the mean over the epoch's sequences of the summed sequence loss,
@@ -407,16 +430,16 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     arrays = {name: tasks.to_arrays(spec, splits[name], dtype) for name in ("train", "valid", "test")}
     n_in = arrays["train"].xs.shape[-1]
     mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
-    if trials_per_chunk is None:
-        trials_per_chunk = default_trials_per_chunk(mesh.devices.flat[0])
     groups = {}
     for t in trials:
         groups.setdefault((t.variant, bucket_of(t.hidden_size, hidden_buckets)), []).append(t)
     results = {}
     for (variant, n_max), members in groups.items():
         logging.info("%s: %d trials of %s padded to N=%d", task, len(members), variant, n_max)
+        weight_bytes = nets.count_params(variant, spec.kind, n_in, n_max, spec.n_out) * np.dtype(dtype).itemsize
+        chunk = trials_per_chunk or default_trials_per_chunk(mesh.devices.flat[0], weight_bytes)
         group = _Group(spec, variant, n_max, min(trials_per_batch, len(members)), arrays, n_in, mesh, eval_chunk,
-                       np.dtype(dtype), chunk=trials_per_chunk)
+                       np.dtype(dtype), chunk=chunk)
         for res in _run_group(group, members, max_epochs, patience, on_epoch):
             results[res.trial_id] = res
             if on_result is not None:

@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odyssey import tasks, train
+from odyssey import nets, tasks, train
 
 FLAGS = flags.FLAGS
 
@@ -69,7 +69,7 @@ def _define_flags():
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
     flags.DEFINE_integer("trials_per_chunk", 0, "Trials per vmapped step of the trainer (0: its default, "
-                         "odyssey.train.default_trials_per_chunk: 8 on CPU, all on GPU).")
+                         "odyssey.train.default_trials_per_chunk: ~4 MiB of weights on CPU, all on GPU).")
 
 
 def synthetic_splits(task: str, steps: int, sizes: dict, labels: int = 0, seed: int = 0) -> dict:
@@ -116,7 +116,8 @@ class TrainerTimer:
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         mesh = Mesh(np.asarray([device]), ("trials",))
-        chunk = chunk or train.default_trials_per_chunk(device)
+        weights = nets.count_params(variant, spec.kind, N_INPUTS[task], hidden, spec.n_out) * 4
+        chunk = chunk or train.default_trials_per_chunk(device, weights)
         self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                   np.dtype(np.float32), chunk=chunk)
         self.chunk = self.group.chunk

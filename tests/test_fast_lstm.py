@@ -125,6 +125,29 @@ def test_padding_at_the_end_gives_the_unpadded_sequence(x64, variant, reverse):
     assert np.all(np.asarray(g_pad[1][n_valid:]) == 0.0)
 
 
+@pytest.mark.parametrize("variant", ["V", "CIFG", "FGR"])
+def test_steps_skips_the_padding_under_vmap(x64, variant):
+    """Two trials of lengths 6 and 4 (T = 9), vmapped with the unbatched bound steps = 6: the loops run 6
+    steps, forward and reversed, and give autodiff's outputs and gradients of the full padded run."""
+    params = [_params(variant, 5), _params(variant, 6)]
+    xs, cots = _data(7)
+    masks = jnp.asarray([[1.0] * 6 + [0.0] * 3, [1.0] * 4 + [0.0] * 5])
+    xs2 = jnp.stack([xs, xs.at[4:].set(1e3)])  # junk at padded steps must not matter
+    stacked = jax.tree_util.tree_map(lambda *a: jnp.stack(a), *params)
+    for reverse in (False, True):
+        def loss(layer, p, x, m, cot, steps=None, reverse=reverse):
+            kwargs = {} if steps is None else {"steps": steps}
+            return jnp.sum(layer(variant, p, x, m, reverse, **kwargs) * cot)
+
+        fast = jax.jit(jax.vmap(jax.grad(functools.partial(loss, fast_lstm.lstm_layer), (0, 1)),
+                                (0, 0, 0, None, None)), compiler_options=_QUICK_COMPILE)
+        got = fast(stacked, xs2, masks, cots[0], 6)
+        for j in range(2):
+            want = jax.grad(functools.partial(loss, nets.lstm_layer), (0, 1))(params[j], xs2[j], masks[j], cots[0])
+            _assert_close(jax.tree_util.tree_map(lambda a, j=j: a[j], got), want, _RTOL64, _ATOL64,
+                          f"{variant} reverse={reverse} trial {j}")
+
+
 def test_float32_matches_autodiff_and_keeps_dtype():
     """float32 in, float32 out (values and gradients); equal to autodiff up to float32 round-off.
 

@@ -8,18 +8,29 @@ full BPTT; after each epoch the validation metric, the best parameters kept, a s
 
 How trials run together. Trials are grouped by (variant, hidden-size bucket): each group is one compiled
 program (the variant fixes the cell's structure, the bucket fixes the padded hidden size) that trains K slots
-at once with `vmap`; per-trial hyperparameters are arrays. A trial's hidden size is zero-padded to its bucket's
-size and its gradient multiplied by a 0/1 mask of its own units, which keeps it exactly equal to the
-unpadded trial (FGR included, DESIGN §6). A slot whose trial stops (early stopping, the epoch bound,
-divergence) takes the group's next pending trial at the next epoch, so slots do not idle while work is
-pending. Every random draw of a trial (initial weights, data order, noise) comes from its own seed and
-its own epoch counter, never from the batch, so its numbers do not depend on the batch around it (up to
-float round-off of batched matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise).
+at once; per-trial hyperparameters are arrays. A trial's hidden size is zero-padded to its bucket's size and
+its gradient multiplied by a 0/1 mask of its own units, which keeps it exactly equal to the unpadded trial
+(FGR included, DESIGN §6). A slot whose trial stops (early stopping, the epoch bound, divergence) takes the
+group's next pending trial at the next epoch, so slots do not idle while work is pending. Every random draw
+of a trial (initial weights, data order, noise) comes from its own seed and its own epoch counter, never
+from the batch, so its numbers do not depend on the batch around it (up to float round-off of batched
+matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise).
 
-Why one program per variant rather than one for all nine: a single "universal" cell must carry FGR's
-3N×3N gate recurrence and every gate for all trials, which costs at least the FGR step for each trial;
-`bench/trainer_speed.py` measures FGR against V on the same shapes (FGR ≈ 1.3-1.6× V per update on CPU),
-so grouping by variant is the cheaper choice, and 9 × buckets programs compile once each per study.
+Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-updates/s summed over trials):
+* One program per variant, not one for all nine: a "universal" cell would carry FGR's 3N×3N gate
+  recurrence for every trial, and FGR costs 1.9× V per update at N = 100 and 3.3× at N = 200 (JSB shape,
+  one trial: V 416 and 201, FGR 217 and 61), so each trial would pay FGR's price.
+* Chunks: a device's slots run as vmapped chunks one after another (`lax.map`); a chunk whose trials are
+  all frozen is skipped; a chunk of one trial runs without vmap (+18 % at N = 100 over a vmap of one).
+  On a CPU a chunk holds ~4 MiB of weights (`default_trials_per_chunk`: 32 trials at N = 200 ran 155/s
+  in one vmap, 224/s in chunks of 4); on an accelerator one vmap takes all of a device's slots.
+* Padding: sequences of a split are padded to its longest (one compiled shape), but when their lengths
+  differ each update runs the LSTM loops only up to the longest sequence among the chunk's trials
+  (`fast_lstm.lstm_layer(steps=...)`; exact, the rest is padding). On the JSB stand-in's training
+  chorales (mean 63.5 steps, padded to 143) that is 1.40× (N = 100) and 1.47× (N = 200) for one trial
+  and 1.39× and 1.36× for 8 trials; the input projection, noise and loss still run over the padded length.
+* Hidden sizes: the default buckets 40, 80, ..., 200 pad a trial of the search's sizes (20..200) to less
+  than twice its own N (arithmetic, not a measurement; its recurrent weights then grow by up to 4×).
 
 The trial axis is sharded over all local devices (`jax.sharding`, a 1-D mesh named "trials"); data are
 replicated. With several hosts, call `jax.distributed.initialize()` first (see `initialize_distributed`).

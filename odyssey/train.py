@@ -264,10 +264,13 @@ def _local_epoch(task, variant, chunk, trim, state, hp, train, epoch):
     return jax.tree_util.tree_map(merge, out)
 
 
-def _eval_chunk(task, variant, params, chunk):
-    """Metric statistics of K trials on a chunk of sequences: vmapped over trials and sequences."""
+def _eval_chunk(task, variant, params, chunk, steps):
+    """Metric statistics of K trials on a chunk of sequences: vmapped over trials and sequences.
+
+    steps: int32 scalar, the chunk's longest sequence; the LSTM loops stop there.
+    """
     def per_trial(p):
-        return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t))(
+        return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t, steps))(
             chunk.xs, chunk.mask, chunk.targets)
     return jax.vmap(per_trial)(params)
 
@@ -287,18 +290,28 @@ def _pad_split(arrays: tasks.Arrays, multiple: int) -> tasks.Arrays:
 
 
 def _eval_splits(arrays, chunk):
-    """Validation and test padded to the same steps (and labels) and to whole chunks: one compiled evaluation."""
+    """Validation and test for evaluation, as (arrays, order, steps per chunk).
+
+    Both are padded to the same steps (and labels) and to whole chunks: one compiled evaluation. Their
+    sequences are sorted by length (`order`: sorted position -> original index), so that a chunk holds
+    sequences of similar length and its loops stop at its longest (`steps`).
+    """
     steps = max(arrays[name].xs.shape[1] for name in ("valid", "test"))
     out = {}
     for name in ("valid", "test"):
         a = arrays[name]
+        order = np.argsort(a.mask.sum(1), kind="stable")
+        a = tasks.Arrays(*(None if x is None else x[order] for x in a))
         widen = steps - a.xs.shape[1]
         xs = np.pad(a.xs, ((0, 0), (0, widen), (0, 0)))
         mask = np.pad(a.mask, ((0, 0), (0, widen)))
         targets = a.targets
         if a.label_paddings is None:  # frame targets grow with the steps
             targets = np.pad(targets, [(0, 0), (0, widen)] + [(0, 0)] * (targets.ndim - 2))
-        out[name] = _pad_split(tasks.Arrays(xs, mask, targets, a.label_paddings), chunk)
+        padded = _pad_split(tasks.Arrays(xs, mask, targets, a.label_paddings), chunk)
+        lengths = padded.mask.sum(1).astype(np.int32)
+        chunk_steps = [np.int32(max(1, lengths[i:i + chunk].max())) for i in range(0, padded.size, chunk)]
+        out[name] = (padded, order, chunk_steps)
     return out
 
 
@@ -373,17 +386,17 @@ class _Group:
         return np.asarray(loss), np.asarray(diverged)
 
     def evaluate(self, split, params):
-        arrays = self.eval_splits[split]
+        arrays, order, chunk_steps = self.eval_splits[split]
         outs = []
-        for start in range(0, arrays.size, self.eval_chunk):
+        for start, steps in zip(range(0, arrays.size, self.eval_chunk), chunk_steps):
             chunk = arrays.take(slice(start, start + self.eval_chunk))
             chunk = tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None)
-            outs.append(jax.tree_util.tree_map(np.asarray, self._eval_fn(params, chunk)))
+            outs.append(jax.tree_util.tree_map(np.asarray, self._eval_fn(params, chunk, steps)))
         stats = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1), *outs)
-        if isinstance(stats, tuple):
-            stats = tuple(s[:, :self.arrays[split].size] for s in stats)
-        else:
-            stats = stats[:, :self.arrays[split].size]
+        # Back from length order to the split's order.
+        unsort = np.empty_like(order)
+        unsort[order] = np.arange(order.size)
+        stats = jax.tree_util.tree_map(lambda s: s[:, :order.size][:, unsort], stats)
         return tasks.finish_metric(self.task, stats, self.arrays[split])
 
     def keep_best(self, improved):

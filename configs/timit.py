@@ -15,86 +15,20 @@ A reduced study (all nine variants, a handful of trials each, a small stand-in c
 Any field can be overridden on the command line, e.g. `--config.search.num_trials=50`.
 """
 
-import ml_collections
-from ml_collections import config_dict
+from odyssey import study_config
 
 
 def get_config(arg=None):
     """The study's config; `arg="quick"` shrinks it to minutes on a laptop."""
-    if arg not in (None, "", "quick"):
-        raise ValueError(f"unknown config argument {arg!r}; use configs/timit.py or configs/timit.py:quick")
-    quick = arg == "quick"
-    config = ml_collections.ConfigDict()
-    task = config_dict.FieldReference("timit")
+    quick = study_config.parse_arg("configs/timit.py", arg)
+    config = study_config.study_config("timit", quick)
     # Speech: bidirectional layers, 61 softmax outputs per frame, test metric frame error %.
-    config.task = task
-
-    config.data = ml_collections.ConfigDict()
-    # The task the data is read for; the same reference as config.task.
-    config.data.task = task
-    # "standard" (the corpus at data.path) or "standin" (synthesised speech with phone labels, built offline).
-    # Unset: "standard" when data.path is set, else "standin".
-    config.data.source = config_dict.placeholder(str)
-    # The root of a TIMIT copy, the LDC tree with TRAIN/ and TEST/.
-    config.data.path = config_dict.placeholder(str)
-    # Where the stand-in is cached; unset: $ODYSSEY_CACHE/timit_standin, else ~/.cache/odyssey/timit_standin.
-    config.data.cache_dir = config_dict.placeholder(str)
-    # Seed of the stand-in.
-    config.data.seed = 0
+    # data.source: "standard" (the corpus at data.path) or "standin" (synthesised speech with phone labels,
+    # built offline). data.path: the root of a TIMIT copy, the LDC tree with TRAIN/ and TEST/. The
+    # stand-in's cache: timit_standin; data.seed draws its content.
     # Utterances of the stand-in's train, valid, test (TIMIT's: 3696, 400, 192).
     config.data.sizes = (300, 60, 60) if quick else (3696, 400, 192)
-    # Keep only the first n sequences of each split (unset: all of it).
-    config.data.max_sequences = ml_collections.ConfigDict({
-        "train": config_dict.placeholder(int),
-        "valid": config_dict.placeholder(int),
-        "test": config_dict.placeholder(int),
-    })
-
-    config.model = ml_collections.ConfigDict()
-    # Blocks per hidden layer (each direction) when search.space does not draw hidden_size.
-    config.model.hidden_size = 100
-
-    config.optim = ml_collections.ConfigDict()
-    # SGD learning rate (scaled by 1 - momentum, DESIGN §3) when search.space does not draw it.
-    config.optim.learning_rate = 1e-4
-    # Momentum when search.space does not draw it.
-    config.optim.momentum = 0.9
-    # Nesterov (True) or classical momentum when search.space does not draw it.
-    config.optim.nesterov = True
-    # Clip gradients to [-1, 1] when search.space does not draw it.
-    config.optim.clip = False
-
-    config.train = ml_collections.ConfigDict()
-    # Stop a trial after this many epochs...
-    config.train.max_epochs = 6 if quick else 150
-    # ...or after this many epochs without a better validation metric.
-    config.train.patience = 3 if quick else 15
-    # Std of the Gaussian noise added to the inputs when search.space does not draw it.
-    config.train.input_noise = 0.0
-
-    config.search = ml_collections.ConfigDict()
-    # Which LSTM variants to study (DESIGN §1); default: all nine.
-    config.search.variants = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
-    # Random-search trials per variant (the paper: 200).
-    config.search.num_trials = 4 if quick else 200
-    # The one seed every trial's hyperparameters and training seed are drawn from.
-    config.search.seed = 0
-    # The most trials one compiled program trains at once; it changes speed and memory, never the numbers.
-    config.search.trials_per_batch = 64
-    # Trials are padded to the smallest of these hidden sizes that holds them. Each bucket is one compiled
-    # program per variant: quick uses one, because compiling costs more than padding for a few trials.
-    config.search.hidden_buckets = (200,) if quick else (40, 80, 120, 160, 200)
-    # The search space (DESIGN §4): hyperparameter -> (distribution, *parameters). Distributions:
-    # log_uniform(low, high), one_minus_log_uniform(low, high) = 1 - log_uniform, uniform(low, high),
-    # log_uniform_int(low, high) (integers, inclusive), bernoulli(p). A hyperparameter left out takes its
-    # value from model/optim/train above.
-    config.search.space = ml_collections.ConfigDict({
-        "hidden_size": ("log_uniform_int", 20, 200),
-        "learning_rate": ("log_uniform", 1e-6, 1e-2),
-        "momentum": ("one_minus_log_uniform", 0.01, 1.0),
-        "input_noise": ("uniform", 0.0, 1.0),
-        # TIMIT only (the paper's Section 4.4): Nesterov or classical momentum, gradient clipping on or off.
-        "nesterov": ("bernoulli", 0.5),
-        "clip": ("bernoulli", 0.5),
-    })
+    # TIMIT only (the paper's Section 4.4): Nesterov or classical momentum, gradient clipping on or off.
+    config.search.space.nesterov = ("bernoulli", 0.5)
+    config.search.space.clip = ("bernoulli", 0.5)
     return config

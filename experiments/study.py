@@ -213,7 +213,8 @@ def _train_pending(st, config, splits, every_s):
                      len(trials), len(groups), config.search.trials_per_batch)
         train.train_trials(config.task, splits, [t for g in groups for t in g], max_epochs=config.train.max_epochs,
                            patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
-                           hidden_buckets=tuple(config.search.hidden_buckets), on_epoch=on_epoch,
+                           hidden_buckets=tuple(config.search.hidden_buckets),
+                           trials_per_chunk=config.search.get("trials_per_chunk"), on_epoch=on_epoch,
                            on_result=on_result)
     unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
     if unfinished:

@@ -32,7 +32,7 @@ _DISTRIBUTIONS = {
 }
 # Config fields that only decide how trials are packed into compiled programs: they change no trial's
 # numbers beyond float round-off, so a study may be resumed with other values.
-_SCHEDULING_ONLY = ("search.trials_per_batch", "search.hidden_buckets", "data.cache_dir")
+_SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "data.cache_dir")
 
 
 class ConfigError(ValueError):
@@ -154,6 +154,8 @@ def validate_config(config):
     for dotted, minimum in (("search.num_trials", 1), ("search.seed", 0), ("search.trials_per_batch", 1),
                             ("train.max_epochs", 1), ("train.patience", 1)):
         _check_int(config, dotted, minimum)
+    if config.search.get("trials_per_chunk") is not None:
+        _check_int(config, "search.trials_per_chunk", 1)
     buckets = config.search.hidden_buckets
     if (not isinstance(buckets, (tuple, list)) or not buckets
             or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets)

@@ -176,6 +176,7 @@ def _set(config, dotted, value):
     ("search.space.clip", ("bernoulli", 1.5), "probability in [0, 1]"),
     ("search.num_trials", 0, "config.search.num_trials = 0: expected an integer >= 1"),
     ("search.trials_per_batch", 0, "trials_per_batch = 0"),
+    ("search.trials_per_chunk", 0, "trials_per_chunk = 0"),
     ("search.seed", -3, "config.search.seed = -3"),
     ("train.max_epochs", 0, "max_epochs = 0"),
     ("search.hidden_buckets", (80, 40), "increasing positive integers"),
@@ -209,8 +210,8 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
     base = load_config("jsb")
     fp = search.fingerprint(base)
     assert fp == search.fingerprint(load_config("jsb"))
-    for field, value in [("search.trials_per_batch", 3), ("search.hidden_buckets", (100, 200)),
-                         ("data.cache_dir", "/tmp/elsewhere")]:
+    for field, value in [("search.trials_per_batch", 3), ("search.trials_per_chunk", 2),
+                         ("search.hidden_buckets", (100, 200)), ("data.cache_dir", "/tmp/elsewhere")]:
         config = load_config("jsb")
         _set(config, field, value)
         assert search.fingerprint(config) == fp, field

@@ -33,9 +33,9 @@ def sigmoid(x: jax.Array) -> jax.Array:
     """The logistic function σ(x) = 1 / (1 + e^−x), written as (1 + tanh(x / 2)) / 2.
 
     The same function (the identity is exact; the two forms differ by float round-off, at most a few ulp
-    of 1 in absolute terms), but XLA's CPU backend runs it ~5× faster than `jax.nn.sigmoid` inside a
-    scan step (T = 600 steps of four N = 200 gates: 1.4 µs against 7.9 µs per step), where the gates of
-    every LSTM step spend most of their elementwise time.
+    of 1 in absolute terms). Measured on CPU in a scan step of gate activations (T = 600, N = 200): 4.7 µs
+    per step against 5.1 µs for `jax.nn.sigmoid` gate by gate; in the whole trainer the difference was
+    within noise.
     """
     return 0.5 * jnp.tanh(0.5 * x) + 0.5
 

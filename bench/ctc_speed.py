@@ -9,8 +9,6 @@ produces. On CPU and other backends, ctc_loss picks its own scan unrolling unles
 """
 
 import functools
-import statistics
-import time
 
 from absl import app
 from absl import flags
@@ -20,6 +18,8 @@ import numpy as np
 import optax
 
 from odyssey import ctc
+
+import trainer_speed  # bench/ is the script's folder, so on sys.path
 
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement; the median is shown.")
 _QUICK = flags.DEFINE_bool("quick", False, "Only the two smallest shapes, for a smoke run.")
@@ -50,20 +50,6 @@ def _batch(rng, batch, frames, classes, max_labels):
     return tuple(jnp.asarray(a) for a in (logits, logit_paddings, labels, label_paddings))
 
 
-def _paired_median_seconds(fn_a, fn_b, args, repeats):
-    """Median wall times of fn_a(*args) and fn_b(*args), called alternately so that a change in
-    the machine's load hits both alike; one call of each first compiles and warms up."""
-    times = ([], [])
-    for fn in (fn_a, fn_b):
-        jax.block_until_ready(fn(*args))
-    for _ in range(repeats):
-        for fn, record in zip((fn_a, fn_b), times):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            record.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def _programs(loss_fn):
     """The jitted forward pass and the jitted forward+gradient (w.r.t. logits) of a CTC loss."""
     forward = jax.jit(loss_fn)
@@ -90,7 +76,7 @@ def main(argv):
         np.testing.assert_allclose(ours[0](*args), theirs[0](*args), rtol=1e-4)
         row = list(shape)
         for which in (0, 1):
-            mine, ref = _paired_median_seconds(ours[which], theirs[which], args, _REPEATS.value)
+            mine, ref = trainer_speed.paired_median_seconds(ours[which], theirs[which], args, _REPEATS.value)
             worst = max(worst, mine / ref)
             row += [f"{1e3 * mine:.3f}", f"{1e3 * ref:.3f}", f"{mine / ref:.2f}"]
         print("".join(f"{v:>10}" for v in row))

@@ -10,7 +10,6 @@ alternately so that a change in the machine's load hits both alike; the table sh
 the speed-up autodiff / fast (above 1 means the hand-written backward pass is faster).
 """
 
-import statistics
 import time
 
 from absl import app
@@ -20,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from odyssey import cells, fast_lstm, nets
+
+import trainer_speed  # bench/ is the script's folder, so on sys.path
 
 _REPEATS = flags.DEFINE_integer("repeats", 20, "Timed calls per measurement; the median is shown.")
 _VARIANTS = flags.DEFINE_list("variants", ["V"], "LSTM variants to time (odyssey.cells.VARIANTS).")
@@ -50,17 +51,6 @@ def _inputs(variant, k, t, m, n, seed):
     return params, xs, mask, cot
 
 
-def _paired_median_seconds(fn_a, fn_b, args, repeats):
-    """Median wall times of fn_a(*args) and fn_b(*args), called alternately after one warm-up call each."""
-    times = ([], [])
-    for _ in range(repeats):
-        for fn, record in zip((fn_a, fn_b), times):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            record.append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def main(argv):
     del argv
     print(f"device: {jax.devices()[0].device_kind}; T={_STEPS.value}, M={_INPUTS.value}, float32, jit(vmap); "
@@ -81,7 +71,7 @@ def main(argv):
                 # a wrong gradient would make the timing meaningless
                 for a, b in zip(jax.tree_util.tree_leaves(results[0]), jax.tree_util.tree_leaves(results[1])):
                     np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4 * float(np.max(np.abs(a))))
-                t_a, t_f = _paired_median_seconds(autodiff, fast, args, _REPEATS.value)
+                t_a, t_f = trainer_speed.paired_median_seconds(autodiff, fast, args, _REPEATS.value)
                 row = (variant, n, k, f"{compile_s[0]:.2f}s", f"{compile_s[1]:.2f}s", f"{1e3 * t_a:.2f}",
                        f"{1e3 * t_f:.2f}", f"{t_a / t_f:.2f}")
                 print("".join(f"{v:>10}" for v in row), flush=True)

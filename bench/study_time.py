@@ -420,9 +420,7 @@ def _print_tables(rows, projections, studies, rules, settings, info):
           "instead of min(trials_per_batch, m);")
     print(f"  'padded' scales training and evaluation to the longest sequence the trainer pads to "
           f"({settings['padded_steps'] or 'none given'}).")
-    print(f"machine: {info['jax_device']}, {info.get('cpu', info['host'])}, {info['cores']} cores")
-    print(f"before: {info['load_before']}")
-    print(f"after:  {info['load_after']}")
+    trainer_speed.print_machine(info)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ same device (eager). On CPU there is one baseline per thread count of --threads 
 cores): on a loaded 2-core machine one thread is often the faster, and the ratio is taken against the
 fastest baseline of the same shape and hidden size.
 
-The helpers `synthetic_splits`, `TrainerTimer`, `measure` and `machine_info` also serve
-`bench/study_time.py`.
+The helpers `synthetic_splits`, `TrainerTimer`, `measure`, `machine_info` and `print_machine` also serve
+`bench/study_time.py`; `paired_median_seconds` serves `ctc_speed.py` and `fast_lstm_speed.py`.
 """
 
 import datetime
@@ -40,7 +40,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odyssey import nets, tasks, train
+from odyssey import tasks, train
 
 FLAGS = flags.FLAGS
 
@@ -116,8 +116,6 @@ class TrainerTimer:
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         mesh = Mesh(np.asarray([device]), ("trials",))
-        weights = nets.count_params(variant, spec.kind, N_INPUTS[task], hidden, spec.n_out) * 4
-        chunk = chunk or train.default_trials_per_chunk(device, weights)
         self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                   np.dtype(np.float32), chunk=chunk)
         self.chunk = self.group.chunk
@@ -213,6 +211,27 @@ def measure(fns, repeats, min_time):
     for record in out.values():
         record["median"] = statistics.median(record["all"])
     return out
+
+
+def paired_median_seconds(fn_a, fn_b, args, repeats):
+    """Median wall times of fn_a(*args) and fn_b(*args), called alternately so that a change in
+    the machine's load hits both alike; one call of each first compiles and warms up."""
+    times = ([], [])
+    for fn in (fn_a, fn_b):
+        jax.block_until_ready(fn(*args))
+    for _ in range(repeats):
+        for fn, record in zip((fn_a, fn_b), times):
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            record.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def print_machine(info):
+    """The footer of a benchmark table: the device and host, and the load before and after."""
+    print(f"machine: {info['jax_device']}, {info.get('cpu', info['host'])}, {info['cores']} cores")
+    print(f"before: {info['load_before']}")
+    print(f"after:  {info['load_after']}")
 
 
 def load_average() -> str:
@@ -358,9 +377,7 @@ def _print_table(rows, info):
         print("readout; '/2t' = torch.set_num_threads(2). 'x best torch': in each repeat, updates/s over the")
         print("fastest PyTorch baseline of the same shape, hidden size and repeat; the median over repeats.")
     print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another).")
-    print(f"machine: {info['jax_device']}, {info.get('cpu', info['host'])}, {info['cores']} cores")
-    print(f"before: {info['load_before']}")
-    print(f"after:  {info['load_after']}")
+    print_machine(info)
 
 
 if __name__ == "__main__":

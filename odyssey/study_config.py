@@ -8,7 +8,7 @@ hyperparameters). Every field is documented here, where it is defined.
 import ml_collections
 from ml_collections import config_dict
 
-VARIANTS = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
+from odyssey.cells import VARIANTS
 
 
 def parse_arg(path: str, arg) -> bool:

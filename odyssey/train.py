@@ -324,6 +324,9 @@ class _Group:
         n_dev = mesh.devices.size
         self.k = int(math.ceil(k / n_dev) * n_dev)
         local = self.k // n_dev
+        if chunk is None:
+            weight_bytes = nets.count_params(variant, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
+            chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes)
         # The largest divisor of the device's slot count that does not exceed the requested chunk.
         self.chunk = max(d for d in range(1, local + 1) if local % d == 0 and d <= (chunk or local))
         self.shard = NamedSharding(mesh, PartitionSpec("trials"))
@@ -445,7 +448,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     spec = tasks.get_task(task)
     trials = list(trials)
     _check_trials(trials)
-    if max_epochs < 1 or patience < 1 or trials_per_batch < 1 or (trials_per_chunk or 1) < 1:
+    bad_chunk = trials_per_chunk is not None and trials_per_chunk < 1
+    if max_epochs < 1 or patience < 1 or trials_per_batch < 1 or bad_chunk:
         raise ValueError(f"need max_epochs, patience, trials_per_batch, trials_per_chunk >= 1; got {max_epochs}, "
                          f"{patience}, {trials_per_batch}, {trials_per_chunk}")
     missing = [name for name in ("train", "valid", "test") if name not in splits]
@@ -460,10 +464,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     results = {}
     for (variant, n_max), members in groups.items():
         logging.info("%s: %d trials of %s padded to N=%d", task, len(members), variant, n_max)
-        weight_bytes = nets.count_params(variant, spec.kind, n_in, n_max, spec.n_out) * np.dtype(dtype).itemsize
-        chunk = trials_per_chunk or default_trials_per_chunk(mesh.devices.flat[0], weight_bytes)
         group = _Group(spec, variant, n_max, min(trials_per_batch, len(members)), arrays, n_in, mesh, eval_chunk,
-                       np.dtype(dtype), chunk=chunk)
+                       np.dtype(dtype), chunk=trials_per_chunk)
         for res in _run_group(group, members, max_epochs, patience, on_epoch):
             results[res.trial_id] = res
             if on_result is not None:

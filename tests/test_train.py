@@ -258,5 +258,7 @@ def test_bad_trials_are_named():
         train.train_trials("jsb", splits, [train.Trial(0, "V", 201, 1e-3, 0.9, 0.0)])
     with pytest.raises(ValueError, match="unknown task 'speech'"):
         train.train_trials("speech", splits, [])
+    with pytest.raises(ValueError, match="trials_per_chunk >= 1; got 150, 15, 64, 0"):
+        train.train_trials("jsb", splits, [train.Trial(0, "V", 4, 1e-3, 0.9, 0.0)], trials_per_chunk=0)
     with pytest.raises(ValueError, match="trial_id 0 appears twice"):
         train.train_trials("jsb", splits, [train.Trial(0, "V", 4, 1e-3, 0.9, 0.0)] * 2)

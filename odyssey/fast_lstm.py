@@ -144,7 +144,9 @@ def _forward(variant, params, xs, keep, bounds):
     ng = len(s.gates)
     dtype = jnp.result_type(xs.dtype, *(v.dtype for v in params.values()))
     params = {k: v.astype(dtype) for k, v in params.items()}
-    xw = cells.input_projection(params, xs.astype(dtype))
+    # Every per-step input and output of the loops is its own float[T, N] array: a step's slice of a
+    # [T, G, N] array, split into gates inside the step's fused kernel, compiled to slow scalar code on CPU.
+    xw = jnp.moveaxis(cells.input_projection(params, xs.astype(dtype)), 1, 0)
     r = params["R"].reshape(n, ng * n)
     rg = params["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
     one = jnp.ones((n,), dtype)
@@ -152,34 +154,34 @@ def _forward(variant, params, xs, keep, bounds):
     def body(carry, inputs):
         xw_t, k_t = inputs
         y_prev, c_prev = carry[0], carry[1]
-        pre = xw_t + (y_prev @ r).reshape(ng, n)
+        rec = y_prev @ r
         if s.fgr:
-            # FGR has all four gates, so rows 1..3 of pre are i, f, o.
-            pre = pre.at[1:].add((carry[2].reshape(-1) @ rg).reshape(3, n))
+            rec = rec + jnp.concatenate([jnp.zeros((n,), dtype), carry[2].reshape(-1) @ rg])
+        pre = {gate: xw_t[j] + rec[j * n:(j + 1) * n] for j, gate in enumerate(s.gates)}
 
         def peep(gate, cell):
             return params["p"][s.peepholes.index(gate)] * cell if gate in s.peepholes else 0.0
 
-        acts = {"z": s.g(pre[s.gate_index("z")])}
+        acts = {"z": s.g(pre["z"])}
         for gate in ("i", "f"):
             if gate in s.gates:
-                acts[gate] = cells.sigmoid(pre[s.gate_index(gate)] + peep(gate, c_prev))
+                acts[gate] = cells.sigmoid(pre[gate] + peep(gate, c_prev))
         i = acts.get("i", one)
         f = acts.get("f", 1.0 - i if s.cifg else one)
         c = acts["z"] * i + c_prev * f
         if "o" in s.gates:
-            acts["o"] = cells.sigmoid(pre[s.gate_index("o")] + peep("o", c))
+            acts["o"] = cells.sigmoid(pre["o"] + peep("o", c))
         y = s.h(c) * acts.get("o", one)
         new = (y, c, jnp.stack([acts["i"], acts["f"], acts["o"]])) if s.fgr else (y, c)
         if k_t is not None:
             new = tuple(jnp.where(k_t > 0, a, b) for a, b in zip(new, carry))
-        return new, (new, jnp.stack([acts[gate] for gate in s.gates]))
+        return new, (new, tuple(acts[gate] for gate in s.gates))
 
     carry0 = (jnp.zeros((n,), dtype), jnp.zeros((n,), dtype))
     if s.fgr:
         carry0 += (jnp.zeros((3, n), dtype),)
     lo, hi = bounds if bounds is not None else (None, None)
-    _, (states, acts) = _scan_range(body, carry0, (xw, keep), lo, hi)
+    _, (states, acts) = _scan_range(body, carry0, (tuple(xw[j] for j in range(ng)), keep), lo, hi)
     ys = states[0] if keep is None else jnp.where(keep[:, None] > 0, states[0], 0.0)
     return ys, (states, acts)
 
@@ -194,12 +196,12 @@ def _layer_bwd(variant, residuals, dys):
     s = cells.spec(variant)
     t, n = dys.shape
     ng = len(s.gates)
-    dtype = acts.dtype
+    dtype = acts[0].dtype
     p = {k: v.astype(dtype) for k, v in params.items()}
     r = p["R"].reshape(n, ng * n)
     rg = p["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
     cell, cell_prev = states[1], _shift(states[1])
-    gate = {g: acts[:, s.gate_index(g)] for g in s.gates}
+    gate = dict(zip(s.gates, acts))
     hc = s.h(cell)
 
     # Everything that does not depend on the deltas is computed for all steps at once, outside the loop.
@@ -244,11 +246,11 @@ def _layer_bwd(variant, residuals, dys):
         for g in ("i", "f"):
             if g in peep:
                 dc_prev = dc_prev + da[g] * peep[g]
-        d_pre = jnp.stack([da[g] for g in s.gates])
-        dy_prev = r @ d_pre.reshape(-1)
+        d_pre = jnp.concatenate([da[g] for g in s.gates])
+        dy_prev = r @ d_pre
         new = (dy_prev, dc_prev)
         if s.fgr:
-            new += ((rg @ d_pre[1:].reshape(-1)).reshape(3, n),)
+            new += ((rg @ d_pre[n:]).reshape(3, n),)
         if k_t is not None:
             valid = k_t > 0
             new = tuple(jnp.where(valid, a, b) for a, b in zip(new, carry))
@@ -261,7 +263,8 @@ def _layer_bwd(variant, residuals, dys):
     lo, hi = bounds if bounds is not None else (None, None)
     _, d_pre = _scan_range(body, carry0, (per_step, keep), lo, hi, reverse=True)
 
-    flat = d_pre.reshape(t, ng * n)
+    flat = d_pre
+    d_pre = d_pre.reshape(t, ng, n)
     m = xs.shape[1]
     grads = {"W": (xs.astype(dtype).T @ flat).reshape(m, ng, n),
              "R": (_shift(states[0]).T @ flat).reshape(n, ng, n),

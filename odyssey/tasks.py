@@ -95,12 +95,15 @@ def to_arrays(task: Task, split: list, dtype=np.float32) -> Arrays:
     return Arrays(xs, mask, targets, label_pad.astype(dtype))
 
 
-def sequence_loss(task: Task, variant: str, params, x, mask, target, label_padding=None, steps=None):
+def sequence_loss(task: Task, variant: str, params, x, mask, target, label_padding=None, steps=None,
+                  exact_steps=False):
     """The task's loss of one sequence (summed over its steps), for `jax.grad`.
 
     `steps`, optional: x is padding from this step on (see `odyssey.nets.apply_net`); speed only.
+    `exact_steps`: the caller promises that the sequence has exactly `steps` valid steps (or, with `steps`
+    None, no padding at all), so the LSTM loops need no mask; the loss still applies it. Speed only.
     """
-    logits = nets.apply_net(variant, task.kind, params, x, mask, steps=steps)
+    logits = nets.apply_net(variant, task.kind, params, x, None if exact_steps else mask, steps=steps)
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask)
     if task.loss == "xent":

@@ -204,35 +204,52 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
         lp = None if train.label_paddings is None else train.label_paddings[idx]
         point = optim.gradient_point(params, velocity, mu, nesterov)
         loss, grads = jax.value_and_grad(tasks.sequence_loss, argnums=2)(
-            task, variant, point, x, train.mask[idx], train.targets[idx], lp, steps)
-        grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
-        new_p, new_v = optim.update(params, velocity, grads, lr, mu, clip)
-        finite = jnp.isfinite(loss) & jnp.all(jnp.stack(
-            [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(new_p)]))
+            task, variant, point, x, train.mask[idx], train.targets[idx], lp, steps, exact)
+        # Loss and gradient are checked before the update, so that the update and the freeze are one pass
+        # over each array (weights that overflow from finite gradients are caught after the epoch).
+        finite = _all_finite(grads) & jnp.isfinite(loss)
         keep = alive & finite
-        params = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_p, params)
+        grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
+        _, new_v = optim.update(params, velocity, grads, lr, mu, clip)
         velocity = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_v, velocity)
+        # θ' = θ + v' read from the stored v' (the barrier keeps XLA from recomputing v' from the old v, which
+        # would need a copy of the old velocity to update it in place).
+        params = jax.tree_util.tree_map(lambda p, v: jnp.where(keep, p + v, p), params,
+                                        jax.lax.optimization_barrier(velocity))
         return params, velocity, keep, jnp.where(keep, loss, 0.0), alive & ~finite
 
     k = epoch.shape[0]
-    if k == 1:
-        # One trial: the update without vmap (a batch of one costs ~10-15 % more on CPU).
-        def per_trial(*args):
-            out = one(*[jax.tree_util.tree_map(lambda x: x[0], a) for a in args[:-2]], *args[-2:])
-            return jax.tree_util.tree_map(lambda x: x[None], out)
-    else:
-        per_trial = jax.vmap(one, in_axes=(0,) * 10 + (0, None, None))
+    # One trial runs without vmap and with unbatched arrays in the loop (a batch of one costs ~10-15 % more
+    # on CPU, and its per-update expand/squeeze copies the weights).
+    squeeze = k == 1
+    # The LSTM loops need the mask only where a sequence ends before the loops do: with equal lengths (no
+    # trim) there is no padding, and one trimmed trial's loops stop at its own sequence's end.
+    exact = squeeze or not trim
+    per_trial = one if squeeze else jax.vmap(one, in_axes=(0,) * 11 + (None, None))
+    unbatch = (lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)) if squeeze else (lambda tree: tree)
+    rebatch = (lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)) if squeeze else (lambda tree: tree)
+    trial_hp = unbatch([hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"], hp["noise"], noise_keys])
+    perms_t = perms.T  # [n_seq, K]: the sequence each trial presents at step s
 
     def body(carry, s):
         params, velocity, alive, diverged, loss_sum = carry
+        idx = perms_t[s]
         params, velocity, alive, loss, div = per_trial(
-            params, velocity, alive, hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"],
-            hp["noise"], noise_keys, perms[:, s], s, jnp.max(lengths[perms[:, s]]) if trim else None)
+            params, velocity, alive, *trial_hp, unbatch(idx), s, jnp.max(lengths[idx]) if trim else None)
         return (params, velocity, alive, diverged | div, loss_sum + loss), None
 
-    init = (state["params"], state["velocity"], state["alive"], jnp.zeros(k, bool), jnp.zeros(k, train.xs.dtype))
+    init = unbatch((state["params"], state["velocity"], state["alive"], jnp.zeros(k, bool),
+                    jnp.zeros(k, train.xs.dtype)))
     (params, velocity, alive, diverged, loss_sum), _ = jax.lax.scan(body, init, jnp.arange(n_seq))
-    return {"params": params, "velocity": velocity, "alive": alive}, loss_sum, diverged
+    params, velocity, alive, diverged, loss_sum = rebatch((params, velocity, alive, diverged, loss_sum))
+    # Weights can overflow to ±inf from finite gradients; such a trial is caught here, once per epoch.
+    overflow = alive & ~jax.vmap(_all_finite)(params)
+    return {"params": params, "velocity": velocity, "alive": alive & ~overflow}, loss_sum, diverged | overflow
+
+
+def _all_finite(tree):
+    """True when every element of every leaf is finite (a bool scalar)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]))
 
 
 def _local_epoch(task, variant, chunk, trim, state, hp, train, epoch):

@@ -191,6 +191,53 @@ def _layer_fwd(variant, params, xs, keep, bounds):
     return ys, (params, xs, keep, bounds, states, acts)
 
 
+def _coefficients(s, peep, gate, cell, cell_prev, hc):
+    """The per-step coefficients of the backward step, for all steps at once (float[T, N] each).
+
+    With δy = dy_t + δy' and δc = δc' + δy c_y (+ δo_fgr c_go), one step is
+
+        δā_o = δy o_y,  δā_z = δc z_c,  δā_i = δc i_c,  δā_f = δc f_c,  δc_{t−1} = δc c_c
+
+    (FGR adds the gate deltas δg' of the next step: δā_i += δg'_i σ'(i), δā_f += δg'_f σ'(f),
+    δā_o += δg'_o σ'(o), δc_{t−1} += δg'_i c_gi + δg'_f c_gf), which is the module docstring's step with the
+    products of activations and peepholes taken out of the loop.
+    """
+    one = 1.0
+    out = {}
+    i = gate.get("i", one)
+    f = gate.get("f", 1.0 - i if s.cifg else one)
+    out["z_c"] = _slope(s.g, gate["z"]) * i
+    c_y = _slope(s.h, hc) * gate.get("o", one)
+    if "o" in s.gates:
+        so = gate["o"] * (1.0 - gate["o"])
+        out["o_y"] = hc * so
+        if "o" in peep:
+            c_y = c_y + out["o_y"] * peep["o"]
+        if s.fgr:
+            out["so"] = so
+            out["c_go"] = so * peep["o"]
+    out["c_y"] = c_y
+    c_c = f
+    if "i" in s.gates:
+        si = gate["i"] * (1.0 - gate["i"])
+        out["i_c"] = (gate["z"] - cell_prev if s.cifg else gate["z"]) * si
+        if "i" in peep:
+            c_c = c_c + out["i_c"] * peep["i"]
+        if s.fgr:
+            out["si"] = si
+            out["c_gi"] = si * peep["i"]
+    if "f" in s.gates:
+        sf = gate["f"] * (1.0 - gate["f"])
+        out["f_c"] = cell_prev * sf
+        if "f" in peep:
+            c_c = c_c + out["f_c"] * peep["f"]
+        if s.fgr:
+            out["sf"] = sf
+            out["c_gf"] = sf * peep["f"]
+    out["c_c"] = jnp.broadcast_to(c_c, cell.shape)
+    return out
+
+
 def _layer_bwd(variant, residuals, dys):
     params, xs, keep, bounds, states, acts = residuals
     s = cells.spec(variant)
@@ -204,48 +251,29 @@ def _layer_bwd(variant, residuals, dys):
     gate = dict(zip(s.gates, acts))
     hc = s.h(cell)
 
-    # Everything that does not depend on the deltas is computed for all steps at once, outside the loop.
-    per_step = {"dy_ext": dys.astype(dtype), "c_prev": cell_prev, "z": gate["z"],
-                "dz": _slope(s.g, gate["z"]) * gate.get("i", 1.0),
-                "dc_from_y": _slope(s.h, hc) * gate.get("o", 1.0)}
-    if "o" in s.gates:
-        per_step["hc"] = hc
-        per_step["so"] = gate["o"] * (1.0 - gate["o"])
-    for g in ("i", "f"):
-        if g in s.gates:
-            per_step[g] = gate[g]
-            per_step["s" + g] = gate[g] * (1.0 - gate[g])
-    if s.cifg:
-        per_step["f"] = 1.0 - gate["i"]
+    # Everything that does not depend on the deltas is computed for all steps at once, outside the loop, and
+    # folded into one coefficient per product the step needs (see `_coefficients`).
     peep = {g: p["p"][s.peepholes.index(g)] for g in s.peepholes}
+    per_step = _coefficients(s, peep, gate, cell, cell_prev, hc)
+    per_step["dy_ext"] = dys.astype(dtype)
 
     def body(carry, inputs):
         v, k_t = inputs
-        dy_next, dc_next = carry[0], carry[1]
-        dgates = carry[2] if s.fgr else None
-        dy = v["dy_ext"] + dy_next
-        da = {}
-        dc = dc_next + dy * v["dc_from_y"]
-        if "o" in s.gates:
-            do = dy * v["hc"] + (dgates[2] if s.fgr else 0.0)
-            da["o"] = do * v["so"]
-            if "o" in peep:
-                dc = dc + da["o"] * peep["o"]
-        da["z"] = dc * v["dz"]
-        di = dc * v["z"]
-        df = dc * v["c_prev"]
+        dy = v["dy_ext"] + carry[0]
+        dc = carry[1] + dy * v["c_y"]
         if s.fgr:
-            di, df = di + dgates[0], df + dgates[1]
-        if s.cifg:
-            di = di - df
+            dg = carry[2]
+            dc = dc + dg[2] * v["c_go"]
+        da = {"z": dc * v["z_c"]}
+        if "o" in s.gates:
+            da["o"] = dy * v["o_y"] + (dg[2] * v["so"] if s.fgr else 0.0)
         if "i" in s.gates:
-            da["i"] = di * v["si"]
+            da["i"] = dc * v["i_c"] + (dg[0] * v["si"] if s.fgr else 0.0)
         if "f" in s.gates:
-            da["f"] = df * v["sf"]
-        dc_prev = dc * v["f"] if "f" in v else dc
-        for g in ("i", "f"):
-            if g in peep:
-                dc_prev = dc_prev + da[g] * peep[g]
+            da["f"] = dc * v["f_c"] + (dg[1] * v["sf"] if s.fgr else 0.0)
+        dc_prev = dc * v["c_c"]
+        if s.fgr:
+            dc_prev = dc_prev + dg[0] * v["c_gi"] + dg[1] * v["c_gf"]
         d_pre = jnp.concatenate([da[g] for g in s.gates])
         dy_prev = r @ d_pre
         new = (dy_prev, dc_prev)

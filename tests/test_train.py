@@ -13,6 +13,7 @@ import optax
 import pytest
 
 from odyssey import cells, nets, train
+from odyssey import tasks as tasks_module
 
 N_OUT = {"jsb": 88, "timit": 61, "iam_online": 82}
 KIND = {"jsb": "uni", "timit": "bi", "iam_online": "bi"}
@@ -197,6 +198,47 @@ def test_divergence_is_isolated(chunk, x64):
                                           dtype=np.float64)
         assert batch[g.trial_id].status == "done"
         np.testing.assert_allclose(curves[g.trial_id], alone_curves[g.trial_id], rtol=1e-10)
+
+
+def test_weights_that_overflow_from_finite_gradients_are_caught_after_the_epoch(x64):
+    """Loss and gradient are checked at every update; weights that overflow from finite ones are caught at the end.
+
+    Trial 1 holds 1e308 in the input weight and the velocity of a key that never sounds (its gradient is 0 and
+    the forward pass never sees the weight), so with classical momentum its loss and gradient stay finite
+    while θ + v overflows to inf at the first update. Trial 0 beside it is untouched.
+    """
+    rng = np.random.default_rng(4)
+    roll = (rng.random((6, 88)) < 0.2).astype(np.float64)
+    roll[:, 5] = 0.0
+    splits = {name: [roll] for name in ("train", "valid", "test")}
+    spec = tasks_module.get_task("jsb")
+    arrays = {name: tasks_module.to_arrays(spec, split, np.float64) for name, split in splits.items()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+
+    def group_of(trials):
+        group = train._Group(spec, "V", 4, len(trials), arrays, 88, mesh, 4, np.dtype(np.float64))
+        for slot, trial in enumerate(trials):
+            group.assign(slot, trial)
+        return group
+
+    good = train.Trial(0, "V", 4, 1e-2, 0.9, 0.0, nesterov=False, seed=0)
+    bad = train.Trial(1, "V", 4, 1e-2, 0.9, 0.0, nesterov=False, seed=1)
+    pair = group_of([good, bad])
+    huge = lambda a: a.at[1, 5, 0, 0].set(1e308)
+    pair.state = {**pair.state, "params": {**pair.state["params"], "fwd": {
+                      **pair.state["params"]["fwd"], "W": huge(pair.state["params"]["fwd"]["W"])}},
+                  "velocity": {**pair.state["velocity"], "fwd": {
+                      **pair.state["velocity"]["fwd"], "W": huge(pair.state["velocity"]["fwd"]["W"])}}}
+    loss, diverged = pair.train_epoch()
+    assert np.isfinite(loss).all()  # the update itself saw nothing wrong
+    np.testing.assert_array_equal(diverged, [False, True])
+    np.testing.assert_array_equal(np.asarray(pair.state["alive"]), [True, False])
+    assert np.isinf(np.asarray(pair.state["params"]["fwd"]["W"])[1, 5, 0, 0])
+
+    alone = group_of([good])
+    alone.train_epoch()
+    for a, b in zip(jax.tree_util.tree_leaves(alone.state["params"]), jax.tree_util.tree_leaves(pair.state["params"])):
+        np.testing.assert_allclose(np.asarray(b)[0], np.asarray(a)[0], rtol=1e-12)
 
 
 def test_early_stopping_on_a_scripted_metric():

@@ -17,11 +17,22 @@ where Y' and G' are the previous steps' outputs and gates. Inside the loop, one 
     δā_i = δi ⊙ σ'(i),          δā_f = δf ⊙ σ'(f)
     δc_{t−1} = δc ⊙ f + δā_i ⊙ p_i + δā_f ⊙ p_f,   δy_{t−1} = R δā,   δgates_{t−1} = Rg δā_ifo (FGR)
 
-and a masked step passes the state's deltas through unchanged and has δā = 0, as its carry is kept.
+and a masked step passes the state's deltas through unchanged and has δā = 0, as its carry is kept. The
+products that do not involve a delta are taken out of the loop (`_coefficients`), so a step reads seven
+float[N] coefficients (FGR: twelve) and does a few multiply-adds before its product with R.
 
-Measured on 2 shared CPU cores (bench/fast_lstm_speed.py; vanilla, JSB shape T = 60, M = 88, float32,
-jit(vmap), medians): forward+grad 1.3× faster than autodiff of `nets.lstm_layer` at N = 100, K = 1 trial,
-1.5× at N = 100, K = 8, 2.1× at N = 200, K = 1 and 1.9× at N = 200, K = 8 (1.5-2.8× for NP, CIFG, FGR).
+How the loops are laid out, by in-process A/B on 2 shared CPU cores (JSB shape, N = 200, one trial):
+every per-step input and output is its own float[T, N] array, one per gate, never a step's float[G, N]
+slice of a [T, G, N] array: XLA's CPU backend compiled the kernel that slices a gate out of such a step
+into scalar code (7.4 µs per step for three sigmoids of 200 units), and gate-major arrays made the forward
+pass 1.22× and forward+grad 1.09× faster. Fewer kernels per step (storing only the pre-activations and
+recomputing the gates after the loop: 8 instead of 13) changed nothing measurable, nor did one product for
+dW and dR together; folding the backward coefficients gained 1-5 %.
+
+Measured on 2 shared CPU cores (bench/fast_lstm_speed.py, 2026-11-27, under heavy steal; vanilla, JSB
+shape T = 60, M = 88, float32, jit(vmap), medians): forward+grad 1.7× faster than autodiff of
+`nets.lstm_layer` at N = 100 with K = 1 and 8 trials, 1.9× at N = 200, K = 1 and 1.8× at N = 200, K = 8
+(one trial: NP 1.9×, CIFG 1.4-1.5×, FGR 1.6-1.9×).
 The loop's product δy_{t−1} = R δā is written in R's stored layout: as δāᵀ Rᵀ it was 2-4× slower on CPU.
 Unrolling either scan by 2 or 4 steps made CPU runs 3-10 % slower, so both scans step once per iteration.
 With `steps`, both loops skip the padding (a while loop of `steps` iterations): exact, and on padded data

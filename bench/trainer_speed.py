@@ -18,7 +18,8 @@ The PyTorch baseline is one trial of `torch.nn.LSTM` (+ a linear readout) doing 
 one sequence per `torch.optim.SGD(nesterov=True)` step, input noise, the task's summed loss, on the
 same device (eager). On CPU there is one baseline per thread count of --threads (default: 1 and the
 cores): on a loaded 2-core machine one thread is often the faster, and the ratio is taken against the
-fastest baseline of the same shape and hidden size.
+fastest baseline of the same shape and hidden size. On a GPU the same update is also captured once as a
+CUDA graph and replayed per update (--torch_graph), the fastest single-trial PyTorch there is.
 
 The helpers `synthetic_splits`, `TrainerTimer`, `measure`, `machine_info` and `print_machine` also serve
 `bench/study_time.py`; `paired_median_seconds` serves `ctc_speed.py` and `fast_lstm_speed.py`.
@@ -49,6 +50,7 @@ N_INPUTS = {"jsb": 88, "timit": 39, "iam_online": 4}
 _FULL = {"steps": {"jsb": 60, "timit": 300}, "trials": (1, 8, 32, 128)}
 _QUICK = {"steps": {"jsb": 60, "timit": 100}, "trials": (1, 8, 32)}
 _QUICK_TIMIT_TRIALS = (1, 8)
+_TORCH_PROGRAMS = ("torch", "torch_graph")  # row names of the PyTorch baselines
 
 
 def _define_flags():
@@ -64,6 +66,8 @@ def _define_flags():
     flags.DEFINE_integer("repeats", 5, "Timed measurements per program; the median is reported.")
     flags.DEFINE_float("min_time", 0.5, "Seconds of whole epochs each measurement runs at least.")
     flags.DEFINE_bool("torch", True, "Measure the single-trial PyTorch baseline.")
+    flags.DEFINE_bool("torch_graph", True, "On a GPU, also the PyTorch baseline captured as a CUDA graph (one "
+                      "replay per update); ignored on CPU.")
     flags.DEFINE_list("threads", None, "PyTorch CPU thread counts, one baseline each (default: 1 and the cores "
                       "this process may use); the ratio is against the fastest.")
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
@@ -144,7 +148,8 @@ class TrainerTimer:
 class TorchRunner:
     """One trial of `torch.nn.LSTM` + linear readout doing the trainer's online updates, timed per epoch."""
 
-    def __init__(self, task, hidden, splits, device, threads=1, lr=1e-5, momentum=0.9, noise=0.1, seed=0):
+    def __init__(self, task, hidden, splits, device, threads=1, lr=1e-5, momentum=0.9, noise=0.1, seed=0,
+                 graph=False):
         import torch  # the `bench` extra; only this baseline needs it
 
         self.torch = torch
@@ -168,19 +173,54 @@ class TorchRunner:
                      else torch.nn.CrossEntropyLoss(reduction="sum"))
         self.noise = noise
         self.updates_per_epoch = arrays.size
+        self.graph = None
+        if graph:
+            self._capture()
+
+    def _update(self, x, target):
+        """One online update: input noise, forward, the summed loss, backward, a Nesterov SGD step."""
+        x = x + self.noise * self.torch.randn_like(x)
+        hidden, _ = self.lstm(x.unsqueeze(1))
+        loss = self.loss(self.readout(hidden.squeeze(1)), target)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+    def _capture(self):
+        """Records one update as a CUDA graph on static input buffers (PyTorch's whole-network capture).
+
+        Warm-up updates on the capture stream first create the momentum buffers and the cuDNN and cuBLAS
+        handles, which must not be created during capture; replaying the graph then launches the update's
+        kernels without Python or launch overhead (its noise is redrawn at every replay).
+        """
+        torch = self.torch
+        if not self.cuda:
+            raise ValueError("a CUDA-graph baseline needs PyTorch on CUDA (--device=gpu)")
+        self.x_static = self.xs[0].clone()
+        self.target_static = self.targets[0].clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._update(self.x_static, self.target_static)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        self.opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph, stream=stream):
+            self._update(self.x_static, self.target_static)
+        torch.cuda.synchronize()
 
     def train_epoch(self) -> float:
         torch = self.torch
         torch.set_num_threads(self.threads)  # process-wide, so set for each epoch of each baseline
         start = time.perf_counter()
         for idx in torch.randperm(self.xs.shape[0]).tolist():
-            x = self.xs[idx]
-            x = x + self.noise * torch.randn_like(x)
-            hidden, _ = self.lstm(x.unsqueeze(1))
-            loss = self.loss(self.readout(hidden.squeeze(1)), self.targets[idx])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            if self.graph is None:
+                self._update(self.xs[idx], self.targets[idx])
+            else:
+                self.x_static.copy_(self.xs[idx])
+                self.target_static.copy_(self.targets[idx])
+                self.graph.replay()
         if self.cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -320,19 +360,23 @@ def main(argv):
             for threads in thread_counts:
                 runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
                                                           seed=FLAGS.seed)
+            if torch_device == "cuda" and FLAGS.torch_graph:
+                runners[("torch_graph", 1)] = TorchRunner(shape, hidden, splits, torch_device, seed=FLAGS.seed,
+                                                          graph=True)
             times = measure({key: r.train_epoch for key, r in runners.items()}, FLAGS.repeats, FLAGS.min_time)
             rates = {key: r.updates_per_epoch / times[key]["median"] for key, r in runners.items()}
             # Ratios are paired: in each repeat, against the fastest PyTorch baseline of that same repeat
             # (measured moments apart), then the median over repeats; load drifts cancel.
             per_repeat = {key: [r.updates_per_epoch / t for t in times[key]["all"]] for key, r in runners.items()}
-            torch_keys = [key for key in runners if key[0] == "torch"]
+            torch_keys = [key for key in runners if key[0] in _TORCH_PROGRAMS]
             best = ([max(per_repeat[key][i] for key in torch_keys) for i in range(FLAGS.repeats)]
                     if torch_keys else None)
             for (name, k), r in runners.items():
                 t = times[(name, k)]
+                baseline = name in _TORCH_PROGRAMS
                 row = {"shape": shape, "steps": steps[shape], "hidden": hidden, "program": name,
-                       "K": 1 if name == "torch" else k, "torch_threads": k if name == "torch" else None,
-                       "chunk": None if name == "torch" else r.chunk,
+                       "K": 1 if baseline else k, "torch_threads": k if baseline else None,
+                       "chunk": None if baseline else r.chunk,
                        "updates_per_epoch": r.updates_per_epoch, "seconds_per_epoch": t["median"],
                        "seconds_all": t["all"], "first_epoch_seconds": t["first"],
                        "updates_per_s": rates[(name, k)],
@@ -354,7 +398,12 @@ def main(argv):
 
 
 def _row_text(r):
-    name = f"torch nn.LSTM/{r['torch_threads']}t" if r["program"] == "torch" else f"odyssey {r['program']}"
+    if r["program"] == "torch":
+        name = f"torch nn.LSTM/{r['torch_threads']}t"
+    elif r["program"] == "torch_graph":
+        name = "torch LSTM graph"
+    else:
+        name = f"odyssey {r['program']}"
     ratio = f"{r['ratio_vs_best_torch']:.2f}" if r["ratio_vs_best_torch"] is not None else "-"
     chunk = "-" if r.get("chunk") is None else str(r["chunk"])
     return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<18} {r['K']:>4} {chunk:>5} "
@@ -372,10 +421,11 @@ def _print_table(rows, info):
     print("-" * len(header))
     print("updates/s: sequence-updates per second summed over the K trials (median of the repeats); each update is")
     print("one sequence: forward, full BPTT, a Nesterov SGD step; all sequences of length T (no padding).")
-    if any(r["program"] == "torch" for r in rows):
+    if any(r["program"] in _TORCH_PROGRAMS for r in rows):
         print("PyTorch: one trial of torch.nn.LSTM (NO peepholes; odyssey's V has three per block) + a linear")
-        print("readout; '/2t' = torch.set_num_threads(2). 'x best torch': in each repeat, updates/s over the")
-        print("fastest PyTorch baseline of the same shape, hidden size and repeat; the median over repeats.")
+        print("readout; '/2t' = torch.set_num_threads(2); 'graph': the same update captured as a CUDA graph and")
+        print("replayed per update. 'x best torch': in each repeat, updates/s over the fastest PyTorch")
+        print("baseline of the same shape, hidden size and repeat; the median over repeats.")
     print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another).")
     print_machine(info)
 

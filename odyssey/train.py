@@ -58,6 +58,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from odyssey import cells, nets, optim, tasks
 
 DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
+# Updates per draw of input noise. jax.random on CPU runs each draw as a loop of its own; drawing the noise
+# of 8 updates in one batched call (the same numbers) made the epoch 1.11x faster for one trial and 1.05x
+# for 8 (JSB shape, N = 200, paired A/B; blocks of 4 and 16 measured the same as 8).
+NOISE_BLOCK = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,9 +209,8 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
 
     lengths = jnp.sum(train.mask > 0, axis=1).astype(jnp.int32)
 
-    def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, nkey, idx, s, steps):
-        x = train.xs[idx]
-        x = x + std * jax.random.normal(jax.random.fold_in(nkey, s), x.shape, x.dtype)
+    def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, eps, idx, steps):
+        x = train.xs[idx] + std * eps
         lp = None if train.label_paddings is None else train.label_paddings[idx]
         point = optim.gradient_point(params, velocity, mu, nesterov)
         loss, grads = jax.value_and_grad(tasks.sequence_loss, argnums=2)(
@@ -232,22 +235,41 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
     # The LSTM loops need the mask only where a sequence ends before the loops do: with equal lengths (no
     # trim) there is no padding, and one trimmed trial's loops stop at its own sequence's end.
     exact = squeeze or not trim
-    per_trial = one if squeeze else jax.vmap(one, in_axes=(0,) * 11 + (None, None))
+    per_trial = one if squeeze else jax.vmap(one, in_axes=(0,) * 11 + (None,))
     unbatch = (lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)) if squeeze else (lambda tree: tree)
     rebatch = (lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)) if squeeze else (lambda tree: tree)
-    trial_hp = unbatch([hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"], hp["noise"], noise_keys])
-    perms_t = perms.T  # [n_seq, K]: the sequence each trial presents at step s
+    trial_hp = unbatch([hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"], hp["noise"]])
+    # The updates run in blocks of NOISE_BLOCK, whose input noise is drawn in one call per block: update s of
+    # an epoch still adds normal(fold_in(noise key, s)), the draws are only batched (see NOISE_BLOCK).
+    n_blocks = -(-n_seq // NOISE_BLOCK)
+    perms_t = jnp.pad(perms.T, ((0, n_blocks * NOISE_BLOCK - n_seq), (0, 0)))  # [updates, K]
 
-    def body(carry, s):
+    def block_noise(nkey, first):
+        keys = jax.vmap(lambda j: jax.random.fold_in(nkey, first + j))(jnp.arange(NOISE_BLOCK))
+        return jax.vmap(lambda key: jax.random.normal(key, train.xs.shape[1:], train.xs.dtype))(keys)
+
+    def update(carry, s, eps):
         params, velocity, alive, diverged, loss_sum = carry
         idx = perms_t[s]
         params, velocity, alive, loss, div = per_trial(
-            params, velocity, alive, *trial_hp, unbatch(idx), s, jnp.max(lengths[idx]) if trim else None)
-        return (params, velocity, alive, diverged | div, loss_sum + loss), None
+            params, velocity, alive, *trial_hp, eps, unbatch(idx), jnp.max(lengths[idx]) if trim else None)
+        return params, velocity, alive, diverged | div, loss_sum + loss
+
+    def block(carry, b):
+        first = b * NOISE_BLOCK
+        noise = (block_noise(noise_keys[0], first) if squeeze
+                 else jnp.moveaxis(jax.vmap(block_noise, in_axes=(0, None))(noise_keys, first), 1, 0))
+
+        def step(carry, j):
+            s = first + j
+            # The last block's updates past the epoch's end are skipped (an unbatched condition: a real branch).
+            return jax.lax.cond(s < n_seq, lambda c: update(c, s, noise[j]), lambda c: c, carry), None
+
+        return jax.lax.scan(step, carry, jnp.arange(NOISE_BLOCK))[0], None
 
     init = unbatch((state["params"], state["velocity"], state["alive"], jnp.zeros(k, bool),
                     jnp.zeros(k, train.xs.dtype)))
-    (params, velocity, alive, diverged, loss_sum), _ = jax.lax.scan(body, init, jnp.arange(n_seq))
+    (params, velocity, alive, diverged, loss_sum), _ = jax.lax.scan(block, init, jnp.arange(n_blocks))
     params, velocity, alive, diverged, loss_sum = rebatch((params, velocity, alive, diverged, loss_sum))
     # Weights can overflow to ±inf from finite gradients; such a trial is caught here, once per epoch.
     overflow = alive & ~jax.vmap(_all_finite)(params)

@@ -1,5 +1,6 @@
 """Tests of the multi-trial trainer against a plain, unbatched reference loop written here."""
 
+import functools
 import json
 import os
 import subprocess
@@ -114,6 +115,14 @@ def reference_run(task, variant, trial, splits, max_epochs, patience):
     return curve, best_epoch, best, _ref_metric(task, variant, best_params, splits["test"])
 
 
+@functools.lru_cache(maxsize=None)
+def run_alone(task, split_seed, trial, bucket):
+    """One float64 trial trained alone (3 epochs, patience 5) on make_splits(task, split_seed), memoised: the
+    parametrized tests compare against the same solo runs."""
+    return run_trainer(task, make_splits(task, seed=split_seed), [trial], max_epochs=3, patience=5,
+                       hidden_buckets=(bucket,), dtype=np.float64)
+
+
 def run_trainer(task, splits, trials, **kwargs):
     curves = {}
     results = train.train_trials(task, splits, trials,
@@ -150,8 +159,7 @@ def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
     others = [train.Trial(i, v, n, lr, 0.5, 0.2, True, False, 100 + i) for i, (v, n, lr) in enumerate(
         [("NP", 7, 3e-3), ("NP", 3, 1e-3), ("V", 8, 1e-2), ("NP", 8, 5e-2), ("FGR", 6, 1e-2), ("NP", 2, 1e-4),
          ("NIG", 5, 1e-2)], start=1)]
-    alone, alone_curves = run_trainer("timit", splits, [target], max_epochs=3, patience=5, hidden_buckets=(5,),
-                                      dtype=np.float64)
+    alone, alone_curves = run_alone("timit", 1, target, 5)
     batch, batch_curves = run_trainer("timit", splits, others[:3] + [target] + others[3:], max_epochs=3, patience=5,
                                       trials_per_batch=8, hidden_buckets=(8,), trials_per_chunk=chunk,
                                       dtype=np.float64)
@@ -194,8 +202,7 @@ def test_divergence_is_isolated(chunk, x64):
     assert batch[1].status == "diverged" and np.isnan(batch[1].val_metric) and np.isnan(batch[1].test_metric)
     assert batch[1].epochs == 1
     for g in good:
-        alone, alone_curves = run_trainer("jsb", splits, [g], max_epochs=3, patience=5, hidden_buckets=(8,),
-                                          dtype=np.float64)
+        alone, alone_curves = run_alone("jsb", 3, g, 8)
         assert batch[g.trial_id].status == "done"
         np.testing.assert_allclose(curves[g.trial_id], alone_curves[g.trial_id], rtol=1e-10)
 

@@ -229,22 +229,17 @@ def _coefficients(s, peep, gate, cell, cell_prev, hc):
             out["c_go"] = so * peep["o"]
     out["c_y"] = c_y
     c_c = f
-    if "i" in s.gates:
-        si = gate["i"] * (1.0 - gate["i"])
-        out["i_c"] = (gate["z"] - cell_prev if s.cifg else gate["z"]) * si
-        if "i" in peep:
-            c_c = c_c + out["i_c"] * peep["i"]
-        if s.fgr:
-            out["si"] = si
-            out["c_gi"] = si * peep["i"]
-    if "f" in s.gates:
-        sf = gate["f"] * (1.0 - gate["f"])
-        out["f_c"] = cell_prev * sf
-        if "f" in peep:
-            c_c = c_c + out["f_c"] * peep["f"]
-        if s.fgr:
-            out["sf"] = sf
-            out["c_gf"] = sf * peep["f"]
+    # ∂c/∂i = z (CIFG: z − c_{t−1}, as f = 1 − i) and ∂c/∂f = c_{t−1}, each times the gate's σ'.
+    for g in ("i", "f"):
+        if g in s.gates:
+            dc_dg = (gate["z"] - cell_prev if s.cifg else gate["z"]) if g == "i" else cell_prev
+            slope = gate[g] * (1.0 - gate[g])
+            out[g + "_c"] = dc_dg * slope
+            if g in peep:
+                c_c = c_c + out[g + "_c"] * peep[g]
+            if s.fgr:
+                out["s" + g] = slope
+                out["c_g" + g] = slope * peep[g]
     out["c_c"] = jnp.broadcast_to(c_c, cell.shape)
     return out
 

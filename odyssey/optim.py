@@ -42,17 +42,19 @@ def update(params, velocity, grads, learning_rate, momentum, clip):
     Returns:
       (new params, new velocity).
     """
+    new_velocity = velocity_step(velocity, grads, learning_rate, momentum, clip)
+    return jax.tree_util.tree_map(lambda p, v: p + v, params, new_velocity), new_velocity
+
+
+def velocity_step(velocity, grads, learning_rate, momentum, clip):
+    """v' = μ v − η (1 − μ) g (g clipped to [−1, 1] where `clip`): the velocity half of `update`, θ' = θ + v'."""
     eps = learning_rate * (1.0 - momentum)
 
-    def one(p, v, g):
+    def one(v, g):
         g = jnp.where(clip, jnp.clip(g, -1.0, 1.0), g)
-        v = (momentum * v - eps * g).astype(v.dtype)
-        return p + v, v
+        return (momentum * v - eps * g).astype(v.dtype)
 
-    pairs = jax.tree_util.tree_map(one, params, velocity, grads)
-    new_params = jax.tree_util.tree_map(lambda _, pv: pv[0], params, pairs)
-    new_velocity = jax.tree_util.tree_map(lambda _, pv: pv[1], params, pairs)
-    return new_params, new_velocity
+    return jax.tree_util.tree_map(one, velocity, grads)
 
 
 def from_optax_nesterov(lookahead_params, trace, scaled_learning_rate, momentum):

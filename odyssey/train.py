@@ -220,10 +220,10 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
         finite = _all_finite(grads) & jnp.isfinite(loss)
         keep = alive & finite
         grads = jax.tree_util.tree_map(jnp.multiply, grads, mask)
-        _, new_v = optim.update(params, velocity, grads, lr, mu, clip)
+        new_v = optim.velocity_step(velocity, grads, lr, mu, clip)
         velocity = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new_v, velocity)
-        # θ' = θ + v' read from the stored v' (the barrier keeps XLA from recomputing v' from the old v, which
-        # would need a copy of the old velocity to update it in place).
+        # θ' = θ + v' (as optim.update) read from the stored v' (the barrier keeps XLA from recomputing v' from
+        # the old v, which would need a copy of the old velocity to update it in place).
         params = jax.tree_util.tree_map(lambda p, v: jnp.where(keep, p + v, p), params,
                                         jax.lax.optimization_barrier(velocity))
         return params, velocity, keep, jnp.where(keep, loss, 0.0), alive & ~finite

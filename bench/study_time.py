@@ -90,6 +90,8 @@ def _define_flags():
     flags.DEFINE_float("min_time", 0.3, "Seconds of whole calls each measurement runs at least.")
     flags.DEFINE_list("measurements", None, "JSON files this script wrote (e.g. one per task): project from "
                       "their measurements instead of measuring again.")
+    flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
+                         "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the store resampling.")
 
@@ -319,12 +321,13 @@ def main(argv):
     FLAGS.sequences = settings["sequences"]
     FLAGS.eval_chunks = settings["eval_chunks"]
     device = trainer_speed.jax_device(FLAGS.device)
+    trainer_speed.set_unroll(device, FLAGS.unroll)
     info = trainer_speed.machine_info(device)
     info["load_before"] = trainer_speed.load_average()
     if FLAGS.measurements:
         info = _load_measurements(FLAGS.measurements)["machine"]
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
-          f"jax {info['jax']}\nbefore: {info['load_before']}")
+          f"jax {info['jax']}; LSTM loops unrolled {info.get('unroll', 1)}\nbefore: {info['load_before']}")
     rules = _epoch_rules(FLAGS.max_epochs, FLAGS.seed)
     measured = _load_measurements(FLAGS.measurements) if FLAGS.measurements else None
 

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odyssey import tasks, train
+from odyssey import fast_lstm, tasks, train
 
 FLAGS = flags.FLAGS
 
@@ -74,6 +74,8 @@ def _define_flags():
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
     flags.DEFINE_integer("trials_per_chunk", 0, "Trials per vmapped step of the trainer (0: its default, "
                          "odyssey.train.default_trials_per_chunk: ~4 MiB of weights on CPU, all on GPU).")
+    flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
+                         "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
 
 
 def synthetic_splits(task: str, steps: int, sizes: dict, labels: int = 0, seed: int = 0) -> dict:
@@ -287,7 +289,8 @@ def machine_info(device) -> dict:
     info = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "jax_device": f"{device.platform}: {device.device_kind}",
             "host": platform.processor() or platform.machine(),
-            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "jax": jax.__version__}
+            "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "jax": jax.__version__,
+            "unroll": fast_lstm.DEFAULT_UNROLL.get(device.platform, 1)}
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -327,10 +330,22 @@ def _torch_threads(torch_device):
     return sorted({int(t) for t in FLAGS.threads} if FLAGS.threads else {1, cores})
 
 
+def set_unroll(device, unroll):
+    """Makes `unroll` (when > 0) the LSTM loops' steps per iteration on the device's platform, for this process.
+
+    The trainer reads the default when it compiles, so set it before the first program is built.
+    """
+    if unroll < 0:
+        raise app.UsageError(f"--unroll={unroll}: give a positive number of steps, or 0 for the default")
+    if unroll:
+        fast_lstm.DEFAULT_UNROLL[device.platform] = unroll
+
+
 def main(argv):
     del argv
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
     device = jax_device(FLAGS.device)
+    set_unroll(device, FLAGS.unroll)
     torch_device = {"cpu": "cpu", "gpu": "cuda"}.get(FLAGS.device) if FLAGS.torch else None
     thread_counts = _torch_threads(torch_device) if torch_device else []
     steps, trials, hiddens = _settings()
@@ -344,7 +359,7 @@ def main(argv):
                                  "--notorch") from None
         info["torch"] = f"{torch.__version__} on {torch_device}"
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
-          f"jax {info['jax']}; PyTorch {info.get('torch', 'not measured')}")
+          f"jax {info['jax']}; PyTorch {info.get('torch', 'not measured')}; LSTM loops unrolled {info['unroll']}")
     print(f"before: {info['load_before']}")
 
     rows = []

@@ -34,7 +34,8 @@ shape T = 60, M = 88, float32, jit(vmap), medians): forward+grad 1.7× faster th
 `nets.lstm_layer` at N = 100 with K = 1 and 8 trials, 1.9× at N = 200, K = 1 and 1.8× at N = 200, K = 8
 (one trial: NP 1.9×, CIFG 1.4-1.5×, FGR 1.6-1.9×).
 The loop's product δy_{t−1} = R δā is written in R's stored layout: as δāᵀ Rᵀ it was 2-4× slower on CPU.
-Unrolling either scan by 2 or 4 steps made CPU runs 3-10 % slower, so both scans step once per iteration.
+Unrolling either scan by 2 or 4 steps made CPU runs 3-10 % slower, so on CPU both scans step once per
+iteration; on a GPU they run 8 steps per iteration (`DEFAULT_UNROLL`: 1.5-2.8× the trainer's throughput).
 With `steps`, both loops skip the padding (a while loop of `steps` iterations): exact, and on padded data
 as much faster as the padding was long; with no padding the plain scan is the faster (~5-10 % on CPU).
 """
@@ -48,7 +49,8 @@ from odyssey import cells
 
 
 def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None,
-               reverse: bool = False, steps: jax.Array | int | None = None) -> jax.Array:
+               reverse: bool = False, steps: jax.Array | int | None = None,
+               unroll: int | None = None) -> jax.Array:
     """Runs one LSTM layer over a sequence from the zero state; same values as `odyssey.nets.lstm_layer`.
 
     Differentiable w.r.t. `params` and `xs` by a hand-written backward pass (see the module docstring);
@@ -66,6 +68,9 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         if any, is 0 there). Both passes then run `steps` steps instead of T, so a padded sequence costs
         what its length costs. Under `vmap` pass it unbatched (e.g. the longest length of the batch,
         `in_axes=None`): a batched step count makes every step's slices gathers.
+      unroll: time steps per loop iteration in both passes (static; default `default_unroll()`, by the
+        platform JAX runs on). The values do not change: with `steps`, a step past the bound within the
+        last iteration writes nowhere.
 
     Returns:
       float[T, N], the block outputs y_t (0 at padded steps), in the promoted dtype of xs and params.
@@ -86,8 +91,28 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         count = jnp.clip(jnp.asarray(steps, jnp.int32), 0, t)
         # After the flip of a reversed run the padding comes first: the valid steps are the last ones.
         bounds = (t - count, jnp.int32(t)) if reverse else (jnp.int32(0), count)
-    ys = _layer(variant, params, xs, keep, bounds)
+    if unroll is None:
+        unroll = default_unroll()
+    if not isinstance(unroll, int) or isinstance(unroll, bool) or unroll < 1:
+        raise ValueError(f"fast_lstm.lstm_layer: unroll must be a positive int, got {unroll!r}")
+    ys = _layer(variant, unroll, params, xs, keep, bounds)
     return jnp.flip(ys, 0) if reverse else ys
+
+
+# Time steps per loop iteration by platform (`jax.default_backend()`), where not given to `lstm_layer`.
+# CPU: 1 (unrolling by 2 or 4 was 3-10 % slower on 2 CPU cores, see the module docstring). GPU: 8, measured
+# on an NVIDIA H200 (2026-11-27, bench/trainer_speed.py, 64 trials of V; bench/results/): on a GPU a step of
+# a few dozen small trials is bound by per-iteration launch overhead, not by the work. Sequence-updates/s at
+# unroll 1 / 4 / 8: JSB shape N = 40 43,840 / 86,240 / 99,146, N = 200 22,818 / 32,440 / 33,494; TIMIT
+# shape N = 40 4,877 / 10,980 / 13,418, N = 200 2,637 / 4,019 / 4,323. A JSB study of V (200 trials, the
+# standard file, with `steps`) went from 1.26-1.39 s to 0.66-0.79 s an epoch per group; compiling took
+# 3-4 s longer. TPU: not measured.
+DEFAULT_UNROLL = {"cpu": 1, "gpu": 8, "tpu": 1}
+
+
+def default_unroll() -> int:
+    """`DEFAULT_UNROLL` for the platform JAX runs on (1 for one it does not list)."""
+    return DEFAULT_UNROLL.get(jax.default_backend(), 1)
 
 
 def _check(variant, params, xs, mask):
@@ -126,29 +151,47 @@ def _shift(values):
     return jnp.concatenate([jnp.zeros_like(values[:1]), values[:-1]])
 
 
-def _scan_range(body, carry0, xs, lo, hi, reverse=False):
+def _scan_range(body, carry0, xs, lo, hi, reverse=False, unroll=1):
     """`lax.scan` of `body` over the steps lo..hi-1 of xs only (all T steps when lo is None).
 
     Outputs at the skipped steps are zeros. The bounds may be traced (a while loop of hi - lo steps); they
-    must not be batched under vmap (a batched step index turns every slice into a gather).
+    must not be batched under vmap (a batched step index turns every slice into a gather). With `unroll`
+    > 1 each iteration runs `unroll` steps; within the last one, a step past the range writes its output
+    into a spare row that is cut off at the end, and the final carry is not meaningful (callers use outputs).
     """
     if lo is None:
-        return jax.lax.scan(body, carry0, xs, reverse=reverse)
+        return jax.lax.scan(body, carry0, xs, reverse=reverse, unroll=unroll)
     t = jax.tree_util.tree_leaves(xs)[0].shape[0]
     _, out_shape = jax.eval_shape(body, carry0, jax.tree_util.tree_map(lambda a: a[0], xs))
-    outs0 = jax.tree_util.tree_map(lambda o: jnp.zeros((t,) + o.shape, o.dtype), out_shape)
+    spare = 0 if unroll == 1 else unroll
+    outs0 = jax.tree_util.tree_map(lambda o: jnp.zeros((t + spare,) + o.shape, o.dtype), out_shape)
+    count = hi - lo
 
-    def step(i, state):
+    def step(i, j, state):
         carry, outs = state
         k = hi - 1 - i if reverse else lo + i
-        carry, out = body(carry, jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, k, 0, False), xs))
+        read = k if unroll == 1 else jnp.clip(k, 0, t - 1)
+        new, out = body(carry, jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, read, 0, False), xs))
+        if unroll > 1:
+            # past the range: the output goes to a spare row; the carry is no longer read (callers keep only
+            # the outputs, and every later step of the iteration is past the range too)
+            k = jnp.where(i < count, k, t + j)
         outs = jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, k, 0), outs, out)
-        return carry, outs
+        return new, outs
 
-    return jax.lax.fori_loop(0, hi - lo, step, (carry0, outs0))
+    if unroll == 1:
+        return jax.lax.fori_loop(0, count, lambda i, state: step(i, 0, state), (carry0, outs0))
+
+    def block(b, state):
+        for j in range(unroll):
+            state = step(b * unroll + j, j, state)
+        return state
+
+    carry, outs = jax.lax.fori_loop(0, (count + unroll - 1) // unroll, block, (carry0, outs0))
+    return carry, jax.tree_util.tree_map(lambda o: o[:t], outs)
 
 
-def _forward(variant, params, xs, keep, bounds):
+def _forward(variant, unroll, params, xs, keep, bounds):
     """The forward scan; returns ys float[T, N] and the residuals the backward pass needs."""
     s = cells.spec(variant)
     n = params["R"].shape[0]
@@ -192,13 +235,14 @@ def _forward(variant, params, xs, keep, bounds):
     if s.fgr:
         carry0 += (jnp.zeros((3, n), dtype),)
     lo, hi = bounds if bounds is not None else (None, None)
-    _, (states, acts) = _scan_range(body, carry0, (tuple(xw[j] for j in range(ng)), keep), lo, hi)
+    _, (states, acts) = _scan_range(body, carry0, (tuple(xw[j] for j in range(ng)), keep), lo, hi,
+                                    unroll=unroll)
     ys = states[0] if keep is None else jnp.where(keep[:, None] > 0, states[0], 0.0)
     return ys, (states, acts)
 
 
-def _layer_fwd(variant, params, xs, keep, bounds):
-    ys, (states, acts) = _forward(variant, params, xs, keep, bounds)
+def _layer_fwd(variant, unroll, params, xs, keep, bounds):
+    ys, (states, acts) = _forward(variant, unroll, params, xs, keep, bounds)
     return ys, (params, xs, keep, bounds, states, acts)
 
 
@@ -244,7 +288,7 @@ def _coefficients(s, peep, gate, cell, cell_prev, hc):
     return out
 
 
-def _layer_bwd(variant, residuals, dys):
+def _layer_bwd(variant, unroll, residuals, dys):
     params, xs, keep, bounds, states, acts = residuals
     s = cells.spec(variant)
     t, n = dys.shape
@@ -295,7 +339,7 @@ def _layer_bwd(variant, residuals, dys):
     if s.fgr:
         carry0 += (jnp.zeros((3, n), dtype),)
     lo, hi = bounds if bounds is not None else (None, None)
-    _, d_pre = _scan_range(body, carry0, (per_step, keep), lo, hi, reverse=True)
+    _, d_pre = _scan_range(body, carry0, (per_step, keep), lo, hi, reverse=True, unroll=unroll)
 
     flat = d_pre
     d_pre = d_pre.reshape(t, ng, n)
@@ -315,10 +359,10 @@ def _layer_bwd(variant, residuals, dys):
     return grads, dxs, dkeep, None
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _layer(variant, params, xs, keep, bounds):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _layer(variant, unroll, params, xs, keep, bounds):
     """float[T, N] outputs of the layer; keep is float[T] of 0/1 or None; bounds None or int (lo, hi)."""
-    return _forward(variant, params, xs, keep, bounds)[0]
+    return _forward(variant, unroll, params, xs, keep, bounds)[0]
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

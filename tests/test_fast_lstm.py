@@ -148,6 +148,35 @@ def test_steps_skips_the_padding_under_vmap(x64, variant):
                           f"{variant} reverse={reverse} trial {j}")
 
 
+@pytest.mark.parametrize("variant, unroll", [("V", 4), ("FGR", 5)])
+def test_unrolled_loops_give_autodiff_values(x64, variant, unroll):
+    """Steps per loop iteration that do not divide the run (9 steps, or 6 with `steps`, by 4 and 5): the same
+    outputs and gradients as autodiff, masked and reversed, with and without the step bound."""
+    params = _params(variant, 11)
+    xs, cots = _data(12)
+    mask = jnp.asarray(np.r_[np.ones(6), np.zeros(_T - 6)] * _MASK)
+    for reverse in (False, True):
+        def loss(layer, p, x, steps=None, reverse=reverse, **kwargs):
+            if steps is not None:
+                kwargs["steps"] = steps
+            ys = layer(variant, p, x, mask, reverse, **kwargs)
+            return jnp.sum(ys * cots[0]), ys
+
+        want = jax.value_and_grad(functools.partial(loss, nets.lstm_layer), (0, 1), has_aux=True)(params, xs)
+        for steps in (None, 6):
+            fast = functools.partial(loss, fast_lstm.lstm_layer, steps=steps, unroll=unroll)
+            got = jax.jit(jax.value_and_grad(fast, (0, 1), has_aux=True),
+                          compiler_options=_QUICK_COMPILE)(params, xs)
+            _assert_close(got, want, _RTOL64, _ATOL64, f"{variant} unroll={unroll} reverse={reverse} steps={steps}")
+
+
+def test_unroll_must_be_a_positive_int():
+    args = ("V", _params("V", 9, np.float32), _data(9, np.float32)[0])
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="unroll must be a positive int"):
+            fast_lstm.lstm_layer(*args, unroll=bad)
+
+
 def test_float32_matches_autodiff_and_keeps_dtype():
     """float32 in, float32 out (values and gradients); equal to autodiff up to float32 round-off.
 

@@ -111,15 +111,15 @@ def test_paper_names_follow_the_table():
 def test_fgr_matrix_carries_gate_a_into_gate_b():
     """Only R_fo non-zero: the previous forget gate must move the output gate and nothing else."""
     n = 2
-    named = {k: np.zeros(s) for k, s in cells._paper_shapes("FGR", 1, n).items()}
-    named["b_f"] = np.full(n, 3.0)
-    named["R_fo"] = np.eye(n) * 2.0
-    named["W_z"] = np.ones((n, 1))
+    named = {k: np.zeros(s, np.float32) for k, s in cells._paper_shapes("FGR", 1, n).items()}
+    named["b_f"] = np.full(n, 3.0, np.float32)
+    named["R_fo"] = np.eye(n, dtype=np.float32) * 2.0
+    named["W_z"] = np.ones((n, 1), np.float32)
     params = cells.from_paper("FGR", named)
     ys = np.asarray(nets.lstm_layer("FGR", params, jnp.ones((2, 1))))
     np.testing.assert_allclose(ys, reference_layer("FGR", named, np.ones((2, 1))), atol=1e-6)
-    named["R_fo"] = np.zeros((n, n))
-    named["R_of"] = np.eye(n) * 2.0
+    named["R_fo"] = np.zeros((n, n), np.float32)
+    named["R_of"] = np.eye(n, dtype=np.float32) * 2.0
     ys_other = np.asarray(nets.lstm_layer("FGR", cells.from_paper("FGR", named), jnp.ones((2, 1))))
     assert not np.allclose(ys, ys_other)
 

@@ -251,6 +251,44 @@ def test_weights_that_overflow_from_finite_gradients_are_caught_after_the_epoch(
         np.testing.assert_allclose(np.asarray(b)[0], np.asarray(a)[0], rtol=1e-12)
 
 
+@pytest.fixture
+def compiles(caplog):
+    """(thread name, program) of every XLA compilation while the test runs, from JAX's compile log."""
+    previous = jax.config.jax_log_compiles
+    jax.config.update("jax_log_compiles", True)  # global: a context manager would not reach other threads
+    caplog.set_level("WARNING", logger="jax._src.interpreters.pxla")
+    yield lambda: [(r.threadName, r.getMessage().split()[1]) for r in caplog.records
+                   if r.getMessage().startswith("Compiling ")]
+    jax.config.update("jax_log_compiles", previous)
+
+
+def test_compile_ahead_compiles_each_group_beside_the_one_before_and_changes_nothing(x64, compiles):
+    """Three groups (V at N <= 5 with 4 trials on 3 slots, so a slot is refilled; NP at 5; V at 8): with compile_ahead
+    every group program is compiled in the background thread, none by the training loop, and every number is
+    the same as without it (the same programs)."""
+    splits = make_splits("jsb", seed=6)
+    trials = [train.Trial(i, v, n, 1e-2, 0.9, 0.1, True, False, seed=i) for i, (v, n) in enumerate(
+        [("V", 3), ("V", 5), ("NP", 4), ("V", 7), ("V", 4), ("V", 2)])]
+    kwargs = dict(max_epochs=3, patience=1, trials_per_batch=3, hidden_buckets=(5, 8), dtype=np.float64)
+    programs = {"jit(_local_epoch)", "jit(_eval_chunk)", "jit(_set_slot)", "jit(_select)"}
+    runs = {}
+    for ahead in (False, True):
+        before = len(compiles())
+        runs[ahead] = run_trainer("jsb", splits, trials, compile_ahead=ahead, **kwargs)
+        threads = {thread for thread, name in compiles()[before:] if name in programs}
+        assert threads == ({"MainThread"} if not ahead else {"odyssey-compile_0"}), (ahead, threads)
+        epochs = sorted(name for _, name in compiles()[before:] if name == "jit(_local_epoch)")
+        # one epoch program per group, whether compiled ahead or not
+        assert len(epochs) == 3, (ahead, epochs)
+    (plain, plain_curves), (ahead, ahead_curves) = runs[False], runs[True]
+    assert plain_curves == ahead_curves and set(plain_curves) == set(range(6))
+    for i in range(6):
+        assert (plain[i].epochs, plain[i].best_epoch, plain[i].status) == (ahead[i].epochs, ahead[i].best_epoch,
+                                                                           ahead[i].status)
+        np.testing.assert_array_equal([plain[i].val_metric, plain[i].test_metric],
+                                      [ahead[i].val_metric, ahead[i].test_metric])
+
+
 def test_early_stopping_on_a_scripted_metric():
     script = np.array([[5.0, 4.0, 4.5, 3.9, 4.0, 4.0, 4.0, 3.0, 3.0, 2.0],
                        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0],

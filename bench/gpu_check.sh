@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 10's GPU measurements in one go, each stage under its own time limit, logs and JSON into OUT_DIR:
+#
+#   bench/gpu_check.sh OUT_DIR [JSB_FILE]
+#
+#   1. trainer_speed at N = 200, K = 1, 32, 200, beside PyTorch eager and CUDA graph (JSB and TIMIT shapes);
+#   2. trainer_speed of V at N = 40 and 200 with 64 and 512 trials (how much a bigger program buys: the
+#      case for training several variants in one program);
+#   3. study_time on all three tasks (64 trials per bucket) and the projection of the full study;
+#   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
+#      trials, end to end, its wall time in study.log (skipped without the file).
+#
+# Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY. Run from the
+# repository root, after `pip install -e '.[bench]'` (or with the repository on PYTHONPATH).
+set -u
+out=${1:?usage: bench/gpu_check.sh OUT_DIR [JSB_FILE]}
+jsb=${2:-}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+py=${PYTHON:-python3}
+stage() {  # name limit command...
+  local name=$1 limit=$2; shift 2
+  echo "== $name (limit ${limit}s) $(date -u +%FT%TZ)"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  echo "   exit $? after $SECONDS s in all"
+}
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  $py -c "import jax; print('jax', jax.__version__, jax.devices())"; } > "$out/machine.txt" 2>&1
+cat "$out/machine.txt"
+stage speed "${LIMIT_SPEED:-240}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=1,32,200 \
+  --repeats=3 --min_time=0.3 --out="$out/speed.json"
+stage big "${LIMIT_BIG:-150}" $py bench/trainer_speed.py --device=gpu --hidden=40,200 --trials=64,512 --notorch \
+  --repeats=2 --min_time=0.2 --out="$out/big.json"
+stage project "${LIMIT_PROJECT:-300}" $py bench/study_time.py --device=gpu --tasks=jsb,timit,iam_online \
+  --trials=64 --repeats=2 --min_time=0.2 --epochs_estimate=60 --out="$out/project.json"
+if [ -n "$jsb" ]; then
+  rm -rf "$out/jsb_study"
+  stage study "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
+    --workdir="$out/jsb_study" --progress_seconds=30
+fi
+for name in speed big project study; do
+  [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |Study finished|rror" "$out/$name.log" | tail -25; }
+done

@@ -339,9 +339,9 @@ def main(argv):
     rules = _epoch_rules(FLAGS.max_epochs, FLAGS.seed)
     measured = _load_measurements(FLAGS.measurements) if FLAGS.measurements else None
 
-    # The trainer compiles each group while the one before it runs on accelerators (train_trials'
-    # compile_ahead), not on CPUs.
-    ahead = settings["compile_ahead"] = not info["jax_device"].startswith("cpu")
+    # As the trainer does on the measured device (with --measurements, that device may not be this one).
+    ahead = settings["compile_ahead"] = (not info["jax_device"].startswith("cpu") if FLAGS.measurements
+                                         else train.default_compile_ahead(device))
     rows, projections, studies = [], [], {}
     for task in FLAGS.tasks:
         config = load_config(task)

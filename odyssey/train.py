@@ -144,6 +144,12 @@ def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
     return max(1, CPU_CHUNK_BYTES // max(1, weight_bytes))
 
 
+def default_compile_ahead(device) -> bool:
+    """Whether `train_trials` compiles each group while the one before it trains, by default: on accelerators,
+    whose host is otherwise idle, not on CPUs, where the compiler and the training share the cores."""
+    return device.platform != "cpu"
+
+
 def early_stopping(best_val, best_epoch, epoch, val, max_epochs, patience):
     """The paper's stopping rule after one epoch, for arrays of trials (numpy, host side).
 
@@ -517,8 +523,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
       devices: the devices to shard the trial axis over (default: all devices, of every host).
       dtype: of parameters and data; float64 (with `jax.enable_x64`) serves tests of exactness.
       compile_ahead: compile each group's programs in a background thread while the group before it
-        trains (default: on accelerators, whose host is otherwise idle; not on CPUs, where the compiler and
-        the training share the cores). Speed only; results never depend on it.
+        trains (default `default_compile_ahead`: on accelerators, not on CPUs). Speed only; results never
+        depend on it.
 
     Returns:
       The results, in the order of `trials`.
@@ -541,7 +547,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         groups.setdefault((t.variant, bucket_of(t.hidden_size, hidden_buckets)), []).append(t)
     keys = list(groups)
     if compile_ahead is None:
-        compile_ahead = mesh.devices.flat[0].platform != "cpu"
+        compile_ahead = default_compile_ahead(mesh.devices.flat[0])
 
     # JAX's config contexts are per thread: a build in the background thread runs under the caller's float64
     # setting (which decides the dtype of the group's arrays) and matmul precision. Under any other context
@@ -578,15 +584,15 @@ def _built_in_turn(keys, build, ahead):
         for key in keys:
             yield key, build(key)
         return
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="odyssey-compile") as pool:
-        try:
-            upcoming = pool.submit(build, keys[0]) if keys else None
-            for i, key in enumerate(keys):
-                current = upcoming.result()
-                upcoming = pool.submit(build, keys[i + 1]) if i + 1 < len(keys) else None
-                yield key, current
-        finally:
-            pool.shutdown(cancel_futures=True)
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="odyssey-compile")
+    try:
+        upcoming = pool.submit(build, keys[0]) if keys else None
+        for i, key in enumerate(keys):
+            current = upcoming.result()
+            upcoming = pool.submit(build, keys[i + 1]) if i + 1 < len(keys) else None
+            yield key, current
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def _run_group(group, members, max_epochs, patience, on_epoch):

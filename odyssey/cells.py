@@ -10,6 +10,14 @@ Internal layout (any layout is allowed inside; the paper's names are the interch
 
 Keeping the hidden size as the last axis of every tensor makes zero-padding a trial to a larger
 hidden size one `jnp.pad` per leaf (see `odyssey.nets.pad_hidden`).
+
+The mixed cell. The eight variants other than FGR are V with parts taken away or replaced, so each of them is
+V's cell on V's layout (`to_mixed`: its own parameters in place, zeros where it has none) with six 0/1
+switches (`switches`, in the order of `SWITCHES`): a removed gate is held at 1, an activation replaced by the
+identity, CIFG's forget gate computed as 1 − i. `step("V", ..., switches=...)` computes exactly the
+variant's values from the embedded parameters, so trials of different variants can share one compiled
+program, with the switches as per-trial data (`odyssey.train` does). Parameters the variant lacks stay zero
+in training as their gradients are masked (`odyssey.nets.hidden_mask(..., mixed=True)`).
 """
 
 import dataclasses
@@ -22,6 +30,9 @@ import numpy as np
 VARIANTS = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG", "FGR")
 
 _ALL_GATES = ("z", "i", "f", "o")
+# The variants the mixed cell can run (all but FGR, whose gate recurrence is extra structure) and its switches.
+MIXABLE = ("V", "NIG", "NFG", "NOG", "NIAF", "NOAF", "NP", "CIFG")
+SWITCHES = ("no_i", "no_f", "no_o", "linear_g", "linear_h", "cifg")
 _FGR_GATES = ("i", "f", "o")
 
 
@@ -154,7 +165,8 @@ def input_projection(params: dict, xs: jax.Array) -> jax.Array:
     return (xs @ params["W"].reshape(m, g * n)).reshape(-1, g, n) + params["b"]
 
 
-def step(variant: str, params: dict, carry: tuple, xw: jax.Array) -> tuple[tuple, jax.Array]:
+def step(variant: str, params: dict, carry: tuple, xw: jax.Array, switches: jax.Array | None = None
+         ) -> tuple[tuple, jax.Array]:
     """One time step of a variant on one unbatched example.
 
     Args:
@@ -162,10 +174,15 @@ def step(variant: str, params: dict, carry: tuple, xw: jax.Array) -> tuple[tuple
       params: the variant's parameters.
       carry: the previous state, as from `init_carry`.
       xw: float[G, N], this step's slice of `input_projection`.
+      switches: optional float[6] (may be traced), the mixed cell's switches (`switches`); only with "V",
+        whose layout then holds a mixed-cell trial's parameters (`to_mixed`).
 
     Returns:
       (new carry, y float[N]).
     """
+    if switches is not None:
+        _check_switches(variant, switches)
+        return _mixed_step(params, carry, xw, switches)
     s = spec(variant)
     y_prev, c_prev = carry[0], carry[1]
     n = y_prev.shape[-1]
@@ -198,6 +215,85 @@ def step(variant: str, params: dict, carry: tuple, xw: jax.Array) -> tuple[tuple
     if s.fgr:
         return (y, c, jnp.stack([i, f, o])), y
     return (y, c), y
+
+
+def _check_switches(variant, switches):
+    if variant != "V":
+        raise ValueError(f"switches select a variant inside V's layout; the variant must be 'V', got {variant!r}")
+    if jnp.shape(switches) != (len(SWITCHES),):
+        raise ValueError(f"switches must be float[{len(SWITCHES)}] ({', '.join(SWITCHES)}), "
+                         f"got shape {jnp.shape(switches)}")
+
+
+def _mixed_step(params, carry, xw, switches):
+    """`step` of the mixed cell: V's step with the switched parts held at 1, replaced by identities or
+    coupled (see the module docstring)."""
+    on = {name: switches[k] > 0 for k, name in enumerate(SWITCHES)}
+    y_prev, c_prev = carry
+    n = y_prev.shape[-1]
+    pre = xw + (y_prev @ params["R"].reshape(n, -1)).reshape(xw.shape)
+    p = params["p"]
+    one = jnp.ones_like(y_prev)
+    z = jnp.where(on["linear_g"], pre[0], jnp.tanh(pre[0]))
+    i = jnp.where(on["no_i"], one, sigmoid(pre[1] + p[0] * c_prev))
+    f = jnp.where(on["no_f"], one, jnp.where(on["cifg"], 1.0 - i, sigmoid(pre[2] + p[1] * c_prev)))
+    c = z * i + c_prev * f
+    o = jnp.where(on["no_o"], one, sigmoid(pre[3] + p[2] * c))
+    y = jnp.where(on["linear_h"], c, jnp.tanh(c)) * o
+    return (y, c), y
+
+
+def switches(variant: str, dtype=np.float32) -> np.ndarray:
+    """The mixed cell's switches (0/1, in the order of `SWITCHES`) that make V's cell compute `variant`."""
+    s = spec(variant)
+    if variant not in MIXABLE:
+        raise ValueError(f"{variant} has no mixed-cell form (mixable: {', '.join(MIXABLE)})")
+    on = {"no_i": "i" not in s.gates, "no_f": "f" not in s.gates and not s.cifg, "no_o": "o" not in s.gates,
+          "linear_g": s.g is _identity, "linear_h": s.h is _identity, "cifg": s.cifg}
+    return np.array([on[name] for name in SWITCHES], dtype)
+
+
+def to_mixed(variant: str, params: dict) -> dict:
+    """A variant's parameters in V's layout for the mixed cell: its own entries in place, zeros elsewhere.
+
+    Works on numpy and JAX arrays (leading axes, e.g. of trials, are kept); `from_mixed` inverts it.
+    """
+    s = spec(variant)
+    if variant not in MIXABLE:
+        raise ValueError(f"{variant} has no mixed-cell form (mixable: {', '.join(MIXABLE)})")
+    v = spec("V")
+
+    def place(value, names, all_names, axis):
+        xp = np if isinstance(value, np.ndarray) else jnp
+        shape = list(value.shape)
+        axis = axis % value.ndim
+        zero = xp.zeros(shape[:axis] + [1] + shape[axis + 1:], value.dtype)
+        parts = [xp.take(value, np.array([names.index(g)]), axis=axis) if g in names else zero for g in all_names]
+        return xp.concatenate(parts, axis=axis)
+
+    out = {"W": place(params["W"], s.gates, v.gates, -2), "R": place(params["R"], s.gates, v.gates, -2),
+           "b": place(params["b"], s.gates, v.gates, -2)}
+    if s.peepholes:
+        out["p"] = place(params["p"], s.peepholes, v.peepholes, -2)
+    else:
+        out["p"] = place(params["b"][..., :0, :], (), v.peepholes, -2)
+    return out
+
+
+def from_mixed(variant: str, params: dict) -> dict:
+    """The inverse of `to_mixed`: a variant's own parameters out of V's layout."""
+    s = spec(variant)
+    v = spec("V")
+
+    def pick(value, names, all_names):
+        xp = np if isinstance(value, np.ndarray) else jnp
+        return xp.take(value, np.array([all_names.index(g) for g in names], int), axis=value.ndim - 2)
+
+    out = {"W": pick(params["W"], s.gates, v.gates), "R": pick(params["R"], s.gates, v.gates),
+           "b": pick(params["b"], s.gates, v.gates)}
+    if s.peepholes:
+        out["p"] = pick(params["p"], s.peepholes, v.peepholes)
+    return out
 
 
 def _paper_shapes(variant: str, n_in: int, n_hidden: int) -> dict[str, tuple[int, ...]]:

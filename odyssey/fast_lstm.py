@@ -50,7 +50,7 @@ from odyssey import cells
 
 def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None,
                reverse: bool = False, steps: jax.Array | int | None = None,
-               unroll: int | None = None) -> jax.Array:
+               unroll: int | None = None, switches: jax.Array | None = None) -> jax.Array:
     """Runs one LSTM layer over a sequence from the zero state; same values as `odyssey.nets.lstm_layer`.
 
     Differentiable w.r.t. `params` and `xs` by a hand-written backward pass (see the module docstring);
@@ -71,6 +71,10 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
       unroll: time steps per loop iteration in both passes (static; default `default_unroll()`, by the
         platform JAX runs on). The values do not change: with `steps`, a step past the bound within the
         last iteration writes nowhere.
+      switches: optional float[6], the mixed cell's switches (`odyssey.cells.switches`; may be traced and
+        batched under vmap, e.g. one row per trial); only with variant "V", whose layout then holds a
+        mixed-cell trial's parameters (`odyssey.cells.to_mixed`). The gradients of the entries the trial's
+        variant lacks are not meaningful (the trainer masks them).
 
     Returns:
       float[T, N], the block outputs y_t (0 at padded steps), in the promoted dtype of xs and params.
@@ -80,6 +84,8 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
     """
     xs = jnp.asarray(xs)
     _check(variant, params, xs, mask)
+    if switches is not None:
+        cells._check_switches(variant, switches)
     if reverse:
         xs = jnp.flip(xs, 0)
         mask = None if mask is None else jnp.flip(mask, 0)
@@ -95,7 +101,9 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         unroll = default_unroll()
     if not isinstance(unroll, int) or isinstance(unroll, bool) or unroll < 1:
         raise ValueError(f"fast_lstm.lstm_layer: unroll must be a positive int, got {unroll!r}")
-    ys = _layer(variant, unroll, params, xs, keep, bounds)
+    if switches is not None:
+        switches = jnp.asarray(switches, dtype)
+    ys = _layer(variant, unroll, params, xs, keep, bounds, switches)
     return jnp.flip(ys, 0) if reverse else ys
 
 
@@ -191,7 +199,7 @@ def _scan_range(body, carry0, xs, lo, hi, reverse=False, unroll=1):
     return carry, jax.tree_util.tree_map(lambda o: o[:t], outs)
 
 
-def _forward(variant, unroll, params, xs, keep, bounds):
+def _forward(variant, unroll, params, xs, keep, bounds, sw):
     """The forward scan; returns ys float[T, N] and the residuals the backward pass needs."""
     s = cells.spec(variant)
     n = params["R"].shape[0]
@@ -204,6 +212,7 @@ def _forward(variant, unroll, params, xs, keep, bounds):
     r = params["R"].reshape(n, ng * n)
     rg = params["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
     one = jnp.ones((n,), dtype)
+    on = None if sw is None else {name: sw[k] > 0 for k, name in enumerate(cells.SWITCHES)}
 
     def body(carry, inputs):
         xw_t, k_t = inputs
@@ -216,16 +225,25 @@ def _forward(variant, unroll, params, xs, keep, bounds):
         def peep(gate, cell):
             return params["p"][s.peepholes.index(gate)] * cell if gate in s.peepholes else 0.0
 
-        acts = {"z": s.g(pre["z"])}
-        for gate in ("i", "f"):
-            if gate in s.gates:
-                acts[gate] = cells.sigmoid(pre[gate] + peep(gate, c_prev))
-        i = acts.get("i", one)
-        f = acts.get("f", 1.0 - i if s.cifg else one)
-        c = acts["z"] * i + c_prev * f
-        if "o" in s.gates:
-            acts["o"] = cells.sigmoid(pre["o"] + peep("o", c))
-        y = s.h(c) * acts.get("o", one)
+        if sw is not None:  # the mixed cell (V's layout): each gate is its own or held/coupled by a switch
+            acts = {"z": jnp.where(on["linear_g"], pre["z"], jnp.tanh(pre["z"]))}
+            acts["i"] = jnp.where(on["no_i"], one, cells.sigmoid(pre["i"] + peep("i", c_prev)))
+            acts["f"] = jnp.where(on["no_f"], one, jnp.where(on["cifg"], 1.0 - acts["i"],
+                                                              cells.sigmoid(pre["f"] + peep("f", c_prev))))
+            c = acts["z"] * acts["i"] + c_prev * acts["f"]
+            acts["o"] = jnp.where(on["no_o"], one, cells.sigmoid(pre["o"] + peep("o", c)))
+            y = jnp.where(on["linear_h"], c, jnp.tanh(c)) * acts["o"]
+        else:
+            acts = {"z": s.g(pre["z"])}
+            for gate in ("i", "f"):
+                if gate in s.gates:
+                    acts[gate] = cells.sigmoid(pre[gate] + peep(gate, c_prev))
+            i = acts.get("i", one)
+            f = acts.get("f", 1.0 - i if s.cifg else one)
+            c = acts["z"] * i + c_prev * f
+            if "o" in s.gates:
+                acts["o"] = cells.sigmoid(pre["o"] + peep("o", c))
+            y = s.h(c) * acts.get("o", one)
         new = (y, c, jnp.stack([acts["i"], acts["f"], acts["o"]])) if s.fgr else (y, c)
         if k_t is not None:
             new = tuple(jnp.where(k_t > 0, a, b) for a, b in zip(new, carry))
@@ -241,9 +259,23 @@ def _forward(variant, unroll, params, xs, keep, bounds):
     return ys, (states, acts)
 
 
-def _layer_fwd(variant, unroll, params, xs, keep, bounds):
-    ys, (states, acts) = _forward(variant, unroll, params, xs, keep, bounds)
-    return ys, (params, xs, keep, bounds, states, acts)
+def _layer_fwd(variant, unroll, params, xs, keep, bounds, sw):
+    ys, (states, acts) = _forward(variant, unroll, params, xs, keep, bounds, sw)
+    return ys, (params, xs, keep, bounds, sw, states, acts)
+
+
+def _mixed_coefficients(on, peep, gate, cell, cell_prev, hc):
+    """`_coefficients` of the mixed cell (V's layout, `on`: the switches as booleans): a gate held at 1 has
+    slope 0, a replaced activation slope 1, and CIFG's i carries ∂c/∂i = z − c_{t−1} while f has no slope."""
+    zero = jnp.zeros((), cell.dtype)
+    z, i, f, o = gate["z"], gate["i"], gate["f"], gate["o"]
+    so = jnp.where(on["no_o"], zero, o * (1.0 - o))
+    out = {"z_c": jnp.where(on["linear_g"], 1.0, 1.0 - z * z) * i, "o_y": hc * so}
+    out["c_y"] = jnp.where(on["linear_h"], 1.0, 1.0 - hc * hc) * o + out["o_y"] * peep["o"]
+    out["i_c"] = jnp.where(on["cifg"], z - cell_prev, z) * jnp.where(on["no_i"], zero, i * (1.0 - i))
+    out["f_c"] = cell_prev * jnp.where(on["no_f"] | on["cifg"], zero, f * (1.0 - f))
+    out["c_c"] = f + out["i_c"] * peep["i"] + out["f_c"] * peep["f"]
+    return out
 
 
 def _coefficients(s, peep, gate, cell, cell_prev, hc):
@@ -289,7 +321,7 @@ def _coefficients(s, peep, gate, cell, cell_prev, hc):
 
 
 def _layer_bwd(variant, unroll, residuals, dys):
-    params, xs, keep, bounds, states, acts = residuals
+    params, xs, keep, bounds, sw, states, acts = residuals
     s = cells.spec(variant)
     t, n = dys.shape
     ng = len(s.gates)
@@ -299,12 +331,15 @@ def _layer_bwd(variant, unroll, residuals, dys):
     rg = p["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
     cell, cell_prev = states[1], _shift(states[1])
     gate = dict(zip(s.gates, acts))
-    hc = s.h(cell)
-
     # Everything that does not depend on the deltas is computed for all steps at once, outside the loop, and
     # folded into one coefficient per product the step needs (see `_coefficients`).
     peep = {g: p["p"][s.peepholes.index(g)] for g in s.peepholes}
-    per_step = _coefficients(s, peep, gate, cell, cell_prev, hc)
+    if sw is None:
+        per_step = _coefficients(s, peep, gate, cell, cell_prev, s.h(cell))
+    else:
+        on = {name: sw[k] > 0 for k, name in enumerate(cells.SWITCHES)}
+        hc = jnp.where(on["linear_h"], cell, jnp.tanh(cell))
+        per_step = _mixed_coefficients(on, peep, gate, cell, cell_prev, hc)
     per_step["dy_ext"] = dys.astype(dtype)
 
     def body(carry, inputs):
@@ -356,13 +391,15 @@ def _layer_bwd(variant, unroll, residuals, dys):
     grads = {k: v.astype(params[k].dtype) for k, v in grads.items()}
     dxs = (flat @ p["W"].reshape(m, ng * n).T).astype(xs.dtype)
     dkeep = None if keep is None else jnp.zeros_like(keep)
-    return grads, dxs, dkeep, None
+    dsw = None if sw is None else jnp.zeros_like(sw)
+    return grads, dxs, dkeep, None, dsw
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _layer(variant, unroll, params, xs, keep, bounds):
-    """float[T, N] outputs of the layer; keep is float[T] of 0/1 or None; bounds None or int (lo, hi)."""
-    return _forward(variant, unroll, params, xs, keep, bounds)[0]
+def _layer(variant, unroll, params, xs, keep, bounds, sw):
+    """float[T, N] outputs of the layer; keep is float[T] of 0/1 or None; bounds None or int (lo, hi); sw None
+    or the mixed cell's float[6] switches."""
+    return _forward(variant, unroll, params, xs, keep, bounds, sw)[0]
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

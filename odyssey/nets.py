@@ -24,7 +24,7 @@ _HIDDEN_AXES = {"W": (2,), "R": (0, 2), "b": (1,), "p": (1,), "Rg": (1, 3)}
 
 
 def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None, reverse: bool = False,
-               carry0: tuple | None = None) -> jax.Array:
+               carry0: tuple | None = None, switches: jax.Array | None = None) -> jax.Array:
     """Runs one LSTM layer over a sequence.
 
     Args:
@@ -36,6 +36,7 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         sequence gives exactly the outputs of the unpadded one in both directions.
       reverse: run from the last step to the first.
       carry0: the initial state (default zero), as from `odyssey.cells.init_carry`.
+      switches: optional float[6], the mixed cell's switches (with variant "V"; see `odyssey.cells.step`).
 
     Returns:
       float[T, N], the block outputs y_t (0 at padded steps).
@@ -46,13 +47,13 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
     xw = cells.input_projection(params, xs)
     if mask is None:
         def body(carry, xw_t):
-            return cells.step(variant, params, carry, xw_t)
+            return cells.step(variant, params, carry, xw_t, switches)
         _, ys = jax.lax.scan(body, carry0, xw, reverse=reverse)
         return ys
 
     def masked_body(carry, inputs):
         xw_t, m = inputs
-        new, y = cells.step(variant, params, carry, xw_t)
+        new, y = cells.step(variant, params, carry, xw_t, switches)
         keep = m > 0
         carry = jax.tree_util.tree_map(lambda a, b: jnp.where(keep, a, b), new, carry)
         return carry, jnp.where(keep, y, 0.0)
@@ -92,7 +93,8 @@ def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, 
 
 
 def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Array | None = None, *,
-              autodiff: bool = False, steps: jax.Array | int | None = None) -> jax.Array:
+              autodiff: bool = False, steps: jax.Array | int | None = None,
+              switches: jax.Array | None = None) -> jax.Array:
     """The network's output activations before the sigmoid/softmax.
 
     The LSTM layers are `odyssey.fast_lstm.lstm_layer`: the same values as `lstm_layer` with a hand-written
@@ -108,14 +110,16 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
       autodiff: static; use `lstm_layer` (autodiff through the scan) instead of the hand-written backward pass.
       steps: optional int scalar, unbatched under vmap: xs is padding from this step on, and the layers run
         only the steps before it (see `odyssey.fast_lstm.lstm_layer`). The values do not change.
+      switches: optional float[6]: with variant "V", the parameters are a mixed-cell trial's (`to_mixed`) and
+        these its switches (`odyssey.cells.switches`), e.g. one row per trial under vmap.
 
     Returns:
       float[T, K] logits (rows at padded steps are the readout's bias only; losses mask them).
     """
     if autodiff:
-        layer = lstm_layer
+        layer = functools.partial(lstm_layer, switches=switches)
     else:
-        layer = functools.partial(fast_lstm.lstm_layer, steps=steps)
+        layer = functools.partial(fast_lstm.lstm_layer, steps=steps, switches=switches)
     hidden = layer(variant, params["fwd"], xs, mask)
     if kind == "bi":
         hidden = jnp.concatenate([hidden, layer(variant, params["bwd"], xs, mask, reverse=True)], axis=-1)
@@ -155,18 +159,31 @@ def pad_hidden(params: dict, n_hidden: int, n_max: int, kind: str) -> dict:
     return padded
 
 
-def hidden_mask(variant: str, kind: str, n_in: int, n_hidden: int, n_max: int, n_out: int, dtype=np.float32):
+def hidden_mask(variant: str, kind: str, n_in: int, n_hidden: int, n_max: int, n_out: int, dtype=np.float32,
+                mixed: bool = False):
     """A 0/1 pytree shaped like a network of n_max blocks: 1 where a parameter belongs to the first n_hidden.
 
     Multiplying gradients by it keeps a padded trial exactly equal to the unpadded one, also for FGR, whose
     padded units' gates sit at σ(0) = 0.5 and would otherwise teach the gate-recurrent weights (DESIGN §6).
+    With `mixed`, shaped like the mixed cell's network (`to_mixed`), 0 also where the variant has no parameter.
     """
     _check_kind(kind)
     cell = {name: np.ones(shape, dtype) for name, shape in cells.shapes(variant, n_in, n_hidden).items()}
     d = n_hidden * (2 if kind == "bi" else 1)
     ones = {"fwd": cell, **({"bwd": cell} if kind == "bi" else {}),
             "out": {"w": np.ones((d, n_out), dtype), "b": np.ones(n_out, dtype)}}
-    return pad_hidden(ones, n_hidden, n_max, kind)
+    padded = pad_hidden(ones, n_hidden, n_max, kind)
+    return to_mixed(variant, padded) if mixed else padded
+
+
+def to_mixed(variant: str, params: dict) -> dict:
+    """A network's parameters with its LSTM layers in the mixed cell's layout (`odyssey.cells.to_mixed`)."""
+    return {k: (v if k == "out" else cells.to_mixed(variant, v)) for k, v in params.items()}
+
+
+def from_mixed(variant: str, params: dict) -> dict:
+    """The inverse of `to_mixed`."""
+    return {k: (v if k == "out" else cells.from_mixed(variant, v)) for k, v in params.items()}
 
 
 def unpad_hidden(params: dict, n_hidden: int, n_max: int, kind: str) -> dict:

@@ -96,14 +96,16 @@ def to_arrays(task: Task, split: list, dtype=np.float32) -> Arrays:
 
 
 def sequence_loss(task: Task, variant: str, params, x, mask, target, label_padding=None, steps=None,
-                  exact_steps=False):
+                  exact_steps=False, switches=None):
     """The task's loss of one sequence (summed over its steps), for `jax.grad`.
 
     `steps`, optional: x is padding from this step on (see `odyssey.nets.apply_net`); speed only.
     `exact_steps`: the caller promises that the sequence has exactly `steps` valid steps (or, with `steps`
     None, no padding at all), so the LSTM loops need no mask; the loss still applies it. Speed only.
+    `switches`: the mixed cell's, with variant "V" (see `odyssey.nets.apply_net`).
     """
-    logits = nets.apply_net(variant, task.kind, params, x, None if exact_steps else mask, steps=steps)
+    logits = nets.apply_net(variant, task.kind, params, x, None if exact_steps else mask, steps=steps,
+                            switches=switches)
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask)
     if task.loss == "xent":
@@ -111,13 +113,14 @@ def sequence_loss(task: Task, variant: str, params, x, mask, target, label_paddi
     return ctc.ctc_loss(logits[None], 1.0 - mask[None], target[None], label_padding[None])[0]
 
 
-def eval_statistics(task: Task, variant: str, params, x, mask, target, steps=None):
+def eval_statistics(task: Task, variant: str, params, x, mask, target, steps=None, switches=None):
     """Per-sequence sufficient statistics of the metric, on device.
 
     Returns (jsb) the summed NLL and the number of steps, (timit) wrong frames and frames, (iam_online) the
-    argmax label per frame int32[T] for best-path decoding on the host. `steps` as in `sequence_loss`.
+    argmax label per frame int32[T] for best-path decoding on the host. `steps` and `switches` as in
+    `sequence_loss`.
     """
-    logits = nets.apply_net(variant, task.kind, params, x, mask, steps=steps)
+    logits = nets.apply_net(variant, task.kind, params, x, mask, steps=steps, switches=switches)
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask), jnp.sum(mask)
     if task.loss == "xent":

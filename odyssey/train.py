@@ -65,6 +65,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from odyssey import cells, nets, optim, tasks
 
 DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
+# The program that trains trials of the eight variants other than FGR together (`odyssey.cells`' mixed cell).
+MIXED = "mixed"
 # Updates per draw of input noise. jax.random on CPU runs each draw as a loop of its own; drawing the noise
 # of 8 updates in one batched call (the same numbers) made the epoch 1.11x faster for one trial and 1.05x
 # for 8 (JSB shape, N = 200, paired A/B; blocks of 4 and 16 measured the same as 8).
@@ -107,6 +109,13 @@ def initialize_distributed(**kwargs):
     arguments or from the cluster's environment); the trial mesh then spans `jax.devices()`.
     """
     jax.distributed.initialize(**kwargs)
+
+
+def program_of(variant: str, mix_variants: bool = True) -> str:
+    """The program a trial of `variant` runs in: `MIXED` for the variants the mixed cell holds (with
+    `mix_variants`), else the variant's own."""
+    cells.spec(variant)
+    return MIXED if mix_variants and variant in cells.MIXABLE else variant
 
 
 def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
@@ -203,7 +212,8 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
     Args:
       task, variant: static.
       state: dict params/velocity (leading axis K), alive bool[K].
-      hp: dict of per-trial arrays: lr, momentum, noise, nesterov, clip, key uint32[K, 2], mask (pytree).
+      hp: dict of per-trial arrays: lr, momentum, noise, nesterov, clip, key uint32[K, 2], mask (pytree),
+        switches (the mixed cell's float[K, 6], or None).
       train: `tasks.Arrays` of the training split as device arrays.
       epoch: int32[K], each trial's own epoch counter (selects its shuffle and noise).
       trim: static; the training sequences differ in length: each update runs the LSTM loops only up to
@@ -222,12 +232,12 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
 
     lengths = jnp.sum(train.mask > 0, axis=1).astype(jnp.int32)
 
-    def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, eps, idx, steps):
+    def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, switches, eps, idx, steps):
         x = train.xs[idx] + std * eps
         lp = None if train.label_paddings is None else train.label_paddings[idx]
         point = optim.gradient_point(params, velocity, mu, nesterov)
         loss, grads = jax.value_and_grad(tasks.sequence_loss, argnums=2)(
-            task, variant, point, x, train.mask[idx], train.targets[idx], lp, steps, exact)
+            task, variant, point, x, train.mask[idx], train.targets[idx], lp, steps, exact, switches)
         # Loss and gradient are checked before the update, so that the update and the freeze are one pass
         # over each array (weights that overflow from finite gradients are caught after the epoch).
         finite = _all_finite(grads) & jnp.isfinite(loss)
@@ -248,10 +258,11 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
     # The LSTM loops need the mask only where a sequence ends before the loops do: with equal lengths (no
     # trim) there is no padding, and one trimmed trial's loops stop at its own sequence's end.
     exact = squeeze or not trim
-    per_trial = one if squeeze else jax.vmap(one, in_axes=(0,) * 11 + (None,))
+    per_trial = one if squeeze else jax.vmap(one, in_axes=(0,) * 12 + (None,))
     unbatch = (lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)) if squeeze else (lambda tree: tree)
     rebatch = (lambda tree: jax.tree_util.tree_map(lambda x: x[None], tree)) if squeeze else (lambda tree: tree)
-    trial_hp = unbatch([hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"], hp["noise"]])
+    trial_hp = unbatch([hp["mask"], hp["lr"], hp["momentum"], hp["nesterov"], hp["clip"], hp["noise"],
+                        hp["switches"]])
     # The updates run in blocks of NOISE_BLOCK, whose input noise is drawn in one call per block: update s of
     # an epoch still adds normal(fold_in(noise key, s)), the draws are only batched (see NOISE_BLOCK).
     n_blocks = -(-n_seq // NOISE_BLOCK)
@@ -328,15 +339,16 @@ def _local_epoch(task, variant, chunk, trim, state, hp, train, epoch):
     return jax.tree_util.tree_map(merge, out)
 
 
-def _eval_chunk(task, variant, params, chunk, steps):
+def _eval_chunk(task, variant, params, switches, chunk, steps):
     """Metric statistics of K trials on a chunk of sequences: vmapped over trials and sequences.
 
-    steps: int32 scalar, the chunk's longest sequence; the LSTM loops stop there.
+    switches: the mixed cell's float[K, 6], or None. steps: int32 scalar, the chunk's longest sequence; the
+    LSTM loops stop there.
     """
-    def per_trial(p):
-        return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t, steps))(
+    def per_trial(p, sw):
+        return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t, steps, sw))(
             chunk.xs, chunk.mask, chunk.targets)
-    return jax.vmap(per_trial)(params)
+    return jax.vmap(per_trial)(params, switches)
 
 
 def _pad_split(arrays: tasks.Arrays, multiple: int) -> tasks.Arrays:
@@ -380,16 +392,21 @@ def _eval_splits(arrays, chunk):
 
 
 class _Group:
-    """K slots of one variant and one padded hidden size, trained in lock-step epochs."""
+    """K slots of one program (a variant, or `MIXED`) and one padded hidden size, trained in lock-step epochs."""
 
     def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None):
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
+        self.mixed = variant == MIXED
+        if not self.mixed:
+            cells.spec(variant)
+        # The variant whose cell the program runs: the mixed cell is V's with per-trial switches.
+        self.cell = "V" if self.mixed else variant
         self.arrays = arrays
         n_dev = mesh.devices.size
         self.k = int(math.ceil(k / n_dev) * n_dev)
         local = self.k // n_dev
         if chunk is None:
-            weight_bytes = nets.count_params(variant, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
+            weight_bytes = nets.count_params(self.cell, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
             chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes)
         # The largest divisor of the device's slot count that does not exceed the requested chunk.
         self.chunk = max(d for d in range(1, local + 1) if local % d == 0 and d <= (chunk or local))
@@ -402,10 +419,10 @@ class _Group:
         # Trim the loops to each update's sequences when lengths differ; with equal lengths the plain scan
         # is ~5-10 % faster than the while loop that trimming needs (bench: fast_lstm, CPU).
         trim = not bool(np.all(arrays["train"].mask > 0))
-        epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, variant, self.chunk, trim), mesh=mesh,
+        epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, self.cell, self.chunk, trim), mesh=mesh,
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
         self._epoch_fn = jax.jit(epoch_fn, donate_argnums=(0,))
-        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, variant))
+        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, self.cell))
         self.slots = [None] * self.k
         empty = self._slot_values(None)
         stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *([empty] * self.k))
@@ -418,10 +435,16 @@ class _Group:
         """Host values of one slot: a trial's initial state and hyperparameters, or an empty slot."""
         n = self.n_max if trial is None else trial.hidden_size
         key = _trial_key(0 if trial is None else trial.seed)
-        params = nets.init_net(jax.random.fold_in(key, 0), self.variant, self.task.kind, self.n_in, n,
+        variant = self.cell if trial is None else trial.variant
+        if variant != self.cell and not (self.mixed and variant in cells.MIXABLE):
+            raise ValueError(f"a trial of {variant} cannot run in a group of {self.variant}")
+        params = nets.init_net(jax.random.fold_in(key, 0), variant, self.task.kind, self.n_in, n,
                                self.task.n_out, dtype=self.dtype)
-        mask = nets.hidden_mask(self.variant, self.task.kind, self.n_in, n, self.n_max, self.task.n_out, self.dtype)
+        mask = nets.hidden_mask(variant, self.task.kind, self.n_in, n, self.n_max, self.task.n_out, self.dtype,
+                                mixed=self.mixed)
         params = nets.pad_hidden(params, n, self.n_max, self.task.kind)
+        if self.mixed:
+            params = nets.to_mixed(variant, params)
         if trial is None:
             params = jax.tree_util.tree_map(np.zeros_like, params)
         state = {"params": params, "velocity": jax.tree_util.tree_map(np.zeros_like, params),
@@ -432,7 +455,8 @@ class _Group:
               "noise": real(0 if trial is None else trial.input_noise),
               "nesterov": np.bool_(True if trial is None else trial.nesterov),
               "clip": np.bool_(False if trial is None else trial.clip),
-              "key": np.asarray(key), "mask": mask}
+              "key": np.asarray(key), "mask": mask,
+              "switches": cells.switches(variant, self.dtype) if self.mixed else None}
         return {"state": state, "hp": hp}
 
     def assign(self, slot, trial):
@@ -458,7 +482,7 @@ class _Group:
         for start, steps in zip(range(0, arrays.size, self.eval_chunk), chunk_steps):
             chunk = arrays.take(slice(start, start + self.eval_chunk))
             chunk = tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None)
-            outs.append(jax.tree_util.tree_map(np.asarray, self._eval_fn(params, chunk, steps)))
+            outs.append(jax.tree_util.tree_map(np.asarray, self._eval_fn(params, self.hp["switches"], chunk, steps)))
         stats = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1), *outs)
         # Back from length order to the split's order.
         unsort = np.empty_like(order)
@@ -477,7 +501,7 @@ class _Group:
         self._epoch_fn.lower(self.state, self.hp, self.train, epoch).compile()
         arrays, _, chunk_steps = self.eval_splits["valid"]
         chunk = arrays.take(slice(0, self.eval_chunk))
-        self._eval_fn.lower(self.best, tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None),
+        self._eval_fn.lower(self.best, self.hp["switches"], tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None),
                             chunk_steps[0]).compile()
         values = self._slot_values(None)
         for tree, value in ((self.state, values["state"]), (self.hp, values["hp"]),
@@ -500,7 +524,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  trials_per_batch: int = 64, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS,
                  eval_chunk: int = 16, trials_per_chunk: int | None = None, on_epoch: Callable | None = None,
                  on_result: Callable | None = None, devices=None, dtype=np.float32,
-                 compile_ahead: bool | None = None) -> list[TrialResult]:
+                 compile_ahead: bool | None = None, mix_variants: bool = True) -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -525,6 +549,9 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
       compile_ahead: compile each group's programs in a background thread while the group before it
         trains (default `default_compile_ahead`: on accelerators, not on CPUs). Speed only; results never
         depend on it.
+      mix_variants: train the trials of the eight variants other than FGR in one program per hidden bucket
+        (`MIXED`: V's cell with per-trial switches, `odyssey.cells.to_mixed`) rather than one per variant.
+        The same numbers up to float round-off (a variant's products run over V's four gates, with zeros).
 
     Returns:
       The results, in the order of `trials`.
@@ -544,7 +571,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
     groups = {}
     for t in trials:
-        groups.setdefault((t.variant, bucket_of(t.hidden_size, hidden_buckets)), []).append(t)
+        groups.setdefault((program_of(t.variant, mix_variants), bucket_of(t.hidden_size, hidden_buckets)),
+                          []).append(t)
     keys = list(groups)
     if compile_ahead is None:
         compile_ahead = default_compile_ahead(mesh.devices.flat[0])

@@ -169,3 +169,36 @@ def test_layer_compiles_once_per_padded_length():
     for length in (3, 7, 10):
         mask = (jnp.arange(10) < length).astype(jnp.float32)
         run(jnp.ones((10, 3)), mask)
+
+
+def test_mixed_cell_computes_each_variant_from_its_embedded_parameters(x64):
+    """V's cell with a variant's switches, on the variant's parameters embedded in V's layout (zeros elsewhere),
+    against the hand-stepped loop of that variant; the embedding round-trips."""
+    m, n, t = 3, 5, 9
+    xs = np.random.default_rng(4).normal(size=(t, m))
+    for variant in cells.MIXABLE:
+        params = cells.init(jax.random.PRNGKey(2), variant, m, n, std=0.5, dtype=np.float64)
+        mixed = cells.to_mixed(variant, params)
+        assert {k: v.shape for k, v in mixed.items()} == cells.shapes("V", m, n)
+        back = cells.from_mixed(variant, mixed)
+        assert set(back) == set(params) and all(np.array_equal(back[k], params[k]) for k in params)
+        # every entry of V's layout is either the variant's own or zero
+        assert sum(int(np.count_nonzero(v)) for v in mixed.values()) == cells.count_params(variant, m, n)
+        got = np.asarray(nets.lstm_layer("V", mixed, jnp.asarray(xs), switches=cells.switches(variant, np.float64)))
+        want = reference_layer(variant, cells.to_paper(variant, params), xs)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10, err_msg=variant)
+
+
+def test_mixed_cell_switches_and_bad_input():
+    on = {v: {name for name, s in zip(cells.SWITCHES, cells.switches(v)) if s} for v in cells.MIXABLE}
+    assert on == {"V": set(), "NIG": {"no_i"}, "NFG": {"no_f"}, "NOG": {"no_o"}, "NIAF": {"linear_g"},
+                  "NOAF": {"linear_h"}, "NP": set(), "CIFG": {"cifg"}}
+    assert "FGR" not in cells.MIXABLE and set(cells.MIXABLE) | {"FGR"} == set(cells.VARIANTS)
+    with pytest.raises(ValueError, match="FGR has no mixed-cell form"):
+        cells.switches("FGR")
+    params = cells.init(jax.random.PRNGKey(0), "V", 2, 3)
+    with pytest.raises(ValueError, match="must be 'V'"):
+        nets.lstm_layer("NP", cells.init(jax.random.PRNGKey(0), "NP", 2, 3), jnp.zeros((4, 2)),
+                        switches=cells.switches("NP"))
+    with pytest.raises(ValueError, match=r"switches must be float\[6\]"):
+        nets.lstm_layer("V", params, jnp.zeros((4, 2)), switches=np.zeros(5, np.float32))

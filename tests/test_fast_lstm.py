@@ -216,3 +216,39 @@ def test_bad_arguments_are_named(change, message):
     args = ("V", _params("V", 9, np.float32), _data(9, np.float32)[0], jnp.asarray(_MASK, jnp.float32))
     with pytest.raises(ValueError, match=message):
         fast_lstm.lstm_layer(*change(*args))
+
+
+def test_mixed_cell_equals_each_variants_own_layer_under_vmap(x64):
+    """The eight mixable variants as one vmapped batch of the mixed cell (V's layout, per-row switches): outputs
+    and the gradients of the variant's own parameters equal autodiff of the variant's own layer; the
+    gradients of the entries a variant lacks are zero except NP's peepholes (which the trainer masks)."""
+    variants = cells.MIXABLE
+    own = [_params(v, 40 + j) for j, v in enumerate(variants)]
+    mixed = [cells.to_mixed(v, {k: np.asarray(x) for k, x in p.items()}) for v, p in zip(variants, own)]
+    switches = jnp.asarray(np.stack([cells.switches(v, np.float64) for v in variants]))
+    xs, cots = _data(41)
+    mask = jnp.asarray(_MASK)
+    mode = (True, True)
+    cot = cots[_MODES.index(mode)]
+
+    def program(p, sw):
+        def loss(p, x):
+            ys = fast_lstm.lstm_layer("V", p, x, mask, reverse=True, unroll=2, switches=sw)
+            return jnp.sum(ys * cot), ys
+        (_, ys), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(p, xs)
+        return ys, grads
+
+    stack = functools.partial(jax.tree_util.tree_map, lambda *a: jnp.stack(a))
+    ys, (grads, dxs) = jax.jit(jax.vmap(program), compiler_options=_QUICK_COMPILE)(stack(*mixed), switches)
+    for j, v in enumerate(variants):
+        want_ys, (want_p, want_x) = _reference(v, own[j], xs, cots, mask)[_MODES.index(mode)]
+        got_p = {k: np.asarray(g[j]) for k, g in grads.items()}
+        _assert_close((ys[j], (cells.from_mixed(v, got_p), dxs[j])), (want_ys, (want_p, want_x)), _RTOL64,
+                      _ATOL64, v)
+        ones = cells.to_mixed(v, {k: np.ones_like(np.asarray(x)) for k, x in own[j].items()})
+        for k in got_p:
+            foreign = got_p[k][ones[k] == 0]
+            if v == "NP" and k == "p":
+                assert np.max(np.abs(foreign)) > 1e-3
+            else:
+                assert np.all(foreign == 0), (v, k)

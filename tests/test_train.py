@@ -151,9 +151,9 @@ def test_one_trial_equals_the_reference_loop(task, variant, x64):
 def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
     """A trial alone equals the same trial among 7 others of other sizes, variants and hyperparameters.
 
-    The 5 NP trials run as one vmapped step (chunk None) or in chunks of 1 (the largest divisor of 5 that is
-    at most 3) one after another; the trial alone runs without vmap. The chunked case keeps only the NP group
-    (the other variants' groups would be chunked alike and only add compilations).
+    The 7 trials of the mixed program (NP, V, NIG) run as one vmapped step (chunk None) or in chunks of 1 (the
+    largest divisor of 7 that is at most 3) one after another; the trial alone runs without vmap. The chunked
+    case leaves out the FGR trial (its group would be chunked alike and only add compilations).
     """
     splits = make_splits("timit", seed=1)
     target = train.Trial(0, "NP", 5, 1e-2, 0.9, 0.5, nesterov=False, clip=True, seed=3)
@@ -161,7 +161,7 @@ def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
         [("NP", 7, 3e-3), ("NP", 3, 1e-3), ("V", 8, 1e-2), ("NP", 8, 5e-2), ("FGR", 6, 1e-2), ("NP", 2, 1e-4),
          ("NIG", 5, 1e-2)], start=1)]
     if chunk is not None:
-        others = [t for t in others if t.variant == "NP"]
+        others = [t for t in others if t.variant != "FGR"]
     alone, alone_curves = run_alone("timit", 1, target, 5)
     batch, batch_curves = run_trainer("timit", splits, others[:2] + [target] + others[2:], max_epochs=3, patience=5,
                                       trials_per_batch=8, hidden_buckets=(8,), trials_per_chunk=chunk,
@@ -171,6 +171,27 @@ def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
     np.testing.assert_allclose([batch[0].val_metric, batch[0].test_metric],
                                [alone[0].val_metric, alone[0].test_metric], rtol=1e-10)
     assert (batch[0].epochs, batch[0].best_epoch) == (alone[0].epochs, alone[0].best_epoch)
+
+
+def test_the_mixed_program_equals_each_variants_own_program(x64):
+    """The eight variants other than FGR, trained together in one program (V's cell with per-trial switches,
+    padded to N = 6) follow what each variant's own program gives (mix_variants=False), to float64 round-off;
+    the variants' parameter counts are their own."""
+    splits = make_splits("jsb", seed=7)
+    trials = [train.Trial(i, v, 3 + i % 4, 2e-2, 0.8, 0.2, i % 2 == 0, i % 3 == 0, seed=20 + i)
+              for i, v in enumerate(cells.MIXABLE)]
+    kwargs = dict(max_epochs=3, patience=5, hidden_buckets=(6,), dtype=np.float64)
+    mixed, mixed_curves = run_trainer("jsb", splits, trials, **kwargs)
+    own, own_curves = run_trainer("jsb", splits, trials, mix_variants=False, **kwargs)
+    for t in trials:
+        assert len(mixed_curves[t.trial_id]) == 3
+        np.testing.assert_allclose(mixed_curves[t.trial_id], own_curves[t.trial_id], rtol=1e-10, err_msg=t.variant)
+        np.testing.assert_allclose(mixed[t.trial_id].test_metric, own[t.trial_id].test_metric, rtol=1e-10)
+        assert mixed[t.trial_id].n_params == own[t.trial_id].n_params == nets.count_params(
+            t.variant, "uni", 88, t.hidden_size, 88)
+    # the variants do learn differently (the switches are not all off)
+    finals = [mixed_curves[t.trial_id][-1] for t in trials]
+    assert len(set(np.round(finals, 8))) == len(trials)
 
 
 @pytest.mark.parametrize("variant", cells.VARIANTS)
@@ -263,12 +284,12 @@ def compiles(caplog):
 
 
 def test_compile_ahead_compiles_each_group_beside_the_one_before_and_changes_nothing(x64, compiles):
-    """Three groups (V at N <= 5 with 4 trials on 3 slots, so a slot is refilled; NP at 5; V at 8): with compile_ahead
+    """Three groups (V at N <= 5 with 4 trials on 3 slots, so a slot is refilled; FGR at 5; V at 8): with compile_ahead
     every group program is compiled in the background thread, none by the training loop, and every number is
     the same as without it (the same programs)."""
     splits = make_splits("jsb", seed=6)
     trials = [train.Trial(i, v, n, 1e-2, 0.9, 0.1, True, False, seed=i) for i, (v, n) in enumerate(
-        [("V", 3), ("V", 5), ("NP", 4), ("V", 7), ("V", 4), ("V", 2)])]
+        [("V", 3), ("V", 5), ("FGR", 4), ("V", 7), ("V", 4), ("V", 2)])]
     kwargs = dict(max_epochs=3, patience=1, trials_per_batch=3, hidden_buckets=(5, 8), dtype=np.float64)
     programs = {"jit(_local_epoch)", "jit(_eval_chunk)", "jit(_set_slot)", "jit(_select)"}
     runs = {}

@@ -4,16 +4,17 @@
 #   bench/gpu_check.sh OUT_DIR [JSB_FILE]
 #
 #   1. trainer_speed at N = 200, K = 1, 32, 200, beside PyTorch eager and CUDA graph (JSB and TIMIT shapes);
-#   2. trainer_speed of V at N = 40 and 200 with 64 and 512 trials (how much a bigger program buys: the
-#      case for training several variants in one program);
-#   3. study_time on all three tasks (64 trials per bucket) and the projection of the full study;
+#   2. trainer_speed of the mixed program (eight variants in one) at N = 40 and 200 with 64 and 512 trials (how
+#      much a bigger program buys), and at N = 200 with 512 trials in one vmap instead of the default chunks;
+#   3. study_time on all three tasks (the mixed program, 64 and 512 trials per bucket) and the projection of
+#      the full study;
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file).
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
-# 300, 900: about 28 minutes in all; stages 1-3 took about 4 minutes on an H200, with the LSTM loops unrolled
-# by 1). A stage stopped at its limit keeps what it logged. Run from the repository root, after
-# `pip install -e '.[bench]'` (or with the repository on PYTHONPATH).
+# 400, 900: about 30 minutes in all). STAGES picks stages (default "speed big project study"). A stage
+# stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
+# (or with the repository on PYTHONPATH).
 set -u
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [JSB_FILE]}
 jsb=${2:-}
@@ -29,17 +30,22 @@ stage() {  # name limit command...
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   $py -c "import jax; print('jax', jax.__version__, jax.devices())"; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
-stage speed "${LIMIT_SPEED:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=1,32,200 \
+stages=" ${STAGES:-speed big project study} "
+want() { [[ "$stages" == *" $1 "* ]]; }
+want speed && stage speed "${LIMIT_SPEED:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=1,32,200 \
   --repeats=3 --min_time=0.3 --out="$out/speed.json"
-stage big "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=40,200 --trials=64,512 --notorch \
-  --repeats=2 --min_time=0.2 --out="$out/big.json"
-stage project "${LIMIT_PROJECT:-300}" $py bench/study_time.py --device=gpu --tasks=jsb,timit,iam_online \
-  --trials=64 --repeats=2 --min_time=0.2 --epochs_estimate=60 --out="$out/project.json"
-if [ -n "$jsb" ]; then
+want big && stage big "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=40,200 --trials=64,512 \
+  --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/big.json"
+want big && stage onevmap "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=512 \
+  --trials_per_chunk=512 --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/onevmap.json"
+want project && stage project "${LIMIT_PROJECT:-400}" $py bench/study_time.py --device=gpu \
+  --tasks=jsb,timit,iam_online --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 \
+  --out="$out/project.json"
+if [ -n "$jsb" ] && want study; then
   rm -rf "$out/jsb_study"
   stage study "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
     --workdir="$out/jsb_study" --progress_seconds=30
 fi
-for name in speed big project study; do
+for name in speed big onevmap project study; do
   [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |Study finished|rror" "$out/$name.log" | tail -25; }
 done

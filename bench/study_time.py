@@ -11,9 +11,12 @@ Run (from the repository root):
    first call (compile). Variant V stands for all nine unless --variants names more.
 2. Projects the full study: 27 x 200 trials (the task configs' own draws, `odyssey.search.draw_trials`:
    hidden sizes log-uniform integers in [20, 200]), grouped as the trainer groups them (one program per
-   variant and hidden bucket, min(trials_per_batch, trials) slots, a finished trial's slot refilled by the
-   next pending one, a group running until its last trial ends), each lock-step epoch costing a training
-   epoch and a validation pass at the group's K, a test pass whenever a trial ends, one compile per group.
+   hidden bucket for the eight variants other than FGR, one for FGR; --nomix_variants: one per variant and
+   bucket; min(trials_per_batch, trials) slots rounded up to whole chunks, a finished trial's slot refilled
+   by the next pending one, a group running until its last trial ends, and once none is pending the live
+   trials packed into the fewest chunks), each lock-step epoch costing a training epoch and a validation
+   pass at the group's K (of the busy chunks' slots once packed), a test pass whenever a trial ends, one
+   compile per group.
    Epochs per trial: the bound (every trial runs --max_epochs), and the estimate: --epochs_estimate for
    every trial, or the epochs of the finished trials of --store (their mean for every trial, and their
    distribution drawn per trial, which shows the cost of groups waiting on their longest trial).
@@ -42,7 +45,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from odyssey import search, train
+from odyssey import nets, search, tasks, train
 
 import trainer_speed  # bench/ is the script's folder, so on sys.path
 
@@ -73,7 +76,10 @@ def _define_flags():
     flags.DEFINE_list("buckets", None, "Hidden buckets (default: the configs' 40,80,120,160,200; --quick: "
                       "40,120,200). The projection pads each trial to these.")
     flags.DEFINE_list("trials", None, "Trial counts K to measure (default 1,16,64; --quick 8).")
-    flags.DEFINE_list("variants", ["V"], "Variants to measure; the others take V's cost.")
+    flags.DEFINE_list("variants", ["V"], "Variants to measure (or 'mixed', the program of the eight variants "
+                      "other than FGR); the others take V's cost.")
+    flags.DEFINE_bool("mix_variants", True, "Project the trainer's grouping with the eight variants other than "
+                      "FGR in one program per bucket (train_trials' default); false: one program per variant.")
     flags.DEFINE_integer("trials_per_batch", None, "Slots per group in the projection (default: the configs').")
     flags.DEFINE_integer("max_epochs", 150, "The epoch bound of every trial.")
     flags.DEFINE_float("epochs_estimate", None, "Mean epochs per trial under early stopping.")
@@ -147,16 +153,35 @@ def simulate_group(epochs, k):
       k: slots.
 
     Returns:
-      (lock-step epochs, epochs at which at least one trial ended, slot-epochs of live trials).
+      (lock-step epochs, epochs at which at least one trial ended, slot-epochs of live trials, the lock-step
+      epoch at which the last trial started, live trials in each lock-step epoch int[lock-step epochs]).
     """
     free = [0] * k  # the last lock-step epoch each slot is busy until
     ends = set()
+    spans = []
     for e in epochs:
         start = heapq.heappop(free)
         end = start + int(e)
         ends.add(end)
+        spans.append((start, end))
         heapq.heappush(free, end)
-    return max(free), len(ends), int(sum(int(e) for e in epochs))
+    lockstep = max(free)
+    live = np.zeros(lockstep + 1, int)
+    for start, end in spans:
+        live[start] += 1
+        live[end] -= 1
+    last_start = max((start for start, _ in spans), default=0)
+    return lockstep, len(ends), int(sum(int(e) for e in epochs)), last_start, np.cumsum(live)[:lockstep]
+
+
+def _chunk(task, bucket, k, device_kind):
+    """Trials per chunk of a group of k slots at `bucket`, as `odyssey.train._Group` sizes them by default."""
+    spec = tasks.get_task(task)
+    weight_bytes = nets.count_params("V", spec.kind, trainer_speed.N_INPUTS[task], bucket, spec.n_out) * 4
+    device = collections.namedtuple("Device", "platform")("cpu" if device_kind.startswith("cpu") else "gpu")
+    chunk = train.default_trials_per_chunk(device, weight_bytes)
+    n_chunks = math.ceil(k / min(chunk, k))
+    return math.ceil(k / n_chunks)
 
 
 def _extrapolate(short, long, steps_short, steps_long, steps):
@@ -218,13 +243,16 @@ def _measure(task, buckets, trial_counts, variants, device, scale):
 def _group_cost(rows, task, variant, bucket, k):
     """Seconds of one lock-step epoch's parts at K slots, from the measured rows (V's where not measured)."""
     mine = [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == variant]
+    if variant == train.MIXED:  # the mixed program runs V's layout
+        mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == "V"]
     mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == "V"]
     mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket]
     return {part: interpolate({r["K"]: r[part] for r in mine}, k)
             for part in ("train_epoch_s", "valid_s", "test_s", "compile_s")}
 
 
-def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile_ahead=False):
+def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile_ahead=False, mix_variants=True,
+            device_kind="cpu"):
     """Projected seconds of one task's study under one rule for each trial's epochs.
 
     Args:
@@ -239,28 +267,38 @@ def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile
       compile_ahead: the trainer compiles a group while the one before it runs (`odyssey.train.train_trials`
         does on accelerators): a group after the first waits only for the part of its compile that outlasts
         the group before it.
+      mix_variants: group as `train_trials(mix_variants=...)` does (the eight variants other than FGR in one
+        program per bucket).
+      device_kind: the measured device (its chunk size; "cpu..." or another): once a group has no pending
+        trials, its live trials are packed into the first chunks and an epoch costs what a group of the
+        busy chunks' slots costs.
 
     Returns:
       dict of totals: seconds of training, evaluation, compilation and all; lock-step and live slot-epochs.
     """
     total = collections.Counter()
     previous_run = None
-    for g, members in enumerate(search.schedule(trials, buckets)):
+    ordered = [t for group in search.schedule(trials, buckets) for t in group]
+    for g, ((program, bucket), members) in enumerate(train.group_trials(ordered, buckets, mix_variants).items()):
         k = min(tpb, len(members))
         if balanced:
             k = math.ceil(len(members) / math.ceil(len(members) / tpb))
-        bucket = train.bucket_of(members[0].hidden_size, buckets)
-        cost = _group_cost(rows, task, members[0].variant, bucket, k)
-        lockstep, test_passes, live = simulate_group(epochs_of(g, members), k)
-        train_s = lockstep * cost["train_epoch_s"]
-        eval_s = lockstep * cost["valid_s"] + test_passes * cost["test_s"]
+        chunk = _chunk(task, bucket, k, device_kind)
+        k = math.ceil(k / chunk) * chunk
+        cost = _group_cost(rows, task, program, bucket, k)
+        lockstep, test_passes, live, last_start, live_at = simulate_group(epochs_of(g, members), k)
+        # epochs after the last start: the live trials packed into ceil(live / chunk) chunks
+        busy = np.where(np.arange(lockstep) >= last_start, np.ceil(live_at / chunk) * chunk, k)
+        per_k = {int(b): _group_cost(rows, task, program, bucket, int(b)) for b in np.unique(busy)}
+        train_s = float(sum(per_k[int(b)]["train_epoch_s"] for b in busy))
+        eval_s = float(sum(per_k[int(b)]["valid_s"] for b in busy)) + test_passes * cost["test_s"]
         total["train_s"] += train_s
         total["eval_s"] += eval_s
         overlap = previous_run if compile_ahead and previous_run is not None else 0.0
         total["compile_s"] += max(0.0, cost["compile_s"] - overlap)
         previous_run = train_s + eval_s
         total["lockstep_epochs"] += lockstep
-        total["slot_epochs"] += lockstep * k
+        total["slot_epochs"] += int(busy.sum())
         total["live_slot_epochs"] += live
         total["groups"] += 1
     total["total_s"] = total["train_s"] + total["eval_s"] + total["compile_s"]
@@ -365,10 +403,11 @@ def main(argv):
             rows += mine
         mean_steps = TASK_SHAPES[task].steps
         for rule, (_, epochs_of) in rules.items():
-            result = project(rows, task, trials, buckets, tpb, epochs_of, compile_ahead=ahead)
+            kwargs = dict(compile_ahead=ahead, mix_variants=FLAGS.mix_variants, device_kind=info["jax_device"])
+            result = project(rows, task, trials, buckets, tpb, epochs_of, **kwargs)
             result.update(task=task, rule=rule,
                           balanced_total_s=project(rows, task, trials, buckets, tpb, epochs_of, True,
-                                                   compile_ahead=ahead)["total_s"])
+                                                   **kwargs)["total_s"])
             if task in settings["padded_steps"]:
                 factor = settings["padded_steps"][task] / mean_steps
                 result["padded_total_s"] = result["total_s"] + (factor - 1) * (result["train_s"] + result["eval_s"])
@@ -430,7 +469,9 @@ def _print_tables(rows, projections, studies, rules, settings, info):
           "scaled in proportion;"
           if settings["step_scale"] > 1 else "  sequences at the task's mean length;")
     print("  'N^2 fill' = sum of N^2 / sum of padded N^2 over the trials; 'slot use' = live slot-epochs / "
-          "slot-epochs;")
+          "slot-epochs (of the busy chunks once a group is packed);")
+    print(f"  groups: {'the eight variants other than FGR in one program per bucket' if FLAGS.mix_variants else 'one program per variant and bucket'}; "
+          "chunks sized as the trainer sizes them on the measured device;")
     print("  'balanced': a group of m trials given ceil(m / waves) slots, waves = ceil(m / trials_per_batch), "
           "instead of min(trials_per_batch, m);")
     print(f"  'padded' scales training and evaluation to the longest sequence the trainer pads to "

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odyssey import fast_lstm, tasks, train
+from odyssey import cells, fast_lstm, tasks, train
 
 FLAGS = flags.FLAGS
 
@@ -112,7 +112,8 @@ def synthetic_splits(task: str, steps: int, sizes: dict, labels: int = 0, seed: 
 
 
 class TrainerTimer:
-    """K trials of one variant at one hidden size in the trainer's own group program, timed per epoch.
+    """K trials of one variant (or of `train.MIXED`: the eight mixable variants in turn) at one hidden size in the
+    trainer's own group program, timed per epoch.
 
     Uses `odyssey.train`'s internal group (the program `train_trials` runs), so what is timed is exactly
     the trainer's epoch: K slots, all live, all at hidden size N (no padding).
@@ -125,9 +126,11 @@ class TrainerTimer:
         self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                   np.dtype(np.float32), chunk=chunk)
         self.chunk = self.group.chunk
+        # The mixed program's slots hold its variants in turn.
+        kinds = cells.MIXABLE if variant == train.MIXED else (variant,)
         for slot in range(self.group.k):
             # A small learning rate keeps every trial finite (a chunk of frozen trials would be skipped).
-            self.group.assign(slot, train.Trial(trial_id=slot, variant=variant, hidden_size=hidden,
+            self.group.assign(slot, train.Trial(trial_id=slot, variant=kinds[slot % len(kinds)], hidden_size=hidden,
                                                 learning_rate=1e-5, momentum=0.9, input_noise=0.1,
                                                 seed=seed * 100_003 + slot))
         self.k = self.group.k

@@ -209,8 +209,9 @@ def _train_pending(st, config, splits, every_s):
         progress.log()
 
     if trials:
-        logging.info("Training %d trials in %d groups (variant x hidden bucket), %d trials at once per group",
-                     len(trials), len(groups), config.search.trials_per_batch)
+        programs = train.group_trials([t for g in groups for t in g], tuple(config.search.hidden_buckets))
+        logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group",
+                     len(trials), len(programs), config.search.trials_per_batch)
         train.train_trials(config.task, splits, [t for g in groups for t in g], max_epochs=config.train.max_epochs,
                            patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
                            hidden_buckets=tuple(config.search.hidden_buckets),

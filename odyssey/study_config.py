@@ -74,12 +74,15 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # The one seed every trial's hyperparameters and training seed are drawn from.
     config.search.seed = 0
     # The most trials one compiled program trains at once; it changes speed and memory, never the numbers.
-    config.search.trials_per_batch = 64
+    # 512 holds a whole group of the full study (the mixed program's smallest bucket gets ~480 of its 1600
+    # trials), so a group runs as long as its longest trial rather than in waves.
+    config.search.trials_per_batch = 512
     # Trials per vmapped step within a program (unset: odyssey.train.default_trials_per_chunk, ~4 MiB of
-    # weights on a CPU, all on an accelerator); speed only, never the numbers.
+    # weights on a CPU, ~128 MiB on an accelerator); speed only, never the numbers.
     config.search.trials_per_chunk = config_dict.placeholder(int)
     # Trials are padded to the smallest of these hidden sizes that holds them. Each bucket is one compiled
-    # program per variant: quick uses one, because compiling costs more than padding for a few trials.
+    # program for FGR and one for the other eight variants (odyssey.train.MIXED): quick uses one bucket,
+    # because compiling costs more than padding for a few trials.
     config.search.hidden_buckets = (200,) if quick else (40, 80, 120, 160, 200)
     # The search space (DESIGN §4): hyperparameter -> (distribution, *parameters). Distributions:
     # log_uniform(low, high), one_minus_log_uniform(low, high) = 1 - log_uniform, uniform(low, high),

@@ -6,9 +6,11 @@ Sutskever's form with the learning rate scaled by (1 − momentum), optional ele
 full BPTT; after each epoch the validation metric, the best parameters kept, a stop at `max_epochs` or after
 `patience` epochs without improvement, and the test metric of the best epoch.
 
-How trials run together. Trials are grouped by (variant, hidden-size bucket): each group is one compiled
-program (the variant fixes the cell's structure, the bucket fixes the padded hidden size) that trains K slots
-at once; per-trial hyperparameters are arrays. A trial's hidden size is zero-padded to its bucket's size and
+How trials run together. Trials are grouped by (program, hidden-size bucket): each group is one compiled
+program that trains K slots at once; the bucket fixes the padded hidden size, the program the cell: FGR's
+own, or `MIXED`, V's cell with six per-trial switches that make it compute any of the other eight variants
+(`odyssey.cells.to_mixed`; `mix_variants=False` gives every variant its own program). Per-trial
+hyperparameters and switches are arrays. A trial's hidden size is zero-padded to its bucket's size and
 its gradient multiplied by a 0/1 mask of its own units, which keeps it exactly equal to the unpadded trial
 (FGR included, DESIGN §6). A slot whose trial stops (early stopping, the epoch bound, divergence) takes the
 group's next pending trial at the next epoch, so slots do not idle while work is pending. Every random draw
@@ -17,13 +19,19 @@ from the batch, so its numbers do not depend on the batch around it (up to float
 matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise).
 
 Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-updates/s summed over trials):
-* One program per variant, not one for all nine: a "universal" cell would carry FGR's 3N×3N gate
-  recurrence for every trial, and FGR costs 1.9× V per update at N = 100 and 3.3× at N = 200 (JSB shape,
-  one trial: V 416 and 201, FGR 217 and 61), so each trial would pay FGR's price.
+* One program for eight variants, FGR apart. On a GPU a step of a few dozen small trials is bound by
+  launches, not work (H200, 64 trials of V, JSB shape: N = 40 ran 3× the sequence-updates/s of N = 200 with
+  1/25 of the work), and one program per variant split a study into 45 groups per task of ≤ 61 trials each,
+  run one after another. The mixed program makes them 5 groups of ~250-500 trials (plus FGR's 5). A
+  "universal" cell with FGR too would carry FGR's 3N×3N gate recurrence for every trial, and FGR costs 1.9×
+  V per update at N = 100 and 3.3× at N = 200 (JSB shape, one trial on CPU: V 416 and 201, FGR 217 and 61).
+  The switches cost a few selects per step; three-gate variants run V's four gates (their fourth is zero).
 * Chunks: a device's slots run as vmapped chunks one after another (`lax.map`); a chunk whose trials are
   all frozen is skipped; a chunk of one trial runs without vmap (+18 % at N = 100 over a vmap of one).
   On a CPU a chunk holds ~4 MiB of weights (`default_trials_per_chunk`: 32 trials at N = 200 ran 155/s
-  in one vmap, 224/s in chunks of 4); on an accelerator one vmap takes all of a device's slots.
+  in one vmap, 224/s in chunks of 4); on an accelerator ~128 MiB (one chunk for small hidden sizes, several
+  for large ones, where a step is bound by streaming the weights). Once a group has no pending trials, its
+  live trials are packed into the first chunks (`_Group.pack`), so ended trials stop costing time.
 * Padding: sequences of a split are padded to its longest (one compiled shape), but when their lengths
   differ each update runs the LSTM loops only up to the longest sequence among the chunk's trials
   (`fast_lstm.lstm_layer(steps=...)`; exact, the rest is padding). On the JSB stand-in's training
@@ -118,6 +126,18 @@ def program_of(variant: str, mix_variants: bool = True) -> str:
     return MIXED if mix_variants and variant in cells.MIXABLE else variant
 
 
+def group_trials(trials, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS, mix_variants: bool = True) -> dict:
+    """The trainer's groups: (program, bucket) -> the trials it trains in one program, in the order given.
+
+    The groups come in the order of their first trials (`train_trials` runs them in that order).
+    """
+    groups = {}
+    for t in trials:
+        groups.setdefault((program_of(t.variant, mix_variants), bucket_of(t.hidden_size, hidden_buckets)),
+                          []).append(t)
+    return groups
+
+
 def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
     """The smallest bucket that holds `hidden_size`."""
     for b in sorted(buckets):
@@ -128,6 +148,8 @@ def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
 
 # On a CPU, a chunk of trials whose weights fill about this many bytes runs fastest (see below).
 CPU_CHUNK_BYTES = 4 << 20
+# On an accelerator, a chunk holds about this many bytes of weights (see below).
+ACCELERATOR_CHUNK_BYTES = 128 << 20
 
 
 def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
@@ -141,16 +163,21 @@ def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
         of 1 204; N = 100 (0.3 MB): chunks of 8 beat chunks of 4 by 13 %.
       TIMIT shape (bidirectional, T = 100), N = 200 (1.6 MB), 8 trials: one vmap 79, chunks of 4 84,
         of 2 104, of 1 92.
-    On an accelerator (None: all of a device's trials in one step) the vmap keeps the device busy; chunks
-    would only serialise the work.
+    On an accelerator a step of a few dozen small trials is bound by launch overhead, not by the work, so
+    the more trials one step holds the better, until the weights streamed at each time step are enough to
+    keep the memory busy: on an H200 (bench/results/, 2026-11-27) 64 trials at N = 200 (JSB shape, 1 MB of
+    weights each) already ran at the memory's rate (about 16 µs per time step for 64 MB of recurrent weights
+    read forward and backward). So an accelerator's chunk holds about `ACCELERATOR_CHUNK_BYTES` of weights:
+    small hidden sizes run all of a device's trials in one step, large ones in chunks, and once a group has
+    no pending trials left, its live trials are packed into the first chunks (`_Group.pack`), so that the
+    chunks of ended trials are skipped rather than streamed.
 
     Args:
       device: a JAX device of the trial mesh.
       weight_bytes: the bytes of one trial's (padded) parameters.
     """
-    if device.platform != "cpu":
-        return None
-    return max(1, CPU_CHUNK_BYTES // max(1, weight_bytes))
+    budget = CPU_CHUNK_BYTES if device.platform == "cpu" else ACCELERATOR_CHUNK_BYTES
+    return max(1, budget // max(1, weight_bytes))
 
 
 def default_compile_ahead(device) -> bool:
@@ -403,13 +430,15 @@ class _Group:
         self.cell = "V" if self.mixed else variant
         self.arrays = arrays
         n_dev = mesh.devices.size
-        self.k = int(math.ceil(k / n_dev) * n_dev)
-        local = self.k // n_dev
+        local = int(math.ceil(k / n_dev))
         if chunk is None:
             weight_bytes = nets.count_params(self.cell, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
             chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes)
-        # The largest divisor of the device's slot count that does not exceed the requested chunk.
-        self.chunk = max(d for d in range(1, local + 1) if local % d == 0 and d <= (chunk or local))
+        # Chunks of equal size, at most `chunk`, that hold the device's slots (the last may gain empty slots).
+        n_chunks = int(math.ceil(local / min(chunk or local, local)))
+        self.chunk = int(math.ceil(local / n_chunks))
+        self.k = self.chunk * n_chunks * n_dev
+        self.n_dev = n_dev
         self.shard = NamedSharding(mesh, PartitionSpec("trials"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
         self.eval_chunk = eval_chunk
@@ -490,6 +519,33 @@ class _Group:
         stats = jax.tree_util.tree_map(lambda s: s[:, :order.size][:, unsort], stats)
         return tasks.finish_metric(self.task, stats, self.arrays[split])
 
+    def pack(self):
+        """Moves each device's live trials into its first slots when that empties chunks, so the chunks of
+        ended trials are skipped (`_local_epoch`) instead of trained frozen. Trials keep everything of theirs
+        (weights, velocity, best weights, hyperparameters, keys, epoch counters); only their slots change.
+
+        Returns:
+          None when no chunk would be emptied, else perm int[K]: new slot -> old slot (the caller moves its own
+          per-slot bookkeeping alike).
+        """
+        local = self.k // self.n_dev
+        if self.chunk >= local:
+            return None
+        perm, gain = [], False
+        for first in range(0, self.k, local):
+            live = [s for s in range(first, first + local) if self.slots[s] is not None]
+            busy = len({(s - first) // self.chunk for s in live})
+            gain |= busy > math.ceil(len(live) / self.chunk)
+            perm += live + [s for s in range(first, first + local) if self.slots[s] is None]
+        if not gain:
+            return None
+        perm = np.asarray(perm)
+        index = jax.device_put(perm.astype(np.int32), self.replicated)
+        self.state, self.hp, self.best = _take(index, (self.state, self.hp, self.best))
+        self.epoch = self.epoch[perm]
+        self.slots = [self.slots[s] for s in perm]
+        return perm
+
     def keep_best(self, improved):
         self.best = _select(jnp.asarray(improved), self.state["params"], self.best)
 
@@ -513,6 +569,11 @@ class _Group:
 @functools.partial(jax.jit, donate_argnums=(1,))
 def _set_slot(slot, tree, values):
     return jax.tree_util.tree_map(lambda a, v: a.at[slot].set(v), tree, values)
+
+
+@functools.partial(jax.jit, donate_argnums=(1,))
+def _take(index, tree):
+    return jax.tree_util.tree_map(lambda a: a[index], tree)
 
 
 @jax.jit
@@ -569,10 +630,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     arrays = {name: tasks.to_arrays(spec, splits[name], dtype) for name in ("train", "valid", "test")}
     n_in = arrays["train"].xs.shape[-1]
     mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
-    groups = {}
-    for t in trials:
-        groups.setdefault((program_of(t.variant, mix_variants), bucket_of(t.hidden_size, hidden_buckets)),
-                          []).append(t)
+    groups = group_trials(trials, hidden_buckets, mix_variants)
     keys = list(groups)
     if compile_ahead is None:
         compile_ahead = default_compile_ahead(mesh.devices.flat[0])
@@ -683,3 +741,11 @@ def _run_group(group, members, max_epochs, patience, on_epoch):
                 best_val[slot], best_epoch[slot], seconds[slot] = np.inf, 0, 0.0
             else:
                 group.assign(slot, None)
+        if ended and not pending:
+            perm = group.pack()
+            if perm is not None:
+                best_val, best_epoch, seconds = best_val[perm], best_epoch[perm], seconds[perm]
+                logging.info("%s %s N<=%d: %d live trials packed into %d of %d chunks", spec.name, group.variant,
+                             group.n_max, sum(t is not None for t in group.slots),
+                             math.ceil(sum(t is not None for t in group.slots) / group.chunk),
+                             group.k // group.chunk)

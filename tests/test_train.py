@@ -151,9 +151,9 @@ def test_one_trial_equals_the_reference_loop(task, variant, x64):
 def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
     """A trial alone equals the same trial among 7 others of other sizes, variants and hyperparameters.
 
-    The 7 trials of the mixed program (NP, V, NIG) run as one vmapped step (chunk None) or in chunks of 1 (the
-    largest divisor of 7 that is at most 3) one after another; the trial alone runs without vmap. The chunked
-    case leaves out the FGR trial (its group would be chunked alike and only add compilations).
+    The 7 trials of the mixed program (NP, V, NIG) run as one vmapped step (chunk None) or in 3 chunks of 3
+    slots (two of them empty) one after another; the trial alone runs without vmap. The chunked case leaves
+    out the FGR trial (its group would be chunked alike and only add compilations).
     """
     splits = make_splits("timit", seed=1)
     target = train.Trial(0, "NP", 5, 1e-2, 0.9, 0.5, nesterov=False, clip=True, seed=3)
@@ -212,23 +212,30 @@ def test_zero_padding_is_exact(variant, x64):
     assert big[0].n_params == small[0].n_params == nets.count_params(variant, "uni", 88, 23, 88)
 
 
-@pytest.mark.parametrize("chunk", [None, 1])
-def test_divergence_is_isolated(chunk, x64):
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_divergence_is_isolated(chunk, x64, caplog):
     """A learning rate of 1e308 overflows at the first update; the trial is frozen and the others do not notice.
 
-    With chunks of one trial, the diverged trial's chunk is all frozen from the second epoch on and skipped.
+    With chunks of two slots, the two diverged trials (slots 0 and 2) leave one live trial in each chunk; with
+    no trial pending, the live ones are packed into the first chunk and the second, all frozen, is skipped.
     """
     splits = make_splits("jsb", seed=3)
-    good = [train.Trial(i, "V", 6, 1e-2, 0.9, 0.1, True, False, seed=i) for i in (0, 2)]
-    bad = train.Trial(1, "V", 6, 1e308, 0.0, 0.1, True, False, seed=1)
-    batch, curves = run_trainer("jsb", splits, [good[0], bad, good[1]], max_epochs=3, patience=5,
-                                trials_per_batch=3, hidden_buckets=(8,), trials_per_chunk=chunk, dtype=np.float64)
-    assert batch[1].status == "diverged" and np.isnan(batch[1].val_metric) and np.isnan(batch[1].test_metric)
-    assert batch[1].epochs == 1
+    good = [train.Trial(i, "V", 6, 1e-2, 0.9, 0.1, True, False, seed=i) for i in (1, 3)]
+    bad = [train.Trial(i, "V", 6, 1e308, 0.0, 0.1, True, False, seed=i) for i in (0, 2)]
+    caplog.set_level("INFO", logger="absl")
+    batch, curves = run_trainer("jsb", splits, [bad[0], good[0], bad[1], good[1]], max_epochs=3, patience=5,
+                                trials_per_batch=4, hidden_buckets=(8,), trials_per_chunk=chunk, dtype=np.float64)
+    for b in bad:
+        assert batch[b.trial_id].status == "diverged" and batch[b.trial_id].epochs == 1
+        assert np.isnan(batch[b.trial_id].val_metric) and np.isnan(batch[b.trial_id].test_metric)
+    packed = [r.getMessage() for r in caplog.records if "packed" in r.getMessage()]
+    assert packed == (["jsb mixed N<=8: 2 live trials packed into 1 of 2 chunks"] if chunk else []), packed
     for g in good:
         alone, alone_curves = run_alone("jsb", 3, g, 8)
-        assert batch[g.trial_id].status == "done"
+        assert batch[g.trial_id].status == "done" and batch[g.trial_id].epochs == 3
         np.testing.assert_allclose(curves[g.trial_id], alone_curves[g.trial_id], rtol=1e-10)
+        np.testing.assert_allclose(batch[g.trial_id].test_metric, alone[g.trial_id].test_metric, rtol=1e-10)
+        assert batch[g.trial_id].best_epoch == alone[g.trial_id].best_epoch
 
 
 def test_weights_that_overflow_from_finite_gradients_are_caught_after_the_epoch(x64):

@@ -12,7 +12,8 @@
 #      trials, end to end, its wall time in study.log (skipped without the file).
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
-# 400, 900: about 30 minutes in all). STAGES picks stages (default "speed big project study"). A stage
+# 400, 900: about 30 minutes in all). STAGES picks stages (default "speed big project study"); PROJECT_ARGS
+# adds flags to study_time (e.g. --buckets=40,120,200). A stage
 # stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
 # (or with the repository on PYTHONPATH).
 set -u
@@ -37,10 +38,10 @@ want speed && stage speed "${LIMIT_SPEED:-300}" $py bench/trainer_speed.py --dev
 want big && stage big "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=40,200 --trials=64,512 \
   --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/big.json"
 want big && stage onevmap "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=512 \
-  --trials_per_chunk=512 --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/onevmap.json"
+  --shapes=jsb --trials_per_chunk=512 --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/onevmap.json"
 want project && stage project "${LIMIT_PROJECT:-400}" $py bench/study_time.py --device=gpu \
   --tasks=jsb,timit,iam_online --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 \
-  --out="$out/project.json"
+  --out="$out/project.json" ${PROJECT_ARGS:-}
 if [ -n "$jsb" ] && want study; then
   rm -rf "$out/jsb_study"
   stage study "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \

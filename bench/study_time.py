@@ -234,7 +234,7 @@ def _measure(task, buckets, trial_counts, variants, device, scale):
                        "valid_s": per_chunk * chunks["valid"], "test_s": per_chunk * chunks["test"],
                        "compile_s": max(compile_s, 0.0)}
                 rows.append(row)
-                print(f"{task:>10} {variant:>4} N={bucket:<4} K={k:<4} {row['updates_per_s']:10.1f} updates/s  "
+                print(f"{task:>10} {variant:>5} N={bucket:<4} K={k:<4} {row['updates_per_s']:10.1f} updates/s  "
                       f"epoch {row['train_epoch_s']:9.1f}s  valid {row['valid_s']:8.2f}s  "
                       f"compile {row['compile_s']:6.1f}s", flush=True)
     return rows
@@ -430,11 +430,11 @@ def _hours(seconds):
 
 def _print_tables(rows, projections, studies, rules, settings, info):
     print("\nmeasured (per epoch over the task's whole splits, at its mean length):")
-    header = (f"{'task':<10} {'var':>4} {'N':>4} {'K':>4} {'updates/s':>10} {'train s':>9} {'valid s':>8} "
+    header = (f"{'task':<10} {'var':>5} {'N':>4} {'K':>4} {'updates/s':>10} {'train s':>9} {'valid s':>8} "
               f"{'test s':>8} {'compile s':>9}")
     print(header + "\n" + "-" * len(header))
     for r in rows:
-        print(f"{r['task']:<10} {r['variant']:>4} {r['bucket']:>4} {r['K']:>4} {r['updates_per_s']:>10.1f} "
+        print(f"{r['task']:<10} {r['variant']:>5} {r['bucket']:>4} {r['K']:>4} {r['updates_per_s']:>10.1f} "
               f"{r['train_epoch_s']:>9.1f} {r['valid_s']:>8.2f} {r['test_s']:>8.2f} {r['compile_s']:>9.1f}")
 
     print("\nprojected study (hours on this device):")

@@ -128,11 +128,10 @@ class TrainerTimer:
         self.chunk = self.group.chunk
         # The mixed program's slots hold its variants in turn.
         kinds = cells.MIXABLE if variant == train.MIXED else (variant,)
-        for slot in range(self.group.k):
-            # A small learning rate keeps every trial finite (a chunk of frozen trials would be skipped).
-            self.group.assign(slot, train.Trial(trial_id=slot, variant=kinds[slot % len(kinds)], hidden_size=hidden,
-                                                learning_rate=1e-5, momentum=0.9, input_noise=0.1,
-                                                seed=seed * 100_003 + slot))
+        # A small learning rate keeps every trial finite (a chunk of frozen trials would be skipped).
+        self.group.fill([train.Trial(trial_id=slot, variant=kinds[slot % len(kinds)], hidden_size=hidden,
+                                     learning_rate=1e-5, momentum=0.9, input_noise=0.1, seed=seed * 100_003 + slot)
+                         for slot in range(self.group.k)])
         self.k = self.group.k
         self.updates_per_epoch = self.k * arrays["train"].size
         self.valid_size = arrays["valid"].size

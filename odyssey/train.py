@@ -22,16 +22,19 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
 * One program for eight variants, FGR apart. On a GPU a step of a few dozen small trials is bound by
   launches, not work (H200, 64 trials of V, JSB shape: N = 40 ran 3× the sequence-updates/s of N = 200 with
   1/25 of the work), and one program per variant split a study into 45 groups per task of ≤ 61 trials each,
-  run one after another. The mixed program makes them 5 groups of ~250-500 trials (plus FGR's 5). A
+  run one after another. The mixed program makes them 5 groups of ~150-500 trials (plus FGR's 5): on an
+  H100 (2026-11-27, unroll 8) 512 trials of it ran 3.9× the sequence-updates/s of 64 at N = 40 (JSB shape,
+  353,037 against 90,395; TIMIT shape 44,362 against 10,314) and 1.1-1.3× at N = 200. A
   "universal" cell with FGR too would carry FGR's 3N×3N gate recurrence for every trial, and FGR costs 1.9×
   V per update at N = 100 and 3.3× at N = 200 (JSB shape, one trial on CPU: V 416 and 201, FGR 217 and 61).
   The switches cost a few selects per step; three-gate variants run V's four gates (their fourth is zero).
 * Chunks: a device's slots run as vmapped chunks one after another (`lax.map`); a chunk whose trials are
   all frozen is skipped; a chunk of one trial runs without vmap (+18 % at N = 100 over a vmap of one).
   On a CPU a chunk holds ~4 MiB of weights (`default_trials_per_chunk`: 32 trials at N = 200 ran 155/s
-  in one vmap, 224/s in chunks of 4); on an accelerator ~128 MiB (one chunk for small hidden sizes, several
-  for large ones, where a step is bound by streaming the weights). Once a group has no pending trials, its
-  live trials are packed into the first chunks (`_Group.pack`), so ended trials stop costing time.
+  in one vmap, 224/s in chunks of 4); on an accelerator ~512 MiB (a whole group of the full study in one
+  vmap: H100, N = 200, 512 trials, 1.16x the rate of chunks of 128). Once a group has no pending trials, its
+  live trials are packed into the first chunks (`_Group.pack`), so ended trials stop costing time where a
+  group runs in several chunks.
 * Padding: sequences of a split are padded to its longest (one compiled shape), but when their lengths
   differ each update runs the LSTM loops only up to the longest sequence among the chunk's trials
   (`fast_lstm.lstm_layer(steps=...)`; exact, the rest is padding). On the JSB stand-in's training
@@ -46,9 +49,9 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   finite values are caught once per epoch. Together 1.11× for one trial (JSB shape, N = 200, paired A/B).
 * Compiling: on an accelerator, a group's programs are compiled (`_Group.compile_ahead`) in a background
   thread while the group before it trains, so only the first group waits for the compiler. On an H200 a
-  JSB group's first epoch took 10-12 s against 0.7-0.8 s for the next (LSTM loops unrolled by 8), so with
-  45 groups per task the compiler alone held the GPU idle ~8 minutes per task (the overlap itself is not
-  measured on a GPU yet). Not on CPUs: the README's quick study (9 groups, 2 cores) took 101.7 s without
+  JSB group's first epoch took 10-12 s against 0.7-0.8 s for the next (LSTM loops unrolled by 8). On an
+  H100, in the JSB study of 9 × 200 trials, the next group's program (12-22 s to compile) was ready before
+  the group before it ended, and the first epoch of a group took what the others took. Not on CPUs: the README's quick study (9 groups, 2 cores) took 101.7 s without
   and 110.2 s with it, the compiler and the training sharing the two cores.
 * Hidden sizes: the default buckets 40, 80, ..., 200 pad a trial of the search's sizes (20..200) to less
   than twice its own N (arithmetic, not a measurement; its recurrent weights then grow by up to 4×).
@@ -148,8 +151,8 @@ def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
 
 # On a CPU, a chunk of trials whose weights fill about this many bytes runs fastest (see below).
 CPU_CHUNK_BYTES = 4 << 20
-# On an accelerator, a chunk holds about this many bytes of weights (see below).
-ACCELERATOR_CHUNK_BYTES = 128 << 20
+# On an accelerator, a chunk holds about this many bytes of weights (see below; 512 trials of 1 MB).
+ACCELERATOR_CHUNK_BYTES = 512 << 20
 
 
 def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
@@ -164,13 +167,15 @@ def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
       TIMIT shape (bidirectional, T = 100), N = 200 (1.6 MB), 8 trials: one vmap 79, chunks of 4 84,
         of 2 104, of 1 92.
     On an accelerator a step of a few dozen small trials is bound by launch overhead, not by the work, so
-    the more trials one step holds the better, until the weights streamed at each time step are enough to
-    keep the memory busy: on an H200 (bench/results/, 2026-11-27) 64 trials at N = 200 (JSB shape, 1 MB of
-    weights each) already ran at the memory's rate (about 16 µs per time step for 64 MB of recurrent weights
-    read forward and backward). So an accelerator's chunk holds about `ACCELERATOR_CHUNK_BYTES` of weights:
-    small hidden sizes run all of a device's trials in one step, large ones in chunks, and once a group has
-    no pending trials left, its live trials are packed into the first chunks (`_Group.pack`), so that the
-    chunks of ended trials are skipped rather than streamed.
+    the more trials one step holds the better. Measured on an H100 (bench/results/, 2026-11-27, the mixed
+    program, LSTM loops unrolled by 8), sequence-updates/s summed over trials, JSB shape: N = 40, 64 trials
+    90,395, 512 trials 353,037; N = 200, 64 trials 22,931, 512 trials in 4 chunks of 128 26,104, in one
+    vmap 30,372 (1.16x the chunks). Chunks would let a group skip its ended trials once packed
+    (`_Group.pack`), but on the standard JSB data 66 % of 549 trials (N <= 40) ran to the 150-epoch bound
+    (mean 126 epochs), so packing could save at most ~16 %, what chunks cost with every slot live. So an
+    accelerator's chunk holds `ACCELERATOR_CHUNK_BYTES` (512 MiB) of weights: a group of the full study
+    (<= 512 trials; 1 MB each at N = 200, JSB) runs in one vmap; bigger groups run in chunks, packed once
+    nothing is pending.
 
     Args:
       device: a JAX device of the trial mesh.
@@ -452,13 +457,21 @@ class _Group:
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
         self._epoch_fn = jax.jit(epoch_fn, donate_argnums=(0,))
         self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, self.cell))
-        self.slots = [None] * self.k
-        empty = self._slot_values(None)
-        stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *([empty] * self.k))
+        self._empty = self._slot_values(None)
+        self.fill([])
+
+    def fill(self, trials):
+        """Puts `trials` into the first slots and empties the others, in one transfer per array (writing
+        slot by slot took ~12 ms a trial on an H100: 6 s for a group of 487)."""
+        if len(trials) > self.k:
+            raise ValueError(f"{len(trials)} trials for {self.k} slots")
+        values = [self._slot_values(t) for t in trials] + [self._empty] * (self.k - len(trials))
+        stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *values)
         self.state = jax.device_put(stacked["state"], self.shard)
         self.hp = jax.device_put(stacked["hp"], self.shard)
         self.best = jax.device_put(jax.tree_util.tree_map(np.copy, stacked["state"]["params"]), self.shard)
         self.epoch = np.zeros(self.k, np.int32)
+        self.slots = list(trials) + [None] * (self.k - len(trials))
 
     def _slot_values(self, trial):
         """Host values of one slot: a trial's initial state and hyperparameters, or an empty slot."""
@@ -692,8 +705,7 @@ def _run_group(group, members, max_epochs, patience, on_epoch):
     n_train = group.arrays["train"].size
     spec = group.task
 
-    for slot in range(min(k, len(pending))):
-        group.assign(slot, pending.pop(0))
+    group.fill([pending.pop(0) for _ in range(min(k, len(pending)))])
     while any(t is not None for t in group.slots):
         live = np.array([t is not None for t in group.slots])
         start = time.perf_counter()

@@ -380,6 +380,7 @@ def main(argv):
     # As the trainer does on the measured device (with --measurements, that device may not be this one).
     ahead = settings["compile_ahead"] = (not info["jax_device"].startswith("cpu") if FLAGS.measurements
                                          else train.default_compile_ahead(device))
+    mix = settings["mix_variants"] = FLAGS.mix_variants
     rows, projections, studies = [], [], {}
     for task in FLAGS.tasks:
         config = load_config(task)
@@ -403,7 +404,7 @@ def main(argv):
             rows += mine
         mean_steps = TASK_SHAPES[task].steps
         for rule, (_, epochs_of) in rules.items():
-            kwargs = dict(compile_ahead=ahead, mix_variants=FLAGS.mix_variants, device_kind=info["jax_device"])
+            kwargs = dict(compile_ahead=ahead, mix_variants=mix, device_kind=info["jax_device"])
             result = project(rows, task, trials, buckets, tpb, epochs_of, **kwargs)
             result.update(task=task, rule=rule,
                           balanced_total_s=project(rows, task, trials, buckets, tpb, epochs_of, True,
@@ -470,7 +471,7 @@ def _print_tables(rows, projections, studies, rules, settings, info):
           if settings["step_scale"] > 1 else "  sequences at the task's mean length;")
     print("  'N^2 fill' = sum of N^2 / sum of padded N^2 over the trials; 'slot use' = live slot-epochs / "
           "slot-epochs (of the busy chunks once a group is packed);")
-    print(f"  groups: {'the eight variants other than FGR in one program per bucket' if FLAGS.mix_variants else 'one program per variant and bucket'}; "
+    print(f"  groups: {'the eight variants other than FGR in one program per bucket' if settings['mix_variants'] else 'one program per variant and bucket'}; "
           "chunks sized as the trainer sizes them on the measured device;")
     print("  'balanced': a group of m trials given ceil(m / waves) slots, waves = ceil(m / trials_per_batch), "
           "instead of min(trials_per_batch, m);")

@@ -209,13 +209,14 @@ def _train_pending(st, config, splits, every_s):
         progress.log()
 
     if trials:
-        programs = train.group_trials([t for g in groups for t in g], tuple(config.search.hidden_buckets))
+        mix = config.search.get("mix_variants", True)
+        programs = train.group_trials([t for g in groups for t in g], tuple(config.search.hidden_buckets), mix)
         logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group",
                      len(trials), len(programs), config.search.trials_per_batch)
         train.train_trials(config.task, splits, [t for g in groups for t in g], max_epochs=config.train.max_epochs,
                            patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
                            hidden_buckets=tuple(config.search.hidden_buckets),
-                           trials_per_chunk=config.search.get("trials_per_chunk"), on_epoch=on_epoch,
+                           trials_per_chunk=config.search.get("trials_per_chunk"), mix_variants=mix, on_epoch=on_epoch,
                            on_result=on_result)
     unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
     if unfinished:

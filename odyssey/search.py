@@ -32,7 +32,8 @@ _DISTRIBUTIONS = {
 }
 # Config fields that only decide how trials are packed into compiled programs: they change no trial's
 # numbers beyond float round-off, so a study may be resumed with other values.
-_SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "data.cache_dir")
+_SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "search.mix_variants",
+                    "data.cache_dir")
 
 
 class ConfigError(ValueError):
@@ -156,6 +157,8 @@ def validate_config(config):
         _check_int(config, dotted, minimum)
     if config.search.get("trials_per_chunk") is not None:
         _check_int(config, "search.trials_per_chunk", 1)
+    if not isinstance(config.search.get("mix_variants", True), bool):
+        raise ConfigError(f"config.search.mix_variants = {config.search.mix_variants!r}: expected True or False")
     buckets = config.search.hidden_buckets
     if (not isinstance(buckets, (tuple, list)) or not buckets
             or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets)
@@ -263,11 +266,13 @@ def bucket_of(hidden_size, hidden_buckets):
 
 
 def schedule(trials, hidden_buckets):
-    """Orders trials into the groups the trainer compiles one program for, in the order to run them.
+    """Orders trials by variant and hidden bucket, in the order to start them.
 
-    A group holds the trials of one variant and one hidden bucket, in trial-id order; the trainer runs a
-    group with `trials_per_batch` slots and refills a slot as soon as its trial ends. The groups take turns
-    over the variants (smallest bucket first), so every variant has results early in a study.
+    A group holds the trials of one variant and one hidden bucket, in trial-id order. The groups take turns
+    over the variants (smallest bucket first), so every variant has results early in a study. The trainer
+    compiles one program per group of `odyssey.train.group_trials` (by default the eight variants other than
+    FGR share one per bucket, taking their trials in this order), runs it with `trials_per_batch` slots and
+    refills a slot as soon as its trial ends.
 
     Args:
       trials: objects with trial_id, variant and hidden_size (e.g. `odyssey.train.Trial`).

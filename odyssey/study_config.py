@@ -80,6 +80,9 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # Trials per vmapped step within a program (unset: odyssey.train.default_trials_per_chunk, ~4 MiB of
     # weights on a CPU, ~128 MiB on an accelerator); speed only, never the numbers.
     config.search.trials_per_chunk = config_dict.placeholder(int)
+    # Whether the eight variants other than FGR share one program per bucket (odyssey.train.MIXED); speed
+    # only, the numbers agree to float round-off.
+    config.search.mix_variants = True
     # Trials are padded to the smallest of these hidden sizes that holds them. Each bucket is one compiled
     # program for FGR and one for the other eight variants (odyssey.train.MIXED): quick uses one bucket,
     # because compiling costs more than padding for a few trials.

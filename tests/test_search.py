@@ -211,7 +211,8 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
     fp = search.fingerprint(base)
     assert fp == search.fingerprint(load_config("jsb"))
     for field, value in [("search.trials_per_batch", 3), ("search.trials_per_chunk", 2),
-                         ("search.hidden_buckets", (100, 200)), ("data.cache_dir", "/tmp/elsewhere")]:
+                         ("search.hidden_buckets", (100, 200)), ("search.mix_variants", False),
+                         ("data.cache_dir", "/tmp/elsewhere")]:
         config = load_config("jsb")
         _set(config, field, value)
         assert search.fingerprint(config) == fp, field

@@ -149,7 +149,8 @@ def test_one_trial_equals_the_reference_loop(task, variant, x64):
 
 @pytest.mark.parametrize("chunk", [None, 3])
 def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
-    """A trial alone equals the same trial among 7 others of other sizes, variants and hyperparameters.
+    """A trial alone (NP's own program) equals the same trial among 7 others of other sizes, variants and
+    hyperparameters (in the mixed program).
 
     The 7 trials of the mixed program (NP, V, NIG) run as one vmapped step (chunk None) or in 3 chunks of 3
     slots (two of them empty) one after another; the trial alone runs without vmap. The chunked case leaves
@@ -165,7 +166,7 @@ def test_batch_invariance_and_padding_in_a_mixed_batch(chunk, x64):
     alone, alone_curves = run_alone("timit", 1, target, 5)
     batch, batch_curves = run_trainer("timit", splits, others[:2] + [target] + others[2:], max_epochs=3, patience=5,
                                       trials_per_batch=8, hidden_buckets=(8,), trials_per_chunk=chunk,
-                                      dtype=np.float64)
+                                      dtype=np.float64, mix_variants=True)
     # Alone unpadded (N = 5) against padded to 8 among others: equal to float64 round-off.
     np.testing.assert_allclose(batch_curves[0], alone_curves[0], rtol=1e-10)
     np.testing.assert_allclose([batch[0].val_metric, batch[0].test_metric],
@@ -180,11 +181,11 @@ def test_the_mixed_program_equals_each_variants_own_program(x64):
     splits = make_splits("jsb", seed=7)
     trials = [train.Trial(i, v, 3 + i % 4, 2e-2, 0.8, 0.2, i % 2 == 0, i % 3 == 0, seed=20 + i)
               for i, v in enumerate(cells.MIXABLE)]
-    kwargs = dict(max_epochs=3, patience=5, hidden_buckets=(6,), dtype=np.float64)
-    mixed, mixed_curves = run_trainer("jsb", splits, trials, **kwargs)
+    kwargs = dict(max_epochs=2, patience=5, hidden_buckets=(6,), dtype=np.float64)
+    mixed, mixed_curves = run_trainer("jsb", splits, trials, mix_variants=True, **kwargs)
     own, own_curves = run_trainer("jsb", splits, trials, mix_variants=False, **kwargs)
     for t in trials:
-        assert len(mixed_curves[t.trial_id]) == 3
+        assert len(mixed_curves[t.trial_id]) == 2
         np.testing.assert_allclose(mixed_curves[t.trial_id], own_curves[t.trial_id], rtol=1e-10, err_msg=t.variant)
         np.testing.assert_allclose(mixed[t.trial_id].test_metric, own[t.trial_id].test_metric, rtol=1e-10)
         assert mixed[t.trial_id].n_params == own[t.trial_id].n_params == nets.count_params(
@@ -194,22 +195,26 @@ def test_the_mixed_program_equals_each_variants_own_program(x64):
     assert len(set(np.round(finals, 8))) == len(trials)
 
 
-@pytest.mark.parametrize("variant", cells.VARIANTS)
-def test_zero_padding_is_exact(variant, x64):
-    """N = 23 trained padded to 200 follows N = 23 unpadded (the gradient mask keeps FGR exact).
+def test_zero_padding_is_exact(x64):
+    """N = 23 trained padded to 200 follows N = 23 unpadded, for every variant (the gradient mask keeps FGR
+    exact, and the mixed program's padded units too). One trial per variant, all in one call: unpadded, each
+    variant in its own program; padded, the eight mixable ones in the mixed program and FGR in its own.
 
     In float64, to 1e-10: float32 runs differ by round-off (padded matrix products sum in another order)
     that a large learning rate amplifies over epochs (~1e-3 after 3 epochs at 5e-2).
     """
     splits = make_splits("jsb", seed=2, sizes=(4, 2, 2), lengths=(3,))
-    trial = train.Trial(0, variant, 23, 5e-2, 0.8, 0.1, True, False, seed=5)
-    small, small_curves = run_trainer("jsb", splits, [trial], max_epochs=3, patience=5, hidden_buckets=(23, 200),
-                                      dtype=np.float64)
-    big, big_curves = run_trainer("jsb", splits, [trial], max_epochs=3, patience=5, hidden_buckets=(200,),
-                                  dtype=np.float64)
-    np.testing.assert_allclose(big_curves[0], small_curves[0], rtol=1e-10)
-    np.testing.assert_allclose(big[0].test_metric, small[0].test_metric, rtol=1e-10)
-    assert big[0].n_params == small[0].n_params == nets.count_params(variant, "uni", 88, 23, 88)
+    trials = [train.Trial(i, v, 23, 5e-2, 0.8, 0.1, True, False, seed=5 + i) for i, v in enumerate(cells.VARIANTS)]
+    small, small_curves = run_trainer("jsb", splits, trials, max_epochs=3, patience=5, hidden_buckets=(23, 200),
+                                      dtype=np.float64, mix_variants=False)
+    big, big_curves = run_trainer("jsb", splits, trials, max_epochs=3, patience=5, hidden_buckets=(200,),
+                                  dtype=np.float64, mix_variants=True)
+    for t in trials:
+        assert len(small_curves[t.trial_id]) == 3, t.variant
+        np.testing.assert_allclose(big_curves[t.trial_id], small_curves[t.trial_id], rtol=1e-10, err_msg=t.variant)
+        np.testing.assert_allclose(big[t.trial_id].test_metric, small[t.trial_id].test_metric, rtol=1e-10,
+                                   err_msg=t.variant)
+        assert big[t.trial_id].n_params == small[t.trial_id].n_params == nets.count_params(t.variant, "uni", 88, 23, 88)
 
 
 @pytest.mark.parametrize("chunk", [None, 2])

@@ -185,6 +185,27 @@ def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
     return max(1, budget // max(1, weight_bytes))
 
 
+# The most bytes one evaluation step's per-step arrays may take (see `eval_sequences_per_step`).
+EVAL_BYTES = 16 << 30
+
+
+def eval_sequences_per_step(requested: int, k: int, steps: int, n_max: int, layers: int, itemsize: int) -> int:
+    """Sequences per evaluation step: `requested`, halved until the step's arrays fit `EVAL_BYTES`.
+
+    An evaluation step runs all k trials of a group on its sequences at once. XLA's memory analysis of that
+    program (CPU, bidirectional, K = 4, 16 sequences of 1000 steps, N = 40) put its temporaries at 14 arrays
+    of [steps, N] per trial and sequence, 7 per LSTM layer (inputs per gate, outputs, readout). A group of the
+    full study (say 155 trials at N = 200, on lines of ~1900 steps) would need ~53 GB at 16 sequences, more
+    than an H100 holds beside its training; so fewer sequences per step, never fewer than 1. The split into
+    steps changes no number (each sequence's statistics are its own).
+    """
+    per_sequence = k * steps * n_max * itemsize * 7 * layers
+    b = max(1, int(requested))
+    while b > 1 and b * per_sequence > EVAL_BYTES:
+        b //= 2
+    return b
+
+
 def default_compile_ahead(device) -> bool:
     """Whether `train_trials` compiles each group while the one before it trains, by default: on accelerators,
     whose host is otherwise idle, not on CPUs, where the compiler and the training share the cores."""
@@ -446,9 +467,11 @@ class _Group:
         self.n_dev = n_dev
         self.shard = NamedSharding(mesh, PartitionSpec("trials"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        self.eval_chunk = eval_chunk
+        layers = 2 if task.kind == "bi" else 1
+        t_eval = max(arrays[name].xs.shape[1] for name in ("valid", "test"))
+        self.eval_chunk = eval_sequences_per_step(eval_chunk, self.k, t_eval, n_max, layers, dtype.itemsize)
         self.train = jax.device_put(arrays["train"], self.replicated)
-        self.eval_splits = _eval_splits(arrays, eval_chunk)
+        self.eval_splits = _eval_splits(arrays, self.eval_chunk)
         trials, whole = PartitionSpec("trials"), PartitionSpec()
         # Trim the loops to each update's sequences when lengths differ; with equal lengths the plain scan
         # is ~5-10 % faster than the while loop that trimming needs (bench: fast_lstm, CPU).
@@ -609,7 +632,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
       patience: stop after this many epochs without improvement of the validation metric (paper: 15).
       trials_per_batch: the most trials one compiled program trains at once; results never depend on it.
       hidden_buckets: padded hidden sizes; a trial runs padded to the smallest bucket that holds it.
-      eval_chunk: sequences per evaluation step (per trial; all trials of a group evaluate together).
+      eval_chunk: sequences per evaluation step (per trial; all trials of a group evaluate together), fewer
+        where the step's arrays would outgrow `EVAL_BYTES` (`eval_sequences_per_step`). Speed and memory only.
       trials_per_chunk: the most trials one device trains in one vmapped step; a device's slots run in
         chunks, one after another (default `default_trials_per_chunk`: about 4 MiB of weights per chunk
         on a CPU, all trials on an accelerator).

@@ -385,3 +385,24 @@ def test_bad_trials_are_named():
         train.train_trials("jsb", splits, [train.Trial(0, "V", 4, 1e-3, 0.9, 0.0)], trials_per_chunk=0)
     with pytest.raises(ValueError, match="trial_id 0 appears twice"):
         train.train_trials("jsb", splits, [train.Trial(0, "V", 4, 1e-3, 0.9, 0.0)] * 2)
+
+
+def test_evaluation_split_into_smaller_steps_changes_nothing(x64, monkeypatch):
+    """With EVAL_BYTES too small for more than one sequence per evaluation step, a study's curves and test
+    metrics are those of 16 sequences per step; the halving rule itself, by hand."""
+    # 4 trials x 300 steps x N = 50 x 8 bytes x 7 arrays x 2 layers = 6.72 MB per sequence
+    monkeypatch.setattr(train, "EVAL_BYTES", 30_000_000)
+    assert train.eval_sequences_per_step(16, 4, 300, 50, 2, 8) == 4      # 16 -> 8 -> 4 (26.9 MB)
+    assert train.eval_sequences_per_step(3, 4, 300, 50, 2, 8) == 3
+    assert train.eval_sequences_per_step(16, 400, 300, 50, 2, 8) == 1    # never fewer than one
+    monkeypatch.undo()
+    splits = make_splits("timit", seed=4)
+    trials = [train.Trial(i, v, 4, 1e-2, 0.9, 0.2, True, False, seed=30 + i) for i, v in enumerate(("V", "NOG"))]
+    kwargs = dict(max_epochs=2, patience=5, hidden_buckets=(4,), dtype=np.float64)
+    plain, plain_curves = run_trainer("timit", splits, trials, **kwargs)
+    monkeypatch.setattr(train, "EVAL_BYTES", 1)
+    small, small_curves = run_trainer("timit", splits, trials, **kwargs)
+    for t in trials:
+        assert len(plain_curves[t.trial_id]) == 2
+        np.testing.assert_allclose(small_curves[t.trial_id], plain_curves[t.trial_id], rtol=1e-12)
+        np.testing.assert_allclose(small[t.trial_id].test_metric, plain[t.trial_id].test_metric, rtol=1e-12)

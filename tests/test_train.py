@@ -350,6 +350,8 @@ def test_early_stopping_on_a_scripted_metric():
 def test_sharded_over_four_devices_equals_one_device(tmp_path):
     script = textwrap.dedent("""
         import json, sys, jax
+        from absl import logging
+        logging.set_verbosity(logging.INFO)  # the trainer logs when it packs
         sys.path.insert(0, %r)
         from test_train import make_splits
         from odyssey import train
@@ -360,6 +362,15 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path):
             res = train.train_trials("jsb", splits, trials, max_epochs=2, patience=5, trials_per_batch=5,
                                      hidden_buckets=(8,), devices=devices, dtype="float64")
             out[name] = [[r.val_metric, r.test_metric] for r in res]
+        # 10 trials on 4 devices in chunks of 2 (4 slots per device): trials 0 and 2 diverge at once, so
+        # device 0 packs trials 1 and 3 into its first chunk; against one device in one vmap.
+        many = [train.Trial(i, "V", 3 + divmod(i, 5)[1], 1e308 if i in (0, 2) else 1e-2, 0.9, 0.2, True, False, seed=i)
+                for i in range(10)]
+        for name, devices, chunk in (("four_packed", jax.devices(), 2), ("one_whole", jax.devices()[:1], None)):
+            res = train.train_trials("jsb", splits, many, max_epochs=2, patience=5, trials_per_batch=10,
+                                     trials_per_chunk=chunk, hidden_buckets=(8,), devices=devices, dtype="float64")
+            out[name] = [[r.val_metric, r.test_metric] for r in res if r.status == "done"]
+            out[name + "_status"] = [r.status for r in res]
         print(json.dumps({"n": len(jax.devices()), **out}))
     """) % os.path.dirname(__file__)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
@@ -369,6 +380,9 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n"] == 4
     np.testing.assert_allclose(out["four"], out["one"], rtol=1e-10)
+    assert out["four_packed_status"] == out["one_whole_status"] == ["diverged", "done", "diverged"] + ["done"] * 7
+    assert "packed" in proc.stderr
+    np.testing.assert_allclose(out["four_packed"], out["one_whole"], rtol=1e-10)
 
 
 def test_bad_trials_are_named():

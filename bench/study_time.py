@@ -178,10 +178,8 @@ def _chunk(task, bucket, k, device_kind):
     """Trials per chunk of a group of k slots at `bucket`, as `odyssey.train._Group` sizes them by default."""
     spec = tasks.get_task(task)
     weight_bytes = nets.count_params("V", spec.kind, trainer_speed.N_INPUTS[task], bucket, spec.n_out) * 4
-    device = collections.namedtuple("Device", "platform")("cpu" if device_kind.startswith("cpu") else "gpu")
-    chunk = train.default_trials_per_chunk(device, weight_bytes)
-    n_chunks = math.ceil(k / min(chunk, k))
-    return math.ceil(k / n_chunks)
+    platform = "cpu" if device_kind.startswith("cpu") else "gpu"
+    return train.chunk_layout(k, train.default_trials_per_chunk(platform, weight_bytes))[0]
 
 
 def _extrapolate(short, long, steps_short, steps_long, steps):
@@ -243,8 +241,6 @@ def _measure(task, buckets, trial_counts, variants, device, scale):
 def _group_cost(rows, task, variant, bucket, k):
     """Seconds of one lock-step epoch's parts at K slots, from the measured rows (V's where not measured)."""
     mine = [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == variant]
-    if variant == train.MIXED:  # the mixed program runs V's layout
-        mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == "V"]
     mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == "V"]
     mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket]
     return {part: interpolate({r["K"]: r[part] for r in mine}, k)
@@ -471,8 +467,9 @@ def _print_tables(rows, projections, studies, rules, settings, info):
           if settings["step_scale"] > 1 else "  sequences at the task's mean length;")
     print("  'N^2 fill' = sum of N^2 / sum of padded N^2 over the trials; 'slot use' = live slot-epochs / "
           "slot-epochs (of the busy chunks once a group is packed);")
-    print(f"  groups: {'the eight variants other than FGR in one program per bucket' if settings['mix_variants'] else 'one program per variant and bucket'}; "
-          "chunks sized as the trainer sizes them on the measured device;")
+    grouping = ("the eight variants other than FGR in one program per bucket" if settings["mix_variants"]
+                else "one program per variant and bucket")
+    print(f"  groups: {grouping}; chunks sized as the trainer sizes them on the measured device;")
     print("  'balanced': a group of m trials given ceil(m / waves) slots, waves = ceil(m / trials_per_batch), "
           "instead of min(trials_per_batch, m);")
     print(f"  'padded' scales training and evaluation to the longest sequence the trainer pads to "

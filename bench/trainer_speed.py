@@ -73,7 +73,7 @@ def _define_flags():
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
     flags.DEFINE_integer("trials_per_chunk", 0, "Trials per vmapped step of the trainer (0: its default, "
-                         "odyssey.train.default_trials_per_chunk: ~4 MiB of weights on CPU, all on GPU).")
+                         "odyssey.train.default_trials_per_chunk: ~4 MiB of weights on CPU, ~512 MiB on GPU).")
     flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
 

@@ -225,10 +225,15 @@ def _check_switches(variant, switches):
                          f"got shape {jnp.shape(switches)}")
 
 
+def switch_flags(switches) -> dict:
+    """The mixed cell's switches as booleans by name (`SWITCHES`); works on traced arrays."""
+    return {name: switches[k] > 0 for k, name in enumerate(SWITCHES)}
+
+
 def _mixed_step(params, carry, xw, switches):
     """`step` of the mixed cell: V's step with the switched parts held at 1, replaced by identities or
     coupled (see the module docstring)."""
-    on = {name: switches[k] > 0 for k, name in enumerate(SWITCHES)}
+    on = switch_flags(switches)
     y_prev, c_prev = carry
     n = y_prev.shape[-1]
     pre = xw + (y_prev @ params["R"].reshape(n, -1)).reshape(xw.shape)
@@ -263,20 +268,16 @@ def to_mixed(variant: str, params: dict) -> dict:
         raise ValueError(f"{variant} has no mixed-cell form (mixable: {', '.join(MIXABLE)})")
     v = spec("V")
 
-    def place(value, names, all_names, axis):
+    def place(value, names, all_names):
+        # every tensor of the layout has its gate (or peephole) axis second to last
         xp = np if isinstance(value, np.ndarray) else jnp
-        shape = list(value.shape)
-        axis = axis % value.ndim
-        zero = xp.zeros(shape[:axis] + [1] + shape[axis + 1:], value.dtype)
-        parts = [xp.take(value, np.array([names.index(g)]), axis=axis) if g in names else zero for g in all_names]
-        return xp.concatenate(parts, axis=axis)
+        zero = xp.zeros_like(value[..., :1, :])
+        rows = [value[..., names.index(g):names.index(g) + 1, :] if g in names else zero for g in all_names]
+        return xp.concatenate(rows, axis=-2)
 
-    out = {"W": place(params["W"], s.gates, v.gates, -2), "R": place(params["R"], s.gates, v.gates, -2),
-           "b": place(params["b"], s.gates, v.gates, -2)}
-    if s.peepholes:
-        out["p"] = place(params["p"], s.peepholes, v.peepholes, -2)
-    else:
-        out["p"] = place(params["b"][..., :0, :], (), v.peepholes, -2)
+    out = {name: place(params[name], s.gates, v.gates) for name in ("W", "R", "b")}
+    # NP has no peepholes: V's are all zero rows, shaped after a row of its biases
+    out["p"] = place(params["p"] if s.peepholes else params["b"][..., :1, :], s.peepholes, v.peepholes)
     return out
 
 
@@ -286,11 +287,9 @@ def from_mixed(variant: str, params: dict) -> dict:
     v = spec("V")
 
     def pick(value, names, all_names):
-        xp = np if isinstance(value, np.ndarray) else jnp
-        return xp.take(value, np.array([all_names.index(g) for g in names], int), axis=value.ndim - 2)
+        return value[..., np.array([all_names.index(g) for g in names], int), :]
 
-    out = {"W": pick(params["W"], s.gates, v.gates), "R": pick(params["R"], s.gates, v.gates),
-           "b": pick(params["b"], s.gates, v.gates)}
+    out = {name: pick(params[name], s.gates, v.gates) for name in ("W", "R", "b")}
     if s.peepholes:
         out["p"] = pick(params["p"], s.peepholes, v.peepholes)
     return out

@@ -212,7 +212,7 @@ def _forward(variant, unroll, params, xs, keep, bounds, sw):
     r = params["R"].reshape(n, ng * n)
     rg = params["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
     one = jnp.ones((n,), dtype)
-    on = None if sw is None else {name: sw[k] > 0 for k, name in enumerate(cells.SWITCHES)}
+    on = None if sw is None else cells.switch_flags(sw)
 
     def body(carry, inputs):
         xw_t, k_t = inputs
@@ -337,7 +337,7 @@ def _layer_bwd(variant, unroll, residuals, dys):
     if sw is None:
         per_step = _coefficients(s, peep, gate, cell, cell_prev, s.h(cell))
     else:
-        on = {name: sw[k] > 0 for k, name in enumerate(cells.SWITCHES)}
+        on = cells.switch_flags(sw)
         hc = jnp.where(on["linear_h"], cell, jnp.tanh(cell))
         per_step = _mixed_coefficients(on, peep, gate, cell, cell_prev, hc)
     per_step["dy_ext"] = dys.astype(dtype)

@@ -51,8 +51,9 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   thread while the group before it trains, so only the first group waits for the compiler. On an H200 a
   JSB group's first epoch took 10-12 s against 0.7-0.8 s for the next (LSTM loops unrolled by 8). On an
   H100, in the JSB study of 9 × 200 trials, the next group's program (12-22 s to compile) was ready before
-  the group before it ended, and the first epoch of a group took what the others took. Not on CPUs: the README's quick study (9 groups, 2 cores) took 101.7 s without
-  and 110.2 s with it, the compiler and the training sharing the two cores.
+  the group before it ended, and the first epoch of a group took what the others took. Not on CPUs: the
+  README's quick study (then 9 groups, 2 cores) took 101.7 s without and 110.2 s with it, the compiler and
+  the training sharing the two cores.
 * Hidden sizes: the default buckets 40, 80, ..., 200 pad a trial of the search's sizes (20..200) to less
   than twice its own N (arithmetic, not a measurement; its recurrent weights then grow by up to 4×).
 
@@ -178,11 +179,18 @@ def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
     nothing is pending.
 
     Args:
-      device: a JAX device of the trial mesh.
+      device: a JAX device of the trial mesh, or its platform name ("cpu", "gpu", ...).
       weight_bytes: the bytes of one trial's (padded) parameters.
     """
-    budget = CPU_CHUNK_BYTES if device.platform == "cpu" else ACCELERATOR_CHUNK_BYTES
+    budget = CPU_CHUNK_BYTES if getattr(device, "platform", device) == "cpu" else ACCELERATOR_CHUNK_BYTES
     return max(1, budget // max(1, weight_bytes))
+
+
+def chunk_layout(slots: int, chunk: int | None) -> tuple[int, int]:
+    """(trials per chunk, chunks): equal chunks of at most `chunk` trials (None: one) holding `slots` slots;
+    the last may gain empty slots."""
+    n_chunks = int(math.ceil(slots / min(chunk or slots, slots)))
+    return int(math.ceil(slots / n_chunks)), n_chunks
 
 
 # The most bytes one evaluation step's per-step arrays may take (see `eval_sequences_per_step`).
@@ -460,9 +468,7 @@ class _Group:
         if chunk is None:
             weight_bytes = nets.count_params(self.cell, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
             chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes)
-        # Chunks of equal size, at most `chunk`, that hold the device's slots (the last may gain empty slots).
-        n_chunks = int(math.ceil(local / min(chunk or local, local)))
-        self.chunk = int(math.ceil(local / n_chunks))
+        self.chunk, n_chunks = chunk_layout(local, chunk)
         self.k = self.chunk * n_chunks * n_dev
         self.n_dev = n_dev
         self.shard = NamedSharding(mesh, PartitionSpec("trials"))
@@ -595,7 +601,7 @@ class _Group:
         chunk = arrays.take(slice(0, self.eval_chunk))
         self._eval_fn.lower(self.best, self.hp["switches"], tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None),
                             chunk_steps[0]).compile()
-        values = self._slot_values(None)
+        values = self._empty
         for tree, value in ((self.state, values["state"]), (self.hp, values["hp"]),
                             (self.best, values["state"]["params"])):
             _set_slot.lower(np.int32(0), tree, value).compile()
@@ -636,7 +642,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         where the step's arrays would outgrow `EVAL_BYTES` (`eval_sequences_per_step`). Speed and memory only.
       trials_per_chunk: the most trials one device trains in one vmapped step; a device's slots run in
         chunks, one after another (default `default_trials_per_chunk`: about 4 MiB of weights per chunk
-        on a CPU, all trials on an accelerator).
+        on a CPU, 512 MiB on an accelerator).
         Speed only; results never depend on it.
       on_epoch: called as on_epoch(trial_id, epoch, train_loss, val_metric, seconds) after every epoch of
         every live trial; train_loss is the mean over the epoch's sequences of the summed sequence loss,

@@ -51,6 +51,7 @@ _FULL = {"steps": {"jsb": 60, "timit": 300}, "trials": (1, 8, 32, 128)}
 _QUICK = {"steps": {"jsb": 60, "timit": 100}, "trials": (1, 8, 32)}
 _QUICK_TIMIT_TRIALS = (1, 8)
 _TORCH_PROGRAMS = ("torch", "torch_graph")  # row names of the PyTorch baselines
+XLA_DEFAULTS = "/xla-defaults"  # suffix of the rows of programs compiled with XLA's default options
 
 
 def _define_flags():
@@ -73,7 +74,12 @@ def _define_flags():
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
     flags.DEFINE_integer("trials_per_chunk", 0, "Trials per vmapped step of the trainer (0: its default, "
-                         "odyssey.train.default_trials_per_chunk: ~4 MiB of weights on CPU, ~512 MiB on GPU).")
+                         "odyssey.train.default_trials_per_chunk: ~2 MiB of weights per layer on CPU, ~512 MiB on GPU).")
+    flags.DEFINE_integer("cpu_devices", 0, "With --device=cpu: JAX CPU devices (odyssey.train.use_cpu_cores; 0: one "
+                         "per core). K > 1 trials are sharded over them as the trainer does; K = 1 runs on one.")
+    flags.DEFINE_bool("xla_defaults", False, "Also measure each trainer program compiled with XLA's default "
+                      "options instead of odyssey.train.COMPILER_OPTIONS (rows '<variant>/xla-defaults'; "
+                      "only where the device's platform has such options).")
     flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
 
@@ -119,12 +125,23 @@ class TrainerTimer:
     the trainer's epoch: K slots, all live, all at hidden size N (no padding).
     """
 
-    def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None):
+    def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
+                 xla_defaults=False):
+        """device: a JAX device, or a list of them to shard the K trials over."""
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
-        mesh = Mesh(np.asarray([device]), ("trials",))
-        self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
-                                  np.dtype(np.float32), chunk=chunk)
+        # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
+        mesh = Mesh(np.asarray(device if isinstance(device, (list, tuple)) else [device]), ("trials",))
+        # xla_defaults: the group's programs compiled without the trainer's `train.COMPILER_OPTIONS` (the
+        # options are bound when the group builds its programs).
+        saved = train.COMPILER_OPTIONS
+        if xla_defaults:
+            train.COMPILER_OPTIONS = {}
+        try:
+            self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
+                                      np.dtype(np.float32), chunk=chunk)
+        finally:
+            train.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk
         # The mixed program's slots hold its variants in turn.
         kinds = cells.MIXABLE if variant == train.MIXED else (variant,)
@@ -292,7 +309,9 @@ def machine_info(device) -> dict:
             "jax_device": f"{device.platform}: {device.device_kind}",
             "host": platform.processor() or platform.machine(),
             "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(), "jax": jax.__version__,
-            "unroll": fast_lstm.DEFAULT_UNROLL.get(device.platform, 1)}
+            "unroll": fast_lstm.DEFAULT_UNROLL.get(device.platform, 1),
+            "devices": len(jax.devices(device.platform)),
+            "compiler_options": train.compiler_options(device)}
     try:
         with open("/proc/cpuinfo") as f:
             names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -346,11 +365,18 @@ def set_unroll(device, unroll):
 def main(argv):
     del argv
     warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+    if FLAGS.cpu_devices < 0:
+        raise app.UsageError(f"--cpu_devices={FLAGS.cpu_devices}: give a positive count, or 0 for one per core")
+    if FLAGS.device == "cpu":
+        train.use_cpu_cores(FLAGS.cpu_devices or None)
     device = jax_device(FLAGS.device)
+    # K > 1 trials are sharded over all devices of the platform, as train_trials does.
+    devices = jax.devices(FLAGS.device)
     set_unroll(device, FLAGS.unroll)
     torch_device = {"cpu": "cpu", "gpu": "cuda"}.get(FLAGS.device) if FLAGS.torch else None
     thread_counts = _torch_threads(torch_device) if torch_device else []
     steps, trials, hiddens = _settings()
+    xla_defaults = FLAGS.xla_defaults and bool(train.compiler_options(device))
     info = machine_info(device)
     info["load_before"] = load_average()
     if torch_device:
@@ -361,7 +387,9 @@ def main(argv):
                                  "--notorch") from None
         info["torch"] = f"{torch.__version__} on {torch_device}"
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
-          f"jax {info['jax']}; PyTorch {info.get('torch', 'not measured')}; LSTM loops unrolled {info['unroll']}")
+          f"jax {info['jax']}; PyTorch {info.get('torch', 'not measured')}; LSTM loops unrolled {info['unroll']}; "
+          f"XLA options {info['compiler_options'] or 'default'}; {info['devices']} {device.platform} device(s), "
+          f"K > 1 sharded over them")
     print(f"before: {info['load_before']}")
 
     rows = []
@@ -372,8 +400,10 @@ def main(argv):
             runners = {}
             for variant in FLAGS.variants:
                 for k in trials[shape]:
-                    runners[(variant, k)] = TrainerTimer(shape, variant, hidden, k, splits, device, seed=FLAGS.seed,
-                                                               chunk=FLAGS.trials_per_chunk or None)
+                    for plain in (False, True) if xla_defaults else (False,):
+                        runners[(variant + XLA_DEFAULTS * plain, k)] = TrainerTimer(
+                            shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
+                            chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain)
             for threads in thread_counts:
                 runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
                                                           seed=FLAGS.seed)
@@ -426,13 +456,13 @@ def _row_text(r):
         name = f"odyssey {r['program']}"
     ratio = f"{r['ratio_vs_best_torch']:.2f}" if r["ratio_vs_best_torch"] is not None else "-"
     chunk = "-" if r.get("chunk") is None else str(r["chunk"])
-    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<18} {r['K']:>4} {chunk:>5} "
+    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<25} {r['K']:>4} {chunk:>5} "
             f"{r['updates_per_s']:>11.1f} {ratio:>12}")
 
 
 def _print_table(rows, info):
     print()
-    header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<18} {'K':>4} {'chunk':>5} {'updates/s':>11} "
+    header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<25} {'K':>4} {'chunk':>5} {'updates/s':>11} "
               f"{'x best torch':>12}")
     print(header)
     print("-" * len(header))
@@ -446,7 +476,11 @@ def _print_table(rows, info):
         print("readout; '/2t' = torch.set_num_threads(2); 'graph': the same update captured as a CUDA graph and")
         print("replayed per update. 'x best torch': in each repeat, updates/s over the fastest PyTorch")
         print("baseline of the same shape, hidden size and repeat; the median over repeats.")
-    print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another).")
+    print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another, on each")
+    print(f"device: K > 1 trials are sharded over the {info['devices']} device(s) as the trainer shards them).")
+    if any(r["program"].endswith(XLA_DEFAULTS) for r in rows):
+        print(f"'{XLA_DEFAULTS}': the same program compiled with XLA's default options instead of "
+              f"odyssey.train.COMPILER_OPTIONS.")
     print_machine(info)
 
 

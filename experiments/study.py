@@ -28,6 +28,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<task>.py f
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's directory: config.json, trials.sqlite, study.log, report.")
 _PROGRESS_SECONDS = flags.DEFINE_float("progress_seconds", 30.0, "The most seconds between two progress lines.")
 _REPORT = flags.DEFINE_bool("report", True, "Write the report (odyssey.analysis.report) once every trial is finished.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", 0, "JAX CPU devices to shard the trials over where no accelerator is used (0: one per core "
+    "this process may use; 1: one device, one core). Speed only: the numbers agree to float round-off.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _LOG_NAME = "study.log"
@@ -275,6 +278,10 @@ def main(argv):
     except (ValueError, FileNotFoundError, store.StoreError) as e:
         # A config or workdir problem: the message says what to change; a traceback would only hide it.
         sys.exit(f"study: error: {e}")
+    if _CPU_DEVICES.value < 0:
+        raise app.UsageError(f"--cpu_devices={_CPU_DEVICES.value}: give a positive count, or 0 for one per core")
+    from odyssey import train
+    train.use_cpu_cores(_CPU_DEVICES.value or None)
     try:
         run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value)
     except WorkdirBusy as e:

@@ -77,8 +77,8 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # 512 holds a whole group of the full study (the mixed program's smallest bucket gets ~480 of its 1600
     # trials), so a group runs as long as its longest trial rather than in waves.
     config.search.trials_per_batch = 512
-    # Trials per vmapped step within a program (unset: odyssey.train.default_trials_per_chunk, ~4 MiB of
-    # weights on a CPU, ~512 MiB on an accelerator); speed only, never the numbers.
+    # Trials per vmapped step within a program (unset: odyssey.train.default_trials_per_chunk, ~2 MiB of
+    # weights per layer on a CPU, ~512 MiB on an accelerator); speed only, never the numbers.
     config.search.trials_per_chunk = config_dict.placeholder(int)
     # Whether the eight variants other than FGR share one program per bucket (odyssey.train.MIXED); speed
     # only, the numbers agree to float round-off.

@@ -30,8 +30,9 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   The switches cost a few selects per step; three-gate variants run V's four gates (their fourth is zero).
 * Chunks: a device's slots run as vmapped chunks one after another (`lax.map`); a chunk whose trials are
   all frozen is skipped; a chunk of one trial runs without vmap (+18 % at N = 100 over a vmap of one).
-  On a CPU a chunk holds ~4 MiB of weights (`default_trials_per_chunk`: 32 trials at N = 200 ran 155/s
-  in one vmap, 224/s in chunks of 4); on an accelerator ~512 MiB (a whole group of the full study in one
+  On a CPU a chunk holds ~2 MiB of weights per layer (`default_trials_per_chunk`: at N = 200, 32 trials
+  ran 0.99x one trial's rate in chunks of 1, 0.92x in chunks of 2 and 0.82x in chunks of 4, and 8 trials
+  1.04-1.10x in chunks of 2); on an accelerator ~512 MiB (a whole group of the full study in one
   vmap: H100, N = 200, 512 trials, 1.16x the rate of chunks of 128). Once a group has no pending trials, its
   live trials are packed into the first chunks (`_Group.pack`), so ended trials stop costing time where a
   group runs in several chunks.
@@ -65,6 +66,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
 import time
 from typing import Callable, Sequence
 
@@ -123,6 +125,35 @@ def initialize_distributed(**kwargs):
     jax.distributed.initialize(**kwargs)
 
 
+def use_cpu_cores(count: int | None = None) -> int | None:
+    """Makes JAX's CPU platform `count` devices (default: one per core this process may use), so that
+    `train_trials`, which shards its trials over all devices, trains them on every core.
+
+    One CPU device runs a program on one core (XLA gives a single trial's loops no second core), so a study
+    on a 2-core machine left a core idle. With one device per core, each trains its share of a group's
+    trials at once: on 2 cores (bench/trainer_speed.py, JSB shape, paired against one trial on one device),
+    8 trials at N = 200 ran 1.6x, 32 at N = 100 1.7x and 96 at N = 40 2.8x one trial's rate (one device:
+    1.0-1.1x, 1.2x, 1.8x). The numbers do not change beyond float round-off (tests: 4 devices against 1).
+    Without effect on accelerators, whose devices `train_trials` uses; the CPU devices are only made.
+
+    It must run before JAX's first computation (as `jax_num_cpu_devices` must); later it changes nothing,
+    logs a warning and returns None.
+
+    Returns:
+      the number of CPU devices set, or None when it came too late.
+    """
+    if count is None:
+        count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"use_cpu_cores: count must be a positive int, got {count!r}")
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as err:  # JAX has started its backends: the CPU platform keeps its devices
+        logging.warning("use_cpu_cores(%d) came too late, JAX keeps its CPU devices: %s", count, err)
+        return None
+    return count
+
+
 def program_of(variant: str, mix_variants: bool = True) -> str:
     """The program a trial of `variant` runs in: `MIXED` for the variants the mixed cell holds (with
     `mix_variants`), else the variant's own."""
@@ -150,23 +181,34 @@ def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"hidden size {hidden_size} exceeds the largest bucket {max(buckets)}")
 
 
-# On a CPU, a chunk of trials whose weights fill about this many bytes runs fastest (see below).
-CPU_CHUNK_BYTES = 4 << 20
+# On a CPU, a chunk of trials whose weights fill about this many bytes per layer runs fastest (see below).
+CPU_CHUNK_BYTES = 2 << 20
 # On an accelerator, a chunk holds about this many bytes of weights (see below; 512 trials of 1 MB).
 ACCELERATOR_CHUNK_BYTES = 512 << 20
 
 
-def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
+def default_trials_per_chunk(device, weight_bytes: int, layers: int = 1, devices: int = 1) -> int | None:
     """How many trials a device trains in one vmapped step by default.
 
-    On a CPU, K vmapped trials stream K sets of weights through the caches at every time step; once those
-    outgrow the cache, a trial runs slower inside the batch than in a smaller chunk. So a CPU chunk holds
-    about `CPU_CHUNK_BYTES` of weights. Measured on 2 shared CPU cores (sequence-updates/s summed over
-    the trials, bench/trainer_speed.py --quick):
-      JSB shape, N = 200 (1 MB of weights per trial), 32 trials: one vmap 155, chunks of 8 215, of 4 224,
-        of 1 204; N = 100 (0.3 MB): chunks of 8 beat chunks of 4 by 13 %.
-      TIMIT shape (bidirectional, T = 100), N = 200 (1.6 MB), 8 trials: one vmap 79, chunks of 4 84,
-        of 2 104, of 1 92.
+    On a CPU, K vmapped trials stream K sets of a layer's weights through the caches at every time step
+    (the layers' loops run one after another); once those outgrow the cache (here 2 MiB of L2 per core), a
+    trial runs slower inside the batch than in a smaller chunk. So a CPU chunk holds about
+    `CPU_CHUNK_BYTES` (2 MiB) of weights per layer. Measured on 2 CPU cores (Intel Xeon, AVX-512,
+    2026-11-27, the trainer's programs as compiled with `compiler_options`), sequence-updates/s summed over
+    the trials over one trial's, both in one process, measured in turn (median of 7):
+      JSB shape, N = 40 (0.10 MB a trial), 96 trials in chunks of 12 / 16 / 24 / 32: 1.64 / 1.77 / 1.65 /
+        1.60; 128 trials in chunks of 43 / 64 / 128: 1.29 / 1.17 / 1.21.
+      JSB shape, N = 100 (0.34 MB), 32 trials in chunks of 6 / 8 / 11: 1.13 / 1.18 / 1.12; of 2: 0.87.
+      JSB shape, N = 160 (0.65 MB), 16 trials in chunks of 1 / 2 / 3: 0.99 / 1.01 / 0.98.
+      JSB shape, N = 200 (1.0 MB), 8 trials in chunks of 1 / 2 / 3 / 4: 0.99-1.03 / 1.04-1.10 / 0.86 /
+        0.91; 32 trials in chunks of 1 / 2 / 4: 0.99 / 0.92 / 0.82.
+      TIMIT shape (bidirectional, T = 100), N = 100 (0.25 MB a layer), 8 trials in chunks of 2 / 4 / 8:
+        0.85 / 1.13 / 1.19; N = 200 (0.82 MB a layer) in chunks of 1 / 2 / 4: 0.99-1.01 / 1.06-1.07 / 0.90.
+    (The rule gives 21, 6, 3, 2, 8 and 2 for these rows.) The CPU devices of one mesh (`use_cpu_cores`) share
+    the machine's caches, so each gets its share of the budget: with 2 devices on those 2 cores, 8 trials at
+    N = 200 ran 1.61x one trial's rate in chunks of 1 and 1.15x in chunks of 2; 32 at N = 100 1.74x / 1.76x
+    / 1.44x in chunks of 2 / 4 / 8; 96 at N = 40 2.84x / 2.75x / 2.68x in chunks of 8 / 16 / 24 (the rule:
+    1, 3 and 10).
     On an accelerator a step of a few dozen small trials is bound by launch overhead, not by the work, so
     the more trials one step holds the better. Measured on an H100 (bench/results/, 2026-11-27, the mixed
     program, LSTM loops unrolled by 8), sequence-updates/s summed over trials, JSB shape: N = 40, 64 trials
@@ -181,9 +223,14 @@ def default_trials_per_chunk(device, weight_bytes: int) -> int | None:
     Args:
       device: a JAX device of the trial mesh, or its platform name ("cpu", "gpu", ...).
       weight_bytes: the bytes of one trial's (padded) parameters.
+      layers: the LSTM layers of the trial's network (2 for a bidirectional one): on a CPU the budget is
+        per layer.
+      devices: the CPU devices training at once (the trial mesh's), which share the budget.
     """
-    budget = CPU_CHUNK_BYTES if getattr(device, "platform", device) == "cpu" else ACCELERATOR_CHUNK_BYTES
-    return max(1, budget // max(1, weight_bytes))
+    if getattr(device, "platform", device) == "cpu":
+        per_layer = max(1, weight_bytes // max(1, layers))
+        return max(1, CPU_CHUNK_BYTES // max(1, devices) // per_layer)
+    return max(1, ACCELERATOR_CHUNK_BYTES // max(1, weight_bytes))
 
 
 def chunk_layout(slots: int, chunk: int | None) -> tuple[int, int]:
@@ -212,6 +259,24 @@ def eval_sequences_per_step(requested: int, k: int, steps: int, n_max: int, laye
     while b > 1 and b * per_sequence > EVAL_BYTES:
         b //= 2
     return b
+
+
+# XLA options the trainer compiles its programs with, by platform (see `compiler_options`).
+COMPILER_OPTIONS = {"cpu": {"xla_cpu_prefer_vector_width": 512}}
+
+
+def compiler_options(device) -> dict:
+    """The XLA options of the trainer's programs on `device` (a JAX device or its platform name).
+
+    On a CPU, XLA's code generator vectorizes its fused kernels for 256-bit registers unless told to prefer
+    512: on an AVX-512 CPU the per-step kernels of the LSTM loops (dozens of small elementwise fusions per
+    time step around the recurrent product) then run in half the instructions. Measured on 2 CPU cores
+    (Intel Xeon, AVX-512, bench/trainer_speed.py --compiler_options=both; see bench/README.md): one trial,
+    JSB shape, N = 200: SEE_BENCH. Where the CPU has no 512-bit registers, LLVM keeps the widest it has, so
+    the option is harmless there. The values change only by float round-off (vectorized sums), as any change
+    of vector width does. `COMPILER_OPTIONS` holds them; set an entry to {} to compile with XLA's defaults.
+    """
+    return dict(COMPILER_OPTIONS.get(getattr(device, "platform", device), {}))
 
 
 def default_compile_ahead(device) -> bool:
@@ -467,7 +532,8 @@ class _Group:
         local = int(math.ceil(k / n_dev))
         if chunk is None:
             weight_bytes = nets.count_params(self.cell, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
-            chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes)
+            chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes, 2 if task.kind == "bi" else 1,
+                                             n_dev)
         self.chunk, n_chunks = chunk_layout(local, chunk)
         self.k = self.chunk * n_chunks * n_dev
         self.n_dev = n_dev
@@ -484,8 +550,9 @@ class _Group:
         trim = not bool(np.all(arrays["train"].mask > 0))
         epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, self.cell, self.chunk, trim), mesh=mesh,
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
-        self._epoch_fn = jax.jit(epoch_fn, donate_argnums=(0,))
-        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, self.cell))
+        options = compiler_options(mesh.devices.flat[0])
+        self._epoch_fn = jax.jit(epoch_fn, donate_argnums=(0,), compiler_options=options)
+        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, self.cell), compiler_options=options)
         self._empty = self._slot_values(None)
         self.fill([])
 
@@ -641,8 +708,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
       eval_chunk: sequences per evaluation step (per trial; all trials of a group evaluate together), fewer
         where the step's arrays would outgrow `EVAL_BYTES` (`eval_sequences_per_step`). Speed and memory only.
       trials_per_chunk: the most trials one device trains in one vmapped step; a device's slots run in
-        chunks, one after another (default `default_trials_per_chunk`: about 4 MiB of weights per chunk
-        on a CPU, 512 MiB on an accelerator).
+        chunks, one after another (default `default_trials_per_chunk`: about 2 MiB of weights per layer
+        per chunk on a CPU, 512 MiB on an accelerator).
         Speed only; results never depend on it.
       on_epoch: called as on_epoch(trial_id, epoch, train_loss, val_metric, seconds) after every epoch of
         every live trial; train_loss is the mean over the epoch's sequences of the summed sequence loss,

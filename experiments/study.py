@@ -184,6 +184,7 @@ class _Progress:
 
 
 def _train_pending(st, config, splits, every_s):
+    import jax
     from odyssey import train  # the trainer pulls in the whole JAX stack; import it only to train
 
     trials = [train.Trial(**{k: (bool(r[k]) if k in ("nesterov", "clip") else r[k]) for k in store.TRIAL_FIELDS})
@@ -214,8 +215,10 @@ def _train_pending(st, config, splits, every_s):
     if trials:
         mix = config.search.get("mix_variants", True)
         programs = train.group_trials([t for g in groups for t in g], tuple(config.search.hidden_buckets), mix)
-        logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group",
-                     len(trials), len(programs), config.search.trials_per_batch)
+        devices = jax.devices()
+        logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group, "
+                     "sharded over %d %s device(s)", len(trials), len(programs), config.search.trials_per_batch,
+                     len(devices), devices[0].platform)
         train.train_trials(config.task, splits, [t for g in groups for t in g], max_epochs=config.train.max_epochs,
                            patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
                            hidden_buckets=tuple(config.search.hidden_buckets),
@@ -273,13 +276,13 @@ def _write_report(workdir):
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CPU_DEVICES.value < 0:
+        sys.exit(f"study: error: --cpu_devices={_CPU_DEVICES.value}: give a positive count, or 0 for one per core")
     try:
         prepare(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, store.StoreError) as e:
         # A config or workdir problem: the message says what to change; a traceback would only hide it.
         sys.exit(f"study: error: {e}")
-    if _CPU_DEVICES.value < 0:
-        raise app.UsageError(f"--cpu_devices={_CPU_DEVICES.value}: give a positive count, or 0 for one per core")
     from odyssey import train
     train.use_cpu_cores(_CPU_DEVICES.value or None)
     try:

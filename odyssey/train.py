@@ -36,6 +36,12 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   vmap: H100, N = 200, 512 trials, 1.16x the rate of chunks of 128). Once a group has no pending trials, its
   live trials are packed into the first chunks (`_Group.pack`), so ended trials stop costing time where a
   group runs in several chunks.
+* CPU cores and code: XLA runs one device's program on one core, so on a CPU `use_cpu_cores` (the study
+  command's default) makes one JAX device per core and a group's trials are sharded over them like over
+  accelerators: on 2 cores, 8 trials at N = 200 ran 1.6x and 96 at N = 40 2.8x one trial's rate (JSB
+  shape, paired), against 1.0-1.1x and 1.8x on one device. The README's quick study: 66 s against 81 s
+  (its first epochs are compiles). The programs are compiled preferring 512-bit vectors on CPUs
+  (`compiler_options`): one trial 1.1-1.2x.
 * Padding: sequences of a split are padded to its longest (one compiled shape), but when their lengths
   differ each update runs the LSTM loops only up to the longest sequence among the chunk's trials
   (`fast_lstm.lstm_layer(steps=...)`; exact, the rest is padding). On the JSB stand-in's training
@@ -269,11 +275,14 @@ def compiler_options(device) -> dict:
     """The XLA options of the trainer's programs on `device` (a JAX device or its platform name).
 
     On a CPU, XLA's code generator vectorizes its fused kernels for 256-bit registers unless told to prefer
-    512: on an AVX-512 CPU the per-step kernels of the LSTM loops (dozens of small elementwise fusions per
-    time step around the recurrent product) then run in half the instructions. Measured on 2 CPU cores
-    (Intel Xeon, AVX-512, bench/trainer_speed.py --compiler_options=both; see bench/README.md): one trial,
-    JSB shape, N = 200: SEE_BENCH. Where the CPU has no 512-bit registers, LLVM keeps the widest it has, so
-    the option is harmless there. The values change only by float round-off (vectorized sums), as any change
+    512: on an AVX-512 CPU the per-step kernels of the LSTM loops (a dozen small elementwise fusions per
+    time step around the recurrent product) then take half the vector instructions. Measured on 2 CPU cores
+    (Intel Xeon @ 2.50GHz, AVX-512, 2026-11-27), one trial, sequence-updates/s with over without the option,
+    both programs in one process, measured in turn: JSB shape N = 200 1.21x (9 pairs, 1.11-1.38x), N = 100
+    1.11x; bench/trainer_speed.py --quick --xla_defaults (medians of 7): JSB N = 100 641 / 587, N = 200
+    314 / 268, TIMIT shape (T = 100) N = 100 302 / 242, N = 200 119 / 99. Vmapped chunks of trials gained
+    little (0.99-1.04x; their time is in the batched recurrent products, which the option leaves alone).
+    Where the CPU has no 512-bit registers, LLVM keeps the widest it has, so the option is harmless there. The values change only by float round-off (vectorized sums), as any change
     of vector width does. `COMPILER_OPTIONS` holds them; set an entry to {} to compile with XLA's defaults.
     """
     return dict(COMPILER_OPTIONS.get(getattr(device, "platform", device), {}))

@@ -133,10 +133,14 @@ def test_pipeline_end_to_end(reference):
 
 
 @needs_trainer
-def test_one_trial_per_batch_gives_the_same_numbers(env, reference, tmp_path):
-    proc = run_study(env, tmp_path, "--config.search.trials_per_batch=1", "--report=false")
+def test_one_trial_per_batch_on_one_cpu_device_gives_the_same_numbers(env, reference, tmp_path):
+    """The reference shards its trials over one CPU device per core (the default); here one trial at a time
+    on one device."""
+    cores = len(os.sched_getaffinity(0))
+    assert f"sharded over {cores} cpu device(s)" in reference[2].stderr
+    proc = run_study(env, tmp_path, "--config.search.trials_per_batch=1", "--cpu_devices=1", "--report=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "1 trials at once per group" in proc.stderr
+    assert "1 trials at once per group" in proc.stderr and "sharded over 1 cpu device(s)" in proc.stderr
     assert_same_results(read(tmp_path), read(reference[0]))
     assert_same_epochs(read(tmp_path, "epochs"), read(reference[0], "epochs"))
 
@@ -214,6 +218,7 @@ def foreign_study(tmp_path):
     (("--config.search.space.learning_rate=('log_uniform', 1e-2, 1e-6)",), "needs low < high, got low=0.01"),
     (("--config.data.source=standard", "--config.data.path=/nonexistent/jsb.pickle"),
      "config.data.path = '/nonexistent/jsb.pickle': nothing there"),
+    (("--cpu_devices=-1",), "--cpu_devices=-1: give a positive count, or 0 for one per core"),
 ])
 def test_bad_input_is_a_clear_error_that_leaves_the_store_alone(foreign_study, flags, message):
     before = _snapshot(foreign_study)

@@ -420,3 +420,69 @@ def test_evaluation_split_into_smaller_steps_changes_nothing(x64, monkeypatch):
         assert len(plain_curves[t.trial_id]) == 2
         np.testing.assert_allclose(small_curves[t.trial_id], plain_curves[t.trial_id], rtol=1e-12)
         np.testing.assert_allclose(small[t.trial_id].test_metric, plain[t.trial_id].test_metric, rtol=1e-12)
+
+
+def test_use_cpu_cores_makes_one_cpu_device_per_core_before_jax_starts():
+    script = textwrap.dedent("""
+        import json, os
+        from odyssey import train
+        out = {"set": train.use_cpu_cores(3)}
+        import jax
+        import numpy as np
+        out["devices"] = len(jax.devices("cpu"))
+        # the trainer's default devices are all of them
+        roll = (np.arange(4 * 88).reshape(4, 88) % 7 == 0).astype(np.float32)
+        res = train.train_trials("jsb", {"train": [roll] * 4, "valid": [roll] * 2, "test": [roll] * 2},
+                                 [train.Trial(i, "V", 4, 1e-2, 0.9, 0.0, seed=i) for i in range(5)],
+                                 max_epochs=2, hidden_buckets=(4,))
+        one = train.train_trials("jsb", {"train": [roll] * 4, "valid": [roll] * 2, "test": [roll] * 2},
+                                 [train.Trial(i, "V", 4, 1e-2, 0.9, 0.0, seed=i) for i in range(5)],
+                                 max_epochs=2, hidden_buckets=(4,), devices=jax.devices("cpu")[:1])
+        out["trained"] = len(res)
+        out["same"] = bool(np.allclose([r.test_metric for r in res], [r.test_metric for r in one], rtol=1e-6))
+        out["late"] = train.use_cpu_cores(2)  # JAX has started: too late, nothing changes
+        out["after"] = len(jax.devices("cpu"))
+        try:
+            train.use_cpu_cores(0)
+        except ValueError as err:
+            out["error"] = str(err)
+        print(json.dumps(out))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(env, JAX_PLATFORMS="cpu"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"set": 3, "devices": 3, "trained": 5, "same": True, "late": None, "after": 3,
+                   "error": "use_cpu_cores: count must be a positive int, got 0"}
+    assert "came too late" in proc.stderr
+
+
+def test_default_trials_per_chunk_by_hand():
+    # CPU: 2 MiB of weights per layer and device. JSB net at N = 200: 249,488 float32 parameters.
+    jsb_200 = nets.count_params("V", "uni", 88, 200, 88) * 4
+    assert jsb_200 == 997_952
+    assert train.default_trials_per_chunk("cpu", jsb_200) == 2_097_152 // 997_952 == 2
+    assert train.default_trials_per_chunk("cpu", jsb_200, devices=2) == 1_048_576 // 997_952 == 1
+    # bidirectional: the budget is per layer (1,638,644 bytes in two layers)
+    timit_200 = nets.count_params("V", "bi", 39, 200, 61) * 4
+    assert train.default_trials_per_chunk("cpu", timit_200, layers=2) == 2_097_152 // 819_322 == 2
+    assert train.default_trials_per_chunk("cpu", 10 << 20) == 1  # never fewer than one
+    # accelerators: 512 MiB of all weights, whatever the layers and devices
+    assert train.default_trials_per_chunk("gpu", timit_200, layers=2, devices=8) == (512 << 20) // 1_638_644
+    device = jax.devices("cpu")[0]
+    assert train.default_trials_per_chunk(device, jsb_200) == 2
+
+
+def test_compiler_options_reach_the_trainers_programs(monkeypatch):
+    assert train.compiler_options("cpu") == {"xla_cpu_prefer_vector_width": 512}
+    assert train.compiler_options(jax.devices("cpu")[0]) == {"xla_cpu_prefer_vector_width": 512}
+    assert train.compiler_options("gpu") == {}
+    splits = make_splits("jsb")
+    trial = [train.Trial(0, "V", 4, 1e-2, 0.9, 0.0)]
+    # A value XLA refuses fails the trainer's compile: the options are those the programs are built with.
+    monkeypatch.setitem(train.COMPILER_OPTIONS, "cpu", {"xla_cpu_prefer_vector_width": "wide"})
+    with pytest.raises(Exception, match="xla_cpu_prefer_vector_width"):
+        train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))
+    monkeypatch.setitem(train.COMPILER_OPTIONS, "cpu", {})
+    assert train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))[0].epochs == 1

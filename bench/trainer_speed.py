@@ -74,7 +74,8 @@ def _define_flags():
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
     flags.DEFINE_integer("trials_per_chunk", 0, "Trials per vmapped step of the trainer (0: its default, "
-                         "odyssey.train.default_trials_per_chunk: ~2 MiB of weights per layer on CPU, ~512 MiB on GPU).")
+                         "odyssey.train.default_trials_per_chunk: ~2 MiB of weights per layer on CPU, ~512 MiB "
+                         "on GPU).")
     flags.DEFINE_integer("cpu_devices", 0, "With --device=cpu: JAX CPU devices (odyssey.train.use_cpu_cores; 0: one "
                          "per core). K > 1 trials are sharded over them as the trainer does; K = 1 runs on one.")
     flags.DEFINE_bool("xla_defaults", False, "Also measure each trainer program compiled with XLA's default "

@@ -210,11 +210,11 @@ def default_trials_per_chunk(device, weight_bytes: int, layers: int = 1, devices
         0.91; 32 trials in chunks of 1 / 2 / 4: 0.99 / 0.92 / 0.82.
       TIMIT shape (bidirectional, T = 100), N = 100 (0.25 MB a layer), 8 trials in chunks of 2 / 4 / 8:
         0.85 / 1.13 / 1.19; N = 200 (0.82 MB a layer) in chunks of 1 / 2 / 4: 0.99-1.01 / 1.06-1.07 / 0.90.
-    (The rule gives 21, 6, 3, 2, 8 and 2 for these rows.) The CPU devices of one mesh (`use_cpu_cores`) share
-    the machine's caches, so each gets its share of the budget: with 2 devices on those 2 cores, 8 trials at
-    N = 200 ran 1.61x one trial's rate in chunks of 1 and 1.15x in chunks of 2; 32 at N = 100 1.74x / 1.76x
-    / 1.44x in chunks of 2 / 4 / 8; 96 at N = 40 2.84x / 2.75x / 2.68x in chunks of 8 / 16 / 24 (the rule:
-    1, 3 and 10).
+    (The rule gives 21, 6, 3, 2, 8 and 2 for these rows.) The CPU devices of one mesh (`use_cpu_cores`)
+    each get their share of the budget, as on these 2 cores they behaved as sharing the caches: with 2
+    devices, 8 trials at N = 200 ran 1.61x one trial's rate in chunks of 1 and 1.15x in chunks of 2; 32 at
+    N = 100 1.74x / 1.76x / 1.44x in chunks of 2 / 4 / 8; 96 at N = 40 2.84x / 2.75x / 2.68x in chunks of
+    8 / 16 / 24 (the rule: 1, 3 and 10).
     On an accelerator a step of a few dozen small trials is bound by launch overhead, not by the work, so
     the more trials one step holds the better. Measured on an H100 (bench/results/, 2026-11-27, the mixed
     program, LSTM loops unrolled by 8), sequence-updates/s summed over trials, JSB shape: N = 40, 64 trials
@@ -282,8 +282,10 @@ def compiler_options(device) -> dict:
     1.11x; bench/trainer_speed.py --quick --xla_defaults (medians of 7): JSB N = 100 641 / 587, N = 200
     314 / 268, TIMIT shape (T = 100) N = 100 302 / 242, N = 200 119 / 99. Vmapped chunks of trials gained
     little (0.99-1.04x; their time is in the batched recurrent products, which the option leaves alone).
-    Where the CPU has no 512-bit registers, LLVM keeps the widest it has, so the option is harmless there. The values change only by float round-off (vectorized sums), as any change
-    of vector width does. `COMPILER_OPTIONS` holds them; set an entry to {} to compile with XLA's defaults.
+    Where the CPU has no 512-bit registers, LLVM keeps the widest it has, so the option is harmless there.
+    The values change only by float round-off (the order of vectorized sums), as any change of vector width
+    or chunk size does; an unstable trial can amplify that over its epochs (README). `COMPILER_OPTIONS` holds
+    the options; set an entry to {} to compile with XLA's defaults.
     """
     return dict(COMPILER_OPTIONS.get(getattr(device, "platform", device), {}))
 

@@ -179,8 +179,7 @@ def _chunk(task, bucket, k, device_kind):
     spec = tasks.get_task(task)
     weight_bytes = nets.count_params("V", spec.kind, trainer_speed.N_INPUTS[task], bucket, spec.n_out) * 4
     platform = "cpu" if device_kind.startswith("cpu") else "gpu"
-    layers = 2 if spec.kind == "bi" else 1
-    return train.chunk_layout(k, train.default_trials_per_chunk(platform, weight_bytes, layers))[0]
+    return train.chunk_layout(k, train.default_trials_per_chunk(platform, weight_bytes, nets.LAYERS[spec.kind]))[0]
 
 
 def _extrapolate(short, long, steps_short, steps_long, steps):

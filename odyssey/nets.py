@@ -18,6 +18,8 @@ import numpy as np
 from odyssey import cells, fast_lstm
 
 NET_KINDS = ("uni", "bi")
+# LSTM layers of each kind of network: a bidirectional one has a forward and a backward layer.
+LAYERS = {"uni": 1, "bi": 2}
 
 # The axes of size N in each tensor of the layout of odyssey.cells.
 _HIDDEN_AXES = {"W": (2,), "R": (0, 2), "b": (1,), "p": (1,), "Rg": (1, 3)}
@@ -85,7 +87,7 @@ def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, 
     params = {"fwd": cells.init(jax.random.fold_in(key, 0), variant, n_in, n_hidden, std, dtype)}
     if kind == "bi":
         params["bwd"] = cells.init(jax.random.fold_in(key, 1), variant, n_in, n_hidden, std, dtype)
-    d = n_hidden * (2 if kind == "bi" else 1)
+    d = n_hidden * LAYERS[kind]
     rng = cells._host_rng(jax.random.fold_in(key, 2))
     params["out"] = {"w": (std * rng.standard_normal((d, n_out))).astype(dtype),
                      "b": (std * rng.standard_normal(n_out)).astype(dtype)}
@@ -129,7 +131,7 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
 def count_params(variant: str, kind: str, n_in: int, n_hidden: int, n_out: int) -> int:
     """Number of parameters of a network: its LSTM layer(s) and the readout."""
     _check_kind(kind)
-    layers = 2 if kind == "bi" else 1
+    layers = LAYERS[kind]
     return layers * cells.count_params(variant, n_in, n_hidden) + (layers * n_hidden + 1) * n_out
 
 
@@ -169,7 +171,7 @@ def hidden_mask(variant: str, kind: str, n_in: int, n_hidden: int, n_max: int, n
     """
     _check_kind(kind)
     cell = {name: np.ones(shape, dtype) for name, shape in cells.shapes(variant, n_in, n_hidden).items()}
-    d = n_hidden * (2 if kind == "bi" else 1)
+    d = n_hidden * LAYERS[kind]
     ones = {"fwd": cell, **({"bwd": cell} if kind == "bi" else {}),
             "out": {"w": np.ones((d, n_out), dtype), "b": np.ones(n_out, dtype)}}
     padded = pad_hidden(ones, n_hidden, n_max, kind)

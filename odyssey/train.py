@@ -541,16 +541,15 @@ class _Group:
         self.arrays = arrays
         n_dev = mesh.devices.size
         local = int(math.ceil(k / n_dev))
+        layers = nets.LAYERS[task.kind]
         if chunk is None:
             weight_bytes = nets.count_params(self.cell, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
-            chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes, 2 if task.kind == "bi" else 1,
-                                             n_dev)
+            chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes, layers, n_dev)
         self.chunk, n_chunks = chunk_layout(local, chunk)
         self.k = self.chunk * n_chunks * n_dev
         self.n_dev = n_dev
         self.shard = NamedSharding(mesh, PartitionSpec("trials"))
         self.replicated = NamedSharding(mesh, PartitionSpec())
-        layers = 2 if task.kind == "bi" else 1
         t_eval = max(arrays[name].xs.shape[1] for name in ("valid", "test"))
         self.eval_chunk = eval_sequences_per_step(eval_chunk, self.k, t_eval, n_max, layers, dtype.itemsize)
         self.train = jax.device_put(arrays["train"], self.replicated)

@@ -98,6 +98,8 @@ def _define_flags():
                       "their measurements instead of measuring again.")
     flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
+    flags.DEFINE_enum("recurrent_dtype", "float32", ["float32", "bfloat16"], "Operand dtype of the LSTM loops' "
+                      "recurrent products in the measured programs (config.train.recurrent_dtype).")
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the store resampling.")
 
@@ -213,7 +215,8 @@ def _measure(task, buckets, trial_counts, variants, device, scale):
                     task, steps, {"train": FLAGS.sequences, "valid": n_eval, "test": 1}, labels=labels,
                     seed=FLAGS.seed)
                 timers = {k: trainer_speed.TrainerTimer(task, variant, bucket, k, splits, device,
-                                                        eval_chunk=FLAGS.eval_chunk, seed=FLAGS.seed)
+                                                        eval_chunk=FLAGS.eval_chunk, seed=FLAGS.seed,
+                                                        recurrent_dtype=FLAGS.recurrent_dtype)
                           for k in trial_counts}
                 fns = {("train", k): timer.train_epoch for k, timer in timers.items()}
                 if steps == lengths[-1]:
@@ -368,8 +371,11 @@ def main(argv):
     info["load_before"] = trainer_speed.load_average()
     if FLAGS.measurements:
         info = _load_measurements(FLAGS.measurements)["machine"]
+    if not FLAGS.measurements:
+        info["recurrent_dtype"] = FLAGS.recurrent_dtype
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
-          f"jax {info['jax']}; LSTM loops unrolled {info.get('unroll', 1)}\nbefore: {info['load_before']}")
+          f"jax {info['jax']}; LSTM loops unrolled {info.get('unroll', 1)}; recurrent products in "
+          f"{info.get('recurrent_dtype', 'float32')}\nbefore: {info['load_before']}")
     rules = _epoch_rules(FLAGS.max_epochs, FLAGS.seed)
     measured = _load_measurements(FLAGS.measurements) if FLAGS.measurements else None
 

@@ -81,6 +81,9 @@ def _define_flags():
     flags.DEFINE_bool("xla_defaults", False, "Also measure each trainer program compiled with XLA's default "
                       "options instead of odyssey.train.COMPILER_OPTIONS (rows '<variant>/xla-defaults'; "
                       "only where the device's platform has such options).")
+    flags.DEFINE_list("recurrent_dtypes", ["float32"], "Operand dtypes of the LSTM loops' recurrent products to "
+                      "measure, each its own trainer rows (float32: the paper's numerics; bfloat16: rows "
+                      "'<variant>/bfloat16', see odyssey.train.train_trials).")
     flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
 
@@ -127,8 +130,9 @@ class TrainerTimer:
     """
 
     def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
-                 xla_defaults=False):
-        """device: a JAX device, or a list of them to shard the K trials over."""
+                 xla_defaults=False, recurrent_dtype="float32"):
+        """device: a JAX device, or a list of them to shard the K trials over; recurrent_dtype: the operand dtype
+        of the LSTM loops' recurrent products (as train_trials' argument)."""
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
@@ -140,7 +144,8 @@ class TrainerTimer:
             train.COMPILER_OPTIONS = {}
         try:
             self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
-                                      np.dtype(np.float32), chunk=chunk)
+                                      np.dtype(np.float32), chunk=chunk,
+                                      recurrent_dtype=None if recurrent_dtype == "float32" else recurrent_dtype)
         finally:
             train.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk
@@ -378,6 +383,9 @@ def main(argv):
     thread_counts = _torch_threads(torch_device) if torch_device else []
     steps, trials, hiddens = _settings()
     xla_defaults = FLAGS.xla_defaults and bool(train.compiler_options(device))
+    unknown = sorted(set(FLAGS.recurrent_dtypes) - {"float32", "bfloat16"})
+    if unknown or not FLAGS.recurrent_dtypes:
+        raise app.UsageError(f"--recurrent_dtypes={','.join(FLAGS.recurrent_dtypes)}: give float32 and/or bfloat16")
     info = machine_info(device)
     info["load_before"] = load_average()
     if torch_device:
@@ -402,9 +410,11 @@ def main(argv):
             for variant in FLAGS.variants:
                 for k in trials[shape]:
                     for plain in (False, True) if xla_defaults else (False,):
-                        runners[(variant + XLA_DEFAULTS * plain, k)] = TrainerTimer(
-                            shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
-                            chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain)
+                        for rd in FLAGS.recurrent_dtypes:
+                            name = variant + ("" if rd == "float32" else "/" + rd) + XLA_DEFAULTS * plain
+                            runners[(name, k)] = TrainerTimer(
+                                shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
+                                chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain, recurrent_dtype=rd)
             for threads in thread_counts:
                 runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
                                                           seed=FLAGS.seed)
@@ -442,7 +452,8 @@ def main(argv):
     if FLAGS.out:
         config = {"quick": FLAGS.quick, "steps": steps, "trials": trials, "hidden": hiddens,
                   "variants": FLAGS.variants, "sequences": FLAGS.sequences, "repeats": FLAGS.repeats,
-                  "min_time": FLAGS.min_time, "torch_threads": thread_counts}
+                  "min_time": FLAGS.min_time, "torch_threads": thread_counts,
+                  "recurrent_dtypes": FLAGS.recurrent_dtypes}
         with open(FLAGS.out, "w") as f:
             json.dump({"machine": info, "config": config, "rows": rows}, f, indent=1)
         print(f"wrote {FLAGS.out}")
@@ -479,6 +490,9 @@ def _print_table(rows, info):
         print("baseline of the same shape, hidden size and repeat; the median over repeats.")
     print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another, on each")
     print(f"device: K > 1 trials are sharded over the {info['devices']} device(s) as the trainer shards them).")
+    if any("/bfloat16" in r["program"] for r in rows):
+        print("'/bfloat16': the LSTM loops' recurrent products take bfloat16 operands (weights and each step's")
+        print("vector rounded), summed in float32; everything else float32 (odyssey.train.train_trials).")
     if any(r["program"].endswith(XLA_DEFAULTS) for r in rows):
         print(f"'{XLA_DEFAULTS}': the same program compiled with XLA's default options instead of "
               f"odyssey.train.COMPILER_OPTIONS.")

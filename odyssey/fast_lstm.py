@@ -50,7 +50,8 @@ from odyssey import cells
 
 def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None,
                reverse: bool = False, steps: jax.Array | int | None = None,
-               unroll: int | None = None, switches: jax.Array | None = None) -> jax.Array:
+               unroll: int | None = None, switches: jax.Array | None = None,
+               recurrent_dtype=None) -> jax.Array:
     """Runs one LSTM layer over a sequence from the zero state; same values as `odyssey.nets.lstm_layer`.
 
     Differentiable w.r.t. `params` and `xs` by a hand-written backward pass (see the module docstring);
@@ -75,6 +76,11 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         batched under vmap, e.g. one row per trial); only with variant "V", whose layout then holds a
         mixed-cell trial's parameters (`odyssey.cells.to_mixed`). The gradients of the entries the trial's
         variant lacks are not meaningful (the trainer masks them).
+      recurrent_dtype: optional dtype (static) the loops' recurrent products take their operands in, e.g.
+        `jnp.bfloat16`: R (and FGR's Rg) are rounded to it once per call, and at every step the vector
+        (y_{t−1} forward, δā_t backward) is rounded to it and the product accumulated in the layer's dtype.
+        It halves the bytes each step reads where those bound the speed (a GPU); everything else, the
+        state included, stays in the layer's dtype. None (default): the layer's dtype, no rounding.
 
     Returns:
       float[T, N], the block outputs y_t (0 at padded steps), in the promoted dtype of xs and params.
@@ -103,7 +109,8 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         raise ValueError(f"fast_lstm.lstm_layer: unroll must be a positive int, got {unroll!r}")
     if switches is not None:
         switches = jnp.asarray(switches, dtype)
-    ys = _layer(variant, unroll, params, xs, keep, bounds, switches)
+    rdt = recurrent_operand_dtype(recurrent_dtype, dtype)
+    ys = _layer(variant, unroll, rdt, params, xs, keep, bounds, switches)
     return jnp.flip(ys, 0) if reverse else ys
 
 
@@ -121,6 +128,31 @@ DEFAULT_UNROLL = {"cpu": 1, "gpu": 8, "tpu": 1}
 def default_unroll() -> int:
     """`DEFAULT_UNROLL` for the platform JAX runs on (1 for one it does not list)."""
     return DEFAULT_UNROLL.get(jax.default_backend(), 1)
+
+
+def recurrent_operand_dtype(recurrent_dtype, dtype) -> jnp.dtype:
+    """The operand dtype of the loops' recurrent products: `recurrent_dtype`, or the layer's `dtype` for None.
+
+    Raises:
+      ValueError: `recurrent_dtype` is not a float dtype, or is wider than `dtype`.
+    """
+    if recurrent_dtype is None:
+        return jnp.dtype(dtype)
+    try:
+        rdt = jnp.dtype(recurrent_dtype)
+    except TypeError:
+        rdt = None
+    if rdt is None or not jnp.issubdtype(rdt, jnp.floating) or rdt.itemsize > jnp.dtype(dtype).itemsize:
+        raise ValueError(f"recurrent_dtype must be None or a float dtype no wider than the "
+                         f"layer's {jnp.dtype(dtype).name} (e.g. jnp.bfloat16), got {recurrent_dtype!r}")
+    return rdt
+
+
+def _product(rdt, dtype):
+    """a, b -> a @ b with both operands rounded to `rdt` and the sum accumulated in `dtype`."""
+    if rdt == dtype:
+        return jnp.matmul
+    return lambda a, b: jnp.matmul(a.astype(rdt), b.astype(rdt), preferred_element_type=dtype)
 
 
 def _check(variant, params, xs, mask):
@@ -199,7 +231,7 @@ def _scan_range(body, carry0, xs, lo, hi, reverse=False, unroll=1):
     return carry, jax.tree_util.tree_map(lambda o: o[:t], outs)
 
 
-def _forward(variant, unroll, params, xs, keep, bounds, sw):
+def _forward(variant, unroll, rdt, params, xs, keep, bounds, sw):
     """The forward scan; returns ys float[T, N] and the residuals the backward pass needs."""
     s = cells.spec(variant)
     n = params["R"].shape[0]
@@ -209,17 +241,19 @@ def _forward(variant, unroll, params, xs, keep, bounds, sw):
     # Every per-step input and output of the loops is its own float[T, N] array: a step's slice of a
     # [T, G, N] array, split into gates inside the step's fused kernel, compiled to slow scalar code on CPU.
     xw = jnp.moveaxis(cells.input_projection(params, xs.astype(dtype)), 1, 0)
-    r = params["R"].reshape(n, ng * n)
-    rg = params["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
+    # The recurrent weights in the products' operand dtype, rounded once here rather than at every step.
+    r = params["R"].reshape(n, ng * n).astype(rdt)
+    rg = params["Rg"].reshape(3 * n, 3 * n).astype(rdt) if s.fgr else None
+    dot = _product(rdt, dtype)
     one = jnp.ones((n,), dtype)
     on = None if sw is None else cells.switch_flags(sw)
 
     def body(carry, inputs):
         xw_t, k_t = inputs
         y_prev, c_prev = carry[0], carry[1]
-        rec = y_prev @ r
+        rec = dot(y_prev, r)
         if s.fgr:
-            rec = rec + jnp.concatenate([jnp.zeros((n,), dtype), carry[2].reshape(-1) @ rg])
+            rec = rec + jnp.concatenate([jnp.zeros((n,), dtype), dot(carry[2].reshape(-1), rg)])
         pre = {gate: xw_t[j] + rec[j * n:(j + 1) * n] for j, gate in enumerate(s.gates)}
 
         def peep(gate, cell):
@@ -259,8 +293,8 @@ def _forward(variant, unroll, params, xs, keep, bounds, sw):
     return ys, (states, acts)
 
 
-def _layer_fwd(variant, unroll, params, xs, keep, bounds, sw):
-    ys, (states, acts) = _forward(variant, unroll, params, xs, keep, bounds, sw)
+def _layer_fwd(variant, unroll, rdt, params, xs, keep, bounds, sw):
+    ys, (states, acts) = _forward(variant, unroll, rdt, params, xs, keep, bounds, sw)
     return ys, (params, xs, keep, bounds, sw, states, acts)
 
 
@@ -320,15 +354,16 @@ def _coefficients(s, peep, gate, cell, cell_prev, hc):
     return out
 
 
-def _layer_bwd(variant, unroll, residuals, dys):
+def _layer_bwd(variant, unroll, rdt, residuals, dys):
     params, xs, keep, bounds, sw, states, acts = residuals
     s = cells.spec(variant)
     t, n = dys.shape
     ng = len(s.gates)
     dtype = acts[0].dtype
     p = {k: v.astype(dtype) for k, v in params.items()}
-    r = p["R"].reshape(n, ng * n)
-    rg = p["Rg"].reshape(3 * n, 3 * n) if s.fgr else None
+    r = p["R"].reshape(n, ng * n).astype(rdt)
+    rg = p["Rg"].reshape(3 * n, 3 * n).astype(rdt) if s.fgr else None
+    dot = _product(rdt, dtype)
     cell, cell_prev = states[1], _shift(states[1])
     gate = dict(zip(s.gates, acts))
     # Everything that does not depend on the deltas is computed for all steps at once, outside the loop, and
@@ -360,10 +395,10 @@ def _layer_bwd(variant, unroll, residuals, dys):
         if s.fgr:
             dc_prev = dc_prev + dg[0] * v["c_gi"] + dg[1] * v["c_gf"]
         d_pre = jnp.concatenate([da[g] for g in s.gates])
-        dy_prev = r @ d_pre
+        dy_prev = dot(r, d_pre)
         new = (dy_prev, dc_prev)
         if s.fgr:
-            new += ((rg @ d_pre[n:]).reshape(3, n),)
+            new += (dot(rg, d_pre[n:]).reshape(3, n),)
         if k_t is not None:
             valid = k_t > 0
             new = tuple(jnp.where(valid, a, b) for a, b in zip(new, carry))
@@ -395,11 +430,11 @@ def _layer_bwd(variant, unroll, residuals, dys):
     return grads, dxs, dkeep, None, dsw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _layer(variant, unroll, params, xs, keep, bounds, sw):
-    """float[T, N] outputs of the layer; keep is float[T] of 0/1 or None; bounds None or int (lo, hi); sw None
-    or the mixed cell's float[6] switches."""
-    return _forward(variant, unroll, params, xs, keep, bounds, sw)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _layer(variant, unroll, rdt, params, xs, keep, bounds, sw):
+    """float[T, N] outputs of the layer; rdt the recurrent products' operand dtype; keep is float[T] of 0/1 or
+    None; bounds None or int (lo, hi); sw None or the mixed cell's float[6] switches."""
+    return _forward(variant, unroll, rdt, params, xs, keep, bounds, sw)[0]
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

@@ -96,7 +96,7 @@ def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, 
 
 def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Array | None = None, *,
               autodiff: bool = False, steps: jax.Array | int | None = None,
-              switches: jax.Array | None = None) -> jax.Array:
+              switches: jax.Array | None = None, recurrent_dtype=None) -> jax.Array:
     """The network's output activations before the sigmoid/softmax.
 
     The LSTM layers are `odyssey.fast_lstm.lstm_layer`: the same values as `lstm_layer` with a hand-written
@@ -114,14 +114,20 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
         only the steps before it (see `odyssey.fast_lstm.lstm_layer`). The values do not change.
       switches: optional float[6]: with variant "V", the parameters are a mixed-cell trial's (`to_mixed`) and
         these its switches (`odyssey.cells.switches`), e.g. one row per trial under vmap.
+      recurrent_dtype: static; the operand dtype of the LSTM loops' recurrent products, e.g. jnp.bfloat16
+        (see `odyssey.fast_lstm.lstm_layer`; None: the parameters' dtype, no rounding). Not with autodiff.
 
     Returns:
       float[T, K] logits (rows at padded steps are the readout's bias only; losses mask them).
     """
     if autodiff:
+        if recurrent_dtype is not None:
+            raise ValueError("apply_net: recurrent_dtype is a setting of odyssey.fast_lstm; autodiff=True runs "
+                             "the reference layer in the parameters' dtype")
         layer = functools.partial(lstm_layer, switches=switches)
     else:
-        layer = functools.partial(fast_lstm.lstm_layer, steps=steps, switches=switches)
+        layer = functools.partial(fast_lstm.lstm_layer, steps=steps, switches=switches,
+                                  recurrent_dtype=recurrent_dtype)
     hidden = layer(variant, params["fwd"], xs, mask)
     if kind == "bi":
         hidden = jnp.concatenate([hidden, layer(variant, params["bwd"], xs, mask, reverse=True)], axis=-1)

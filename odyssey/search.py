@@ -32,6 +32,10 @@ _DISTRIBUTIONS = {
 }
 # Config fields that only decide how trials are packed into compiled programs: they change no trial's
 # numbers beyond float round-off, so a study may be resumed with other values.
+# Fields added after studies were run, with the value those studies had: a config with that value keeps
+# its earlier fingerprint (and resumes its workdir), any other value counts.
+_LATER_FIELDS = {"train.recurrent_dtype": "float32"}
+RECURRENT_DTYPES = ("float32", "bfloat16")
 _SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "search.mix_variants",
                     "data.cache_dir")
 
@@ -157,6 +161,9 @@ def validate_config(config):
         _check_int(config, dotted, minimum)
     if config.search.get("trials_per_chunk") is not None:
         _check_int(config, "search.trials_per_chunk", 1)
+    recurrent = config.train.get("recurrent_dtype", "float32")
+    if recurrent not in RECURRENT_DTYPES:
+        raise ConfigError(f"config.train.recurrent_dtype = {recurrent!r}: expected one of {', '.join(RECURRENT_DTYPES)}")
     if not isinstance(config.search.get("mix_variants", True), bool):
         raise ConfigError(f"config.search.mix_variants = {config.search.mix_variants!r}: expected True or False")
     buckets = config.search.hidden_buckets
@@ -227,13 +234,18 @@ def _plain(x):
 def study_identity(config):
     """The part of the config that decides the trials and their numbers, as plain JSON-able data.
 
-    Everything counts except the fields in `_SCHEDULING_ONLY` (how trials are packed into programs).
+    Everything counts except the fields in `_SCHEDULING_ONLY` (how trials are packed into programs) and
+    fields of `_LATER_FIELDS` at the value studies had before the field existed.
     The data path counts as an absolute path.
     """
     ident = _plain(config.to_dict())
     for dotted in _SCHEDULING_ONLY:
         section, key = dotted.split(".")
         ident.get(section, {}).pop(key, None)
+    for dotted, earlier in _LATER_FIELDS.items():
+        section, key = dotted.split(".")
+        if ident.get(section, {}).get(key, earlier) == earlier:
+            ident.get(section, {}).pop(key, None)
     if ident.get("data", {}).get("path"):
         ident["data"]["path"] = data_splits.absolute_path(ident["data"]["path"])
     return ident

@@ -65,6 +65,11 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     config.train.patience = 3 if quick else 15
     # Std of the Gaussian noise added to the inputs when search.space does not draw it.
     config.train.input_noise = 0.0
+    # The operand dtype of the LSTM loops' recurrent products: "float32" (the paper's numerics) or
+    # "bfloat16" (recurrent weights and each step's vector rounded to bfloat16, sums in float32; the weights
+    # themselves stay float32). It changes the numbers, so it is part of the study's identity when not
+    # "float32". See odyssey.train.train_trials.
+    config.train.recurrent_dtype = "float32"
 
     config.search = ml_collections.ConfigDict()
     # Which LSTM variants to study (DESIGN §1); default: all nine.

@@ -82,7 +82,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from odyssey import cells, nets, optim, tasks
+from odyssey import cells, fast_lstm, nets, optim, tasks
 
 DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
 # The program that trains trials of the eight variants other than FGR together (`odyssey.cells`' mixed cell).
@@ -343,7 +343,7 @@ def _where(cond, a, b):
     return jax.tree_util.tree_map(pick, a, b)
 
 
-def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
+def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_dtype=None):
     """One epoch of online updates for K trials at once.
 
     Args:
@@ -355,11 +355,14 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
       epoch: int32[K], each trial's own epoch counter (selects its shuffle and noise).
       trim: static; the training sequences differ in length: each update runs the LSTM loops only up to
         the longest of the K sequences it presents (exact: the rest is padding).
+      recurrent_dtype: static; the operand dtype of the LSTM loops' recurrent products (None: the
+        parameters'; see `odyssey.fast_lstm.lstm_layer`).
 
     Returns:
       (new state, summed train loss float[K], diverged bool[K]).
     """
     n_seq = train.xs.shape[0]
+    sequence_loss = functools.partial(tasks.sequence_loss, recurrent_dtype=recurrent_dtype)
 
     def order(key, ep):
         return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), ep), n_seq)
@@ -373,7 +376,7 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False):
         x = train.xs[idx] + std * eps
         lp = None if train.label_paddings is None else train.label_paddings[idx]
         point = optim.gradient_point(params, velocity, mu, nesterov)
-        loss, grads = jax.value_and_grad(tasks.sequence_loss, argnums=2)(
+        loss, grads = jax.value_and_grad(sequence_loss, argnums=2)(
             task, variant, point, x, train.mask[idx], train.targets[idx], lp, steps, exact, switches)
         # Loss and gradient are checked before the update, so that the update and the freeze are one pass
         # over each array (weights that overflow from finite gradients are caught after the epoch).
@@ -447,7 +450,7 @@ def _all_finite(tree):
     return jnp.isfinite(total)
 
 
-def _local_epoch(task, variant, chunk, trim, state, hp, train, epoch):
+def _local_epoch(task, variant, chunk, trim, recurrent_dtype, state, hp, train, epoch):
     """One epoch of the trials on one device, `chunk` trials at a time.
 
     The device's K trials are split into K / chunk chunks that run one after another (`lax.map`), each a
@@ -456,14 +459,14 @@ def _local_epoch(task, variant, chunk, trim, state, hp, train, epoch):
     """
     k = epoch.shape[0]
     if chunk >= k:
-        return _train_epoch(task, variant, state, hp, train, epoch, trim)
+        return _train_epoch(task, variant, state, hp, train, epoch, trim, recurrent_dtype)
 
     def run(args):
         st, h, ep = args
         def idle(st, h, ep):
             return st, jnp.zeros(ep.shape, train.xs.dtype), jnp.zeros(ep.shape, bool)
         def live(st, h, ep):
-            return _train_epoch(task, variant, st, h, train, ep, trim)
+            return _train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype)
         return jax.lax.cond(jnp.any(st["alive"]), live, idle, st, h, ep)
 
     def split(x):
@@ -476,14 +479,15 @@ def _local_epoch(task, variant, chunk, trim, state, hp, train, epoch):
     return jax.tree_util.tree_map(merge, out)
 
 
-def _eval_chunk(task, variant, params, switches, chunk, steps):
+def _eval_chunk(task, variant, recurrent_dtype, params, switches, chunk, steps):
     """Metric statistics of K trials on a chunk of sequences: vmapped over trials and sequences.
 
     switches: the mixed cell's float[K, 6], or None. steps: int32 scalar, the chunk's longest sequence; the
-    LSTM loops stop there.
+    LSTM loops stop there. recurrent_dtype: static, as in `_train_epoch`.
     """
     def per_trial(p, sw):
-        return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t, steps, sw))(
+        return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t, steps, sw,
+                                                              recurrent_dtype))(
             chunk.xs, chunk.mask, chunk.targets)
     return jax.vmap(per_trial)(params, switches)
 
@@ -531,7 +535,8 @@ def _eval_splits(arrays, chunk):
 class _Group:
     """K slots of one program (a variant, or `MIXED`) and one padded hidden size, trained in lock-step epochs."""
 
-    def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None):
+    def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None,
+                 recurrent_dtype=None):
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
         self.mixed = variant == MIXED
         if not self.mixed:
@@ -558,11 +563,13 @@ class _Group:
         # Trim the loops to each update's sequences when lengths differ; with equal lengths the plain scan
         # is ~5-10 % faster than the while loop that trimming needs (bench: fast_lstm, CPU).
         trim = not bool(np.all(arrays["train"].mask > 0))
-        epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, self.cell, self.chunk, trim), mesh=mesh,
+        epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, self.cell, self.chunk, trim,
+                                                   recurrent_dtype), mesh=mesh,
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
         options = compiler_options(mesh.devices.flat[0])
         self._epoch_fn = jax.jit(epoch_fn, donate_argnums=(0,), compiler_options=options)
-        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, self.cell), compiler_options=options)
+        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, self.cell, recurrent_dtype),
+                                compiler_options=options)
         self._empty = self._slot_values(None)
         self.fill([])
 
@@ -704,7 +711,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  trials_per_batch: int = 64, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS,
                  eval_chunk: int = 16, trials_per_chunk: int | None = None, on_epoch: Callable | None = None,
                  on_result: Callable | None = None, devices=None, dtype=np.float32,
-                 compile_ahead: bool | None = None, mix_variants: bool = True) -> list[TrialResult]:
+                 compile_ahead: bool | None = None, mix_variants: bool = True,
+                 recurrent_dtype=None) -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -736,6 +744,10 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         Faster on both kinds of device: on a GPU by the size of its programs (module docstring), on 2 CPU
         cores by compiling 2 programs instead of 9 (the README's quick study: 119 s against 167 s), though
         the mixed cell's update cost 0-15 % more there (one trial, JSB shape, N = 100 and 200).
+      recurrent_dtype: the operand dtype of the LSTM loops' recurrent products in training and evaluation,
+        e.g. jnp.bfloat16: the recurrent weights are rounded to it once per sequence and each step's vector
+        at every step, the products accumulate in `dtype` (`odyssey.fast_lstm.lstm_layer`). The weights,
+        their updates and everything else stay in `dtype`. None (default) or `dtype`: no rounding.
 
     Returns:
       The results, in the order of `trials`.
@@ -747,6 +759,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     if max_epochs < 1 or patience < 1 or trials_per_batch < 1 or bad_chunk:
         raise ValueError(f"need max_epochs, patience, trials_per_batch, trials_per_chunk >= 1; got {max_epochs}, "
                          f"{patience}, {trials_per_batch}, {trials_per_chunk}")
+    rdt = fast_lstm.recurrent_operand_dtype(recurrent_dtype, dtype)
+    rdt = None if rdt == np.dtype(dtype) else rdt  # the parameters' own dtype: the default program
     missing = [name for name in ("train", "valid", "test") if name not in splits]
     if missing:
         raise ValueError(f"splits lack {missing}; the loaders return train, valid and test")
@@ -768,7 +782,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         start = time.perf_counter()
         with jax.enable_x64(x64), jax.default_matmul_precision(precision):
             group = _Group(spec, variant, n_max, min(trials_per_batch, len(groups[key])), arrays, n_in, mesh,
-                           eval_chunk, np.dtype(dtype), chunk=trials_per_chunk)
+                           eval_chunk, np.dtype(dtype), chunk=trials_per_chunk, recurrent_dtype=rdt)
             if compile_ahead:
                 group.compile_ahead()
                 logging.info("%s %s N<=%d: compiled ahead in %.1fs", task, variant, n_max,

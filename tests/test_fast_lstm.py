@@ -252,3 +252,128 @@ def test_mixed_cell_equals_each_variants_own_layer_under_vmap(x64):
                 assert np.max(np.abs(foreign)) > 1e-3
             else:
                 assert np.all(foreign == 0), (v, k)
+
+
+def _bf16(a):
+    """a rounded to bfloat16 (to nearest, ties to even), back in float64."""
+    return np.asarray(a, np.float64).astype(jnp.bfloat16).astype(np.float64)
+
+
+def _sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def _hand_bptt_rounded(params, xs, cot):
+    """The vanilla layer (V) and the gradients of <cot, ys>, stepped by hand in float64 numpy, with the
+    recurrent products taking bfloat16-rounded operands: forward round(y_{t−1}) · round(R), backward
+    round(R) · round(δā_t). Weight gradients are sums over steps of the unrounded values (as the layer's
+    products after its loops)."""
+    w, r, b, p = (np.asarray(params[k], np.float64) for k in ("W", "R", "b", "p"))
+    xs, cot = np.asarray(xs, np.float64), np.asarray(cot, np.float64)
+    t_len, n = cot.shape
+    r2 = _bf16(r.reshape(n, 4 * n))
+    y, c = np.zeros(n), np.zeros(n)
+    ys, cs, gates = [], [], []
+    for t in range(t_len):
+        a = np.einsum("m,mgn->gn", xs[t], w) + b + (_bf16(y) @ r2).reshape(4, n)
+        c_prev = c
+        z = np.tanh(a[0])
+        i = _sigmoid(a[1] + p[0] * c_prev)
+        f = _sigmoid(a[2] + p[1] * c_prev)
+        c = z * i + c_prev * f
+        o = _sigmoid(a[3] + p[2] * c)
+        y = np.tanh(c) * o
+        ys.append(y), cs.append(c), gates.append((z, i, f, o))
+    grads = {k: np.zeros_like(v) for k, v in (("W", w), ("R", r), ("b", b), ("p", p))}
+    dxs = np.zeros_like(xs)
+    dy_rec, dc_next = np.zeros(n), np.zeros(n)
+    for t in reversed(range(t_len)):
+        z, i, f, o = gates[t]
+        c, c_prev = cs[t], cs[t - 1] if t else np.zeros(n)
+        y_prev = ys[t - 1] if t else np.zeros(n)
+        dy = cot[t] + dy_rec
+        da_o = dy * np.tanh(c) * o * (1 - o)
+        dc = dc_next + dy * o * (1 - np.tanh(c) ** 2) + da_o * p[2]
+        da_z = dc * i * (1 - z * z)
+        da_i = dc * z * i * (1 - i)
+        da_f = dc * c_prev * f * (1 - f)
+        dc_next = dc * f + da_i * p[0] + da_f * p[1]
+        da = np.stack([da_z, da_i, da_f, da_o])
+        dy_rec = r2 @ _bf16(da.reshape(-1))
+        grads["W"] += np.einsum("m,gn->mgn", xs[t], da)
+        grads["R"] += np.einsum("k,gn->kgn", y_prev, da)
+        grads["b"] += da
+        grads["p"] += np.stack([da_i * c_prev, da_f * c_prev, da_o * c])
+        dxs[t] = np.einsum("mgn,gn->m", w, da)
+    return np.stack(ys), grads, dxs
+
+
+def test_bfloat16_recurrent_products_equal_a_hand_stepped_bptt(x64):
+    """recurrent_dtype=bfloat16 in a float64 layer: outputs and gradients equal the hand-stepped loop that
+    rounds the same operands (to float64 round-off), and differ from the unrounded layer by bfloat16's
+    rounding (so the rounding does happen). Under vmap and with unrolled loops alike."""
+    n = 6
+    params = _params("V", 21, n=n)
+    xs = jnp.asarray(np.random.default_rng(22).normal(size=(_T, _M)))
+    cot = jnp.asarray(np.random.default_rng(23).normal(size=(_T, n)))
+    want_ys, want_grads, want_dxs = _hand_bptt_rounded(params, xs, cot)
+
+    def loss(p, x, unroll, rdt):
+        ys = fast_lstm.lstm_layer("V", p, x, unroll=unroll, recurrent_dtype=rdt)
+        return jnp.sum(ys * cot), ys
+
+    for unroll in (1, 4):
+        (_, ys), (grads, dxs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, unroll,
+                                                                                        jnp.bfloat16)
+        assert ys.dtype == jnp.float64 and grads["R"].dtype == jnp.float64
+        np.testing.assert_allclose(ys, want_ys, rtol=1e-10, atol=1e-13)
+        np.testing.assert_allclose(dxs, want_dxs, rtol=1e-10, atol=1e-13)
+        for k, g in grads.items():
+            np.testing.assert_allclose(g, want_grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    # two trials under vmap: each equals its own hand-stepped loop
+    other = _params("V", 24, n=n)
+    batched = jax.tree_util.tree_map(lambda a, b: jnp.stack([a, b]), params, other)
+    (_, ys2), (grads2, _) = jax.vmap(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True),
+                                     in_axes=(0, None, None, None))(batched, xs, 1, jnp.bfloat16)
+    other_ys, other_grads, _ = _hand_bptt_rounded(other, xs, cot)
+    np.testing.assert_allclose(ys2, np.stack([want_ys, other_ys]), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(grads2["R"], np.stack([want_grads["R"], other_grads["R"]]), rtol=1e-10, atol=1e-13)
+    # and it is not the unrounded layer: bfloat16 keeps 8 significant bits
+    (_, exact_ys), (exact_grads, _) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, 1, None)
+    gap = np.max(np.abs(np.asarray(exact_ys) - want_ys))
+    assert 1e-6 < gap < 2e-2, gap
+    assert 1e-6 < np.max(np.abs(exact_grads["R"] - want_grads["R"])) / np.max(np.abs(want_grads["R"])) < 5e-2
+
+
+@pytest.mark.parametrize("variant", ["FGR", "NOAF", "CIFG"])
+def test_bfloat16_recurrent_products_stay_near_float32_for_every_layout(variant):
+    """Every variant's loops (FGR's gate recurrence included) take the bfloat16 path: outputs and gradients
+    move from the float32 layer's by bfloat16's relative precision (2^-8), not more, and not zero."""
+    params = _params(variant, 31, np.float32, n=8, std=0.3)
+    xs, cots = _data(32, np.float32)
+    cot = jnp.asarray(np.random.default_rng(33).normal(size=(_T, 8)).astype(np.float32))
+    mask = jnp.asarray(_MASK, jnp.float32)
+
+    def run(rdt):
+        def loss(p):
+            ys = fast_lstm.lstm_layer(variant, p, xs, mask, recurrent_dtype=rdt)
+            return jnp.sum(ys * cot), ys
+        (_, ys), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return ys, grads
+
+    ys32, g32 = run(None)
+    ys16, g16 = run(jnp.bfloat16)
+    assert ys16.dtype == jnp.float32 and all(g.dtype == jnp.float32 for g in g16.values())
+    gap = float(jnp.max(jnp.abs(ys16 - ys32)))
+    assert 1e-6 < gap < 2 ** -8 * 4, gap
+    for k in g32:
+        rel = float(jnp.max(jnp.abs(g16[k] - g32[k])) / jnp.max(jnp.abs(g32[k])))
+        assert 1e-7 < rel < 2 ** -8 * 8, (k, rel)
+
+
+@pytest.mark.parametrize("bad", [jnp.float64, jnp.int8, "float16x"])
+def test_recurrent_dtype_must_be_a_float_no_wider_than_the_layer(bad):
+    args = ("V", _params("V", 9, np.float32), _data(9, np.float32)[0])
+    with pytest.raises(ValueError, match="recurrent_dtype must be None or a float dtype no wider than the layer's "
+                                         "float32"):
+        fast_lstm.lstm_layer(*args, recurrent_dtype=bad)

@@ -181,6 +181,7 @@ def _set(config, dotted, value):
     ("train.max_epochs", 0, "max_epochs = 0"),
     ("search.hidden_buckets", (80, 40), "increasing positive integers"),
     ("optim.learning_rate", -1.0, "learning rates must be positive"),
+    ("train.recurrent_dtype", "float16", "config.train.recurrent_dtype = 'float16': expected one of float32, bfloat16"),
 ])
 def test_bad_configs_are_refused_with_the_field_named(field, value, message):
     config = load_config("timit")
@@ -219,12 +220,25 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
     for field, value in [("search.num_trials", 10), ("search.seed", 1), ("search.variants", ("V",)),
                          ("train.max_epochs", 10), ("train.patience", 3), ("data.path", "/tmp/jsb.pickle"),
                          ("search.space.learning_rate", ("log_uniform", 1e-5, 1e-2)), ("data.seed", 2),
-                         ("data.max_sequences.train", 5)]:
+                         ("data.max_sequences.train", 5), ("train.recurrent_dtype", "bfloat16")]:
         config = load_config("jsb")
         _set(config, field, value)
         assert search.fingerprint(config) != fp, field
         diff = search.identity_diff(search.study_identity(base), search.study_identity(config))
         assert len(diff) == 1 and diff[0].startswith(f"config.{field}: "), diff
+
+
+def test_a_field_added_later_keeps_the_fingerprint_of_studies_that_predate_it():
+    """A config without train.recurrent_dtype (a study's config.json from before the field) and a config with it
+    at "float32" draw and train the same trials: one fingerprint, so such a study resumes."""
+    for task in ("jsb", "timit"):
+        config = load_config(task)
+        assert config.train.recurrent_dtype == "float32"
+        before = load_config(task)
+        del before.train["recurrent_dtype"]
+        search.validate_config(before)
+        assert search.fingerprint(before) == search.fingerprint(config)
+        assert "recurrent_dtype" not in search.study_identity(config)["train"]
 
 
 _T = collections.namedtuple("_T", "trial_id variant hidden_size")

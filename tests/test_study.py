@@ -145,6 +145,24 @@ def test_one_trial_per_batch_on_one_cpu_device_gives_the_same_numbers(env, refer
     assert_same_epochs(read(tmp_path, "epochs"), read(reference[0], "epochs"))
 
 
+@needs_trainer
+def test_bfloat16_recurrent_products_reach_the_study(env, reference, tmp_path):
+    """config.train.recurrent_dtype=bfloat16 is a study of its own (its fingerprint, its log line) whose numbers
+    move from the float32 reference by bfloat16's rounding: not at all would mean the setting never reached the
+    trainer, much more a broken path."""
+    proc = run_study(env, tmp_path, "--config.train.recurrent_dtype=bfloat16", "--report=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "recurrent products in bfloat16" in proc.stderr
+    assert "recurrent products in" not in reference[2].stderr
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["recurrent_dtype"] == "bfloat16"
+    rows, ref = read(tmp_path), read(reference[0])
+    assert [r["trial_id"] for r in rows] == [r["trial_id"] for r in ref]
+    gaps = [abs(r["val_metric"] - f["val_metric"]) / f["val_metric"] for r, f in zip(rows, ref)
+            if r["status"] == f["status"] == "done"]
+    assert len(gaps) >= len(ref) // 2
+    assert 1e-6 < max(gaps) < 5e-2, gaps
+
+
 def _count(workdir, query):
     try:
         conn = sqlite3.connect(f"{(pathlib.Path(workdir) / store.FILENAME).as_uri()}?mode=ro", uri=True)

@@ -46,8 +46,11 @@ def _pairs(task, split):
     return list(split)
 
 
-def _ref_loss(task, variant, params, x, y):
-    logits = nets.apply_net(variant, KIND[task], params, x, autodiff=True)
+def _ref_loss(task, variant, params, x, y, recurrent_dtype=None):
+    # autodiff through the reference layer; with recurrent_dtype, odyssey.fast_lstm's layer (the only one that
+    # rounds the recurrent products), checked against a hand-stepped loop in test_fast_lstm
+    logits = nets.apply_net(variant, KIND[task], params, x, autodiff=recurrent_dtype is None,
+                            recurrent_dtype=recurrent_dtype)
     if task == "jsb":
         return -jnp.sum(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits))
     if task == "timit":
@@ -65,12 +68,12 @@ def _levenshtein(a, b):
     return d[len(b)]
 
 
-def _ref_metric(task, variant, params, split):
+def _ref_metric(task, variant, params, split, recurrent_dtype=None):
     num = den = 0.0
     for x, y in _pairs(task, split):
-        logits = np.asarray(nets.apply_net(variant, KIND[task], params, jnp.asarray(x)))
+        logits = np.asarray(nets.apply_net(variant, KIND[task], params, jnp.asarray(x), recurrent_dtype=recurrent_dtype))
         if task == "jsb":
-            num += float(_ref_loss(task, variant, params, jnp.asarray(x), jnp.asarray(y)))
+            num += float(_ref_loss(task, variant, params, jnp.asarray(x), jnp.asarray(y), recurrent_dtype))
             den += len(x)
         elif task == "timit":
             num += 100.0 * np.sum(logits.argmax(1) != y)
@@ -83,14 +86,14 @@ def _ref_metric(task, variant, params, split):
     return num / den
 
 
-def reference_run(task, variant, trial, splits, max_epochs, patience):
+def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_dtype=None):
     """The paper's protocol for one trial, one sequence at a time, in plain Python."""
     key = jax.random.PRNGKey(trial.seed)
     n_in = _pairs(task, splits["train"])[0][0].shape[1]
     params = nets.init_net(jax.random.fold_in(key, 0), variant, KIND[task], n_in, trial.hidden_size, N_OUT[task],
                            dtype=np.float64)
     velocity = jax.tree_util.tree_map(np.zeros_like, params)
-    grad_fn = jax.jit(jax.grad(lambda p, x, y: _ref_loss(task, variant, p, x, y)))
+    grad_fn = jax.jit(jax.grad(lambda p, x, y: _ref_loss(task, variant, p, x, y, recurrent_dtype)))
     data = _pairs(task, splits["train"])
     t_max = max(len(x) for x, _ in data)
     mu = trial.momentum
@@ -106,13 +109,13 @@ def reference_run(task, variant, trial, splits, max_epochs, patience):
             g = jax.tree_util.tree_map(lambda a: np.clip(a, -1, 1) if trial.clip else np.asarray(a), g)
             velocity = jax.tree_util.tree_map(lambda v, a: mu * v - trial.learning_rate * (1 - mu) * a, velocity, g)
             params = jax.tree_util.tree_map(lambda p, v: p + v, params, velocity)
-        val = _ref_metric(task, variant, params, splits["valid"])
+        val = _ref_metric(task, variant, params, splits["valid"], recurrent_dtype)
         curve.append(val)
         if val < best:
             best, best_epoch, best_params = val, epoch + 1, params
         if epoch + 1 - best_epoch >= patience:
             break
-    return curve, best_epoch, best, _ref_metric(task, variant, best_params, splits["test"])
+    return curve, best_epoch, best, _ref_metric(task, variant, best_params, splits["test"], recurrent_dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -145,6 +148,32 @@ def test_one_trial_equals_the_reference_loop(task, variant, x64):
     np.testing.assert_allclose([r.val_metric, r.test_metric], [ref_best, ref_test], rtol=1e-10)
     assert r.n_params == nets.count_params(variant, KIND[task], splits["train"][0][0].shape[-1] if task != "jsb"
                                            else 88, 4, N_OUT[task])
+
+
+def test_bfloat16_recurrent_products_reach_training_and_evaluation(x64):
+    """recurrent_dtype=bfloat16 reaches both of the trainer's programs: a NIG trial padded from N = 4 to 6
+    among trials of other variants (the mixed program) follows the plain loop that runs the same layer setting
+    one sequence at a time, to float64 round-off, and moves away from the unrounded run."""
+    splits = make_splits("jsb", seed=4)
+    target = train.Trial(0, "NIG", 4, 3e-2, 0.7, 0.3, True, False, seed=5)
+    others = [train.Trial(1, "V", 6, 1e-2, 0.5, 0.2, True, False, 6),
+              train.Trial(2, "CIFG", 3, 2e-2, 0.9, 0.1, False, False, 7)]
+    results, curves = run_trainer("jsb", splits, [target] + others, max_epochs=3, patience=5, hidden_buckets=(6,),
+                                  dtype=np.float64, recurrent_dtype=jnp.bfloat16)
+    ref_curve, ref_best_epoch, ref_best, ref_test = reference_run("jsb", "NIG", target, splits, 3, 5,
+                                                                  recurrent_dtype=jnp.bfloat16)
+    np.testing.assert_allclose(curves[0], ref_curve, rtol=1e-10)
+    assert results[0].best_epoch == ref_best_epoch
+    np.testing.assert_allclose([results[0].val_metric, results[0].test_metric], [ref_best, ref_test], rtol=1e-10)
+    exact_curve = reference_run("jsb", "NIG", target, splits, 3, 5)[0]
+    gap = np.max(np.abs(np.asarray(curves[0]) - exact_curve) / np.asarray(exact_curve))
+    assert 1e-7 < gap < 1e-2, gap
+
+
+def test_recurrent_dtype_is_checked_before_training():
+    with pytest.raises(ValueError, match="recurrent_dtype must be None or a float dtype no wider than the layer's"):
+        train.train_trials("jsb", make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)], max_epochs=1,
+                           recurrent_dtype="int8")
 
 
 @pytest.mark.parametrize("chunk", [None, 3])

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odyssey import cells, fast_lstm, tasks, train
+from odyssey import cells, fast_lstm, nets, tasks, train
 
 FLAGS = flags.FLAGS
 
@@ -52,6 +52,24 @@ _QUICK = {"steps": {"jsb": 60, "timit": 100}, "trials": (1, 8, 32)}
 _QUICK_TIMIT_TRIALS = (1, 8)
 _TORCH_PROGRAMS = ("torch", "torch_graph")  # row names of the PyTorch baselines
 XLA_DEFAULTS = "/xla-defaults"  # suffix of the rows of programs compiled with XLA's default options
+# Memory bandwidth (bytes/s) by JAX device kind, for the streamed-weight bound (`weight_stream_bound`): the
+# vendors' figures for the SXM cards.
+BANDWIDTH = {"NVIDIA H100 80GB HBM3": 3.35e12, "NVIDIA H200": 4.8e12}
+
+
+def weight_stream_bound(task: str, steps: int, hidden: int, variant: str, itemsize: int, bandwidth: float) -> float:
+    """Sequence-updates/s summed over trials if every step streamed its trial's recurrent weights from memory.
+
+    With one sequence per update, each time step of the forward and of the backward loop reads the layer's
+    recurrent weights (R, N x GN, and FGR's Rg, 3N x 3N) once per trial; a bidirectional net has two layers.
+    Inputs, states and the other weights are left out, so this is an upper bound for code that keeps no
+    weights on chip: bandwidth / (2 passes x steps x layers x recurrent weight bytes).
+    """
+    cell = "V" if variant == train.MIXED else variant.split("/")[0]
+    spec = cells.spec(cell)
+    weights = hidden * len(spec.gates) * hidden + (9 * hidden * hidden if spec.fgr else 0)
+    layers = nets.LAYERS[tasks.get_task(task).kind]
+    return bandwidth / (2 * steps * layers * weights * itemsize)
 
 
 def _define_flags():
@@ -388,6 +406,8 @@ def main(argv):
         raise app.UsageError(f"--recurrent_dtypes={','.join(FLAGS.recurrent_dtypes)}: give float32 and/or bfloat16")
     info = machine_info(device)
     info["load_before"] = load_average()
+    bandwidth = BANDWIDTH.get(device.device_kind) if device.platform == "gpu" else None
+    info["bandwidth"] = bandwidth
     if torch_device:
         try:
             import torch
@@ -443,6 +463,10 @@ def main(argv):
                        "updates_per_s": rates[(name, k)],
                        "ratio_vs_best_torch": (statistics.median(a / b for a, b in zip(per_repeat[(name, k)], best))
                                                if best else None)}
+                if bandwidth and not baseline:
+                    itemsize = 2 if "/bfloat16" in name else 4
+                    row["weight_stream_bound"] = weight_stream_bound(shape, steps[shape], hidden, name, itemsize,
+                                                                     bandwidth)
                 rows.append(row)
                 print(_row_text(row), flush=True)
             del runners
@@ -468,14 +492,16 @@ def _row_text(r):
         name = f"odyssey {r['program']}"
     ratio = f"{r['ratio_vs_best_torch']:.2f}" if r["ratio_vs_best_torch"] is not None else "-"
     chunk = "-" if r.get("chunk") is None else str(r["chunk"])
+    bound = f"{100 * r['updates_per_s'] / r['weight_stream_bound']:>7.0f} %" if r.get("weight_stream_bound") else ""
     return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<25} {r['K']:>4} {chunk:>5} "
-            f"{r['updates_per_s']:>11.1f} {ratio:>12}")
+            f"{r['updates_per_s']:>11.1f} {ratio:>12}{bound}")
 
 
 def _print_table(rows, info):
     print()
+    bounded = any(r.get("weight_stream_bound") for r in rows)
     header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<25} {'K':>4} {'chunk':>5} {'updates/s':>11} "
-              f"{'x best torch':>12}")
+              f"{'x best torch':>12}" + (f" {'of bound':>9}" if bounded else ""))
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -488,6 +514,10 @@ def _print_table(rows, info):
         print("readout; '/2t' = torch.set_num_threads(2); 'graph': the same update captured as a CUDA graph and")
         print("replayed per update. 'x best torch': in each repeat, updates/s over the fastest PyTorch")
         print("baseline of the same shape, hidden size and repeat; the median over repeats.")
+    if bounded:
+        print("of bound: updates/s over the rate at which streaming each trial's recurrent weights at every step of")
+        print(f"the forward and backward loops would saturate {info['bandwidth'] / 1e12:.2f} TB/s (trainer_speed."
+              f"weight_stream_bound; bfloat16 rows: 2-byte weights).")
     print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another, on each")
     print(f"device: K > 1 trials are sharded over the {info['devices']} device(s) as the trainer shards them).")
     if any("/bfloat16" in r["program"] for r in rows):

@@ -38,6 +38,12 @@ Unrolling either scan by 2 or 4 steps made CPU runs 3-10 % slower, so on CPU bot
 iteration; on a GPU they run 8 steps per iteration (`DEFAULT_UNROLL`: 1.5-2.8× the trainer's throughput).
 With `steps`, both loops skip the padding (a while loop of `steps` iterations): exact, and on padded data
 as much faster as the padding was long; with no padding the plain scan is the faster (~5-10 % on CPU).
+
+`recurrent_dtype` (e.g. bfloat16) rounds the operands of the loops' recurrent products only: R once per
+call, y_{t−1} (forward) and δā_t (backward) at every step, each product summed in the layer's dtype. A
+step of many vmapped trials on a GPU streams every trial's R from memory, so 2-byte weights halve what
+bounds it there. The weight gradients after the loops are products of the unrounded states and deltas.
+On 2 CPU cores the trainer's epoch ran at the same speed either way (JSB shape, N = 100, K = 1 and 8).
 """
 
 import functools

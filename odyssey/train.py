@@ -61,6 +61,11 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   the group before it ended, and the first epoch of a group took what the others took. Not on CPUs: the
   README's quick study (then 9 groups, 2 cores) took 101.7 s without and 110.2 s with it, the compiler and
   the training sharing the two cores.
+* Recurrent products in bfloat16 (`recurrent_dtype`, off by default): at N = 200 a step of many trials
+  on a GPU is bound by streaming every trial's recurrent weights (bench/README.md), which 2-byte weights
+  halve. What it changes, measured on CPU (bench/recurrent_dtype_check.py, 54 JSB trials of all nine
+  variants): a trial's best validation NLL moved by a median 8.7e-5 relative, against 7.0e-3 for a new
+  training seed; its speed on a GPU is not measured yet.
 * Hidden sizes: the default buckets 40, 80, ..., 200 pad a trial of the search's sizes (20..200) to less
   than twice its own N (arithmetic, not a measurement; its recurrent weights then grow by up to 4×).
 

@@ -10,12 +10,14 @@
 #      the full study;
 #   3b. (stage bf16) trainer_speed at N = 200, K = 1, 32, 200 with the recurrent products in float32 and in
 #      bfloat16 side by side, and study_time of JSB and TIMIT with bfloat16 (the projection it would give);
+#   3c. (stage precision) trainer_speed at N = 200, K = 200 under JAX's default matmul precision (TF32 products
+#      on recent NVIDIA GPUs) and under 'highest' (true float32), side by side;
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file).
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
 # 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stage bf16). STAGES picks stages (default
-# "speed big project study"; "bf16" runs only when named); PROJECT_ARGS
+# "speed big project study"; "bf16" and "precision" run only when named); PROJECT_ARGS
 # adds flags to study_time (e.g. --buckets=40,120,200). A stage
 # stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
 # (or with the repository on PYTHONPATH).
@@ -50,11 +52,13 @@ want bf16 && stage bf16 "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device
 want bf16 && stage project_bf16 "${LIMIT_BF16:-300}" $py bench/study_time.py --device=gpu --tasks=jsb,timit \
   --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 --recurrent_dtype=bfloat16 \
   --out="$out/project_bf16.json" ${PROJECT_ARGS:-}
+want precision && stage precision "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 \
+  --trials=200 --matmul_precisions=default,highest --notorch --repeats=3 --min_time=0.3 --out="$out/precision.json"
 if [ -n "$jsb" ] && want study; then
   rm -rf "$out/jsb_study"
   stage study "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
     --workdir="$out/jsb_study" --progress_seconds=30
 fi
-for name in speed big onevmap project bf16 project_bf16 study; do
+for name in speed big onevmap project bf16 project_bf16 precision study; do
   [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |Study finished|rror" "$out/$name.log" | tail -25; }
 done

@@ -25,7 +25,9 @@ The helpers `synthetic_splits`, `TrainerTimer`, `measure`, `machine_info` and `p
 `bench/study_time.py`; `paired_median_seconds` serves `ctc_speed.py` and `fast_lstm_speed.py`.
 """
 
+import contextlib
 import datetime
+import itertools
 import json
 import math
 import os
@@ -102,6 +104,9 @@ def _define_flags():
     flags.DEFINE_list("recurrent_dtypes", ["float32"], "Operand dtypes of the LSTM loops' recurrent products to "
                       "measure, each its own trainer rows (float32: the paper's numerics; bfloat16: rows "
                       "'<variant>/bfloat16', see odyssey.train.train_trials).")
+    flags.DEFINE_list("matmul_precisions", ["default"], "jax.default_matmul_precision settings to measure, each its "
+                      "own trainer rows ('default': JAX's own, which on recent NVIDIA GPUs lets float32 products "
+                      "use TF32; 'highest': true float32 products, rows '<variant>/highest').")
     flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
 
@@ -148,9 +153,11 @@ class TrainerTimer:
     """
 
     def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
-                 xla_defaults=False, recurrent_dtype="float32"):
+                 xla_defaults=False, recurrent_dtype="float32", matmul_precision=None):
         """device: a JAX device, or a list of them to shard the K trials over; recurrent_dtype: the operand dtype
-        of the LSTM loops' recurrent products (as train_trials' argument)."""
+        of the LSTM loops' recurrent products (as train_trials' argument); matmul_precision: None (JAX's
+        setting) or a `jax.default_matmul_precision` value the programs are traced and compiled under."""
+        self.precision = matmul_precision
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
@@ -177,17 +184,25 @@ class TrainerTimer:
         self.updates_per_epoch = self.k * arrays["train"].size
         self.valid_size = arrays["valid"].size
 
+    def _precision(self):
+        # JAX's compilation caches key on the setting: each timer's calls find the programs built under its own.
+        if self.precision is None:
+            return contextlib.nullcontext()
+        return jax.default_matmul_precision(self.precision)
+
     def train_epoch(self) -> float:
         """Seconds of one epoch of the K trials, to the host's copy of its losses (as the trainer waits)."""
-        start = time.perf_counter()
-        self.group.train_epoch()
-        return time.perf_counter() - start
+        with self._precision():
+            start = time.perf_counter()
+            self.group.train_epoch()
+            return time.perf_counter() - start
 
     def evaluate(self) -> float:
         """Seconds of one validation pass of the K trials, host-side metric included (as after every epoch)."""
-        start = time.perf_counter()
-        self.group.evaluate("valid", self.group.state["params"])
-        return time.perf_counter() - start
+        with self._precision():
+            start = time.perf_counter()
+            self.group.evaluate("valid", self.group.state["params"])
+            return time.perf_counter() - start
 
 
 class TorchRunner:
@@ -404,6 +419,10 @@ def main(argv):
     unknown = sorted(set(FLAGS.recurrent_dtypes) - {"float32", "bfloat16"})
     if unknown or not FLAGS.recurrent_dtypes:
         raise app.UsageError(f"--recurrent_dtypes={','.join(FLAGS.recurrent_dtypes)}: give float32 and/or bfloat16")
+    unknown = sorted(set(FLAGS.matmul_precisions) - {"default", "highest", "high", "tensorfloat32", "float32"})
+    if unknown or not FLAGS.matmul_precisions:
+        raise app.UsageError(f"--matmul_precisions={','.join(FLAGS.matmul_precisions)}: give default, highest, "
+                             f"high, tensorfloat32 or float32")
     info = machine_info(device)
     info["load_before"] = load_average()
     bandwidth = BANDWIDTH.get(device.device_kind) if device.platform == "gpu" else None
@@ -430,11 +449,13 @@ def main(argv):
             for variant in FLAGS.variants:
                 for k in trials[shape]:
                     for plain in (False, True) if xla_defaults else (False,):
-                        for rd in FLAGS.recurrent_dtypes:
-                            name = variant + ("" if rd == "float32" else "/" + rd) + XLA_DEFAULTS * plain
+                        for rd, precision in itertools.product(FLAGS.recurrent_dtypes, FLAGS.matmul_precisions):
+                            name = (variant + ("" if rd == "float32" else "/" + rd)
+                                    + ("" if precision == "default" else "/" + precision) + XLA_DEFAULTS * plain)
                             runners[(name, k)] = TrainerTimer(
                                 shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
-                                chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain, recurrent_dtype=rd)
+                                chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain, recurrent_dtype=rd,
+                                matmul_precision=None if precision == "default" else precision)
             for threads in thread_counts:
                 runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
                                                           seed=FLAGS.seed)
@@ -477,7 +498,7 @@ def main(argv):
         config = {"quick": FLAGS.quick, "steps": steps, "trials": trials, "hidden": hiddens,
                   "variants": FLAGS.variants, "sequences": FLAGS.sequences, "repeats": FLAGS.repeats,
                   "min_time": FLAGS.min_time, "torch_threads": thread_counts,
-                  "recurrent_dtypes": FLAGS.recurrent_dtypes}
+                  "recurrent_dtypes": FLAGS.recurrent_dtypes, "matmul_precisions": FLAGS.matmul_precisions}
         with open(FLAGS.out, "w") as f:
             json.dump({"machine": info, "config": config, "rows": rows}, f, indent=1)
         print(f"wrote {FLAGS.out}")
@@ -493,14 +514,14 @@ def _row_text(r):
     ratio = f"{r['ratio_vs_best_torch']:.2f}" if r["ratio_vs_best_torch"] is not None else "-"
     chunk = "-" if r.get("chunk") is None else str(r["chunk"])
     bound = f"{100 * r['updates_per_s'] / r['weight_stream_bound']:>7.0f} %" if r.get("weight_stream_bound") else ""
-    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<25} {r['K']:>4} {chunk:>5} "
+    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<28} {r['K']:>4} {chunk:>5} "
             f"{r['updates_per_s']:>11.1f} {ratio:>12}{bound}")
 
 
 def _print_table(rows, info):
     print()
     bounded = any(r.get("weight_stream_bound") for r in rows)
-    header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<25} {'K':>4} {'chunk':>5} {'updates/s':>11} "
+    header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<28} {'K':>4} {'chunk':>5} {'updates/s':>11} "
               f"{'x best torch':>12}" + (f" {'of bound':>9}" if bounded else ""))
     print(header)
     print("-" * len(header))
@@ -520,6 +541,8 @@ def _print_table(rows, info):
               f"weight_stream_bound; bfloat16 rows: 2-byte weights).")
     print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another, on each")
     print(f"device: K > 1 trials are sharded over the {info['devices']} device(s) as the trainer shards them).")
+    if any(r["program"].split("/")[-1] in ("highest", "high", "tensorfloat32", "float32") for r in rows):
+        print("'/highest' etc.: the program traced and compiled under jax.default_matmul_precision of that name.")
     if any("/bfloat16" in r["program"] for r in rows):
         print("'/bfloat16': the LSTM loops' recurrent products take bfloat16 operands (weights and each step's")
         print("vector rounded), summed in float32; everything else float32 (odyssey.train.train_trials).")

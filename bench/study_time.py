@@ -465,7 +465,8 @@ def _print_tables(rows, projections, studies, rules, settings, info):
     print("\nepochs rules:")
     for name, (text, _) in rules.items():
         print(f"  {name}: {text}")
-    print(f"assumptions: variants {', '.join(FLAGS.variants)} measured, others at V's cost; trial counts "
+    print(f"assumptions: recurrent products in {info.get('recurrent_dtype', 'float32')}; "
+          f"variants {', '.join(FLAGS.variants)} measured, others at V's cost; trial counts "
           f"{sorted({r['K'] for r in rows})} measured, other K interpolated (beyond the largest: time in proportion to K);")
     print(f"  tasks over {_WHOLE_STEPS} steps trained at 1/{settings['step_scale']} and 2/{settings['step_scale']} "
           "of their mean length, the cost extrapolated along the line through the two; evaluation at the longer, "

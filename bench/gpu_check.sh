@@ -16,7 +16,7 @@
 #      trials, end to end, its wall time in study.log (skipped without the file).
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
-# 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stage bf16). STAGES picks stages (default
+# 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16 and precision). STAGES picks stages (default
 # "speed big project study"; "bf16" and "precision" run only when named); PROJECT_ARGS
 # adds flags to study_time (e.g. --buckets=40,120,200). A stage
 # stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`

@@ -47,7 +47,8 @@ _PATIENCE = flags.DEFINE_integer("patience", 6, "Early-stopping patience (the pa
 _RESEED = flags.DEFINE_integer("reseed", 1, "Added to each trial's training seed in the reseeded arm.")
 _OUT = flags.DEFINE_string("out", None, "Where to write the per-trial results as JSON (after every arm).")
 
-ARMS = {"float32": ("float32", 0), "bfloat16": ("bfloat16", 0), "reseeded": ("float32", None)}
+# arm -> (recurrent_dtype, whether each trial's training seed is changed)
+ARMS = {"float32": ("float32", False), "bfloat16": ("bfloat16", False), "reseeded": ("float32", True)}
 
 
 def draw(variants, trials, seed):
@@ -67,11 +68,6 @@ def load(path):
         data.path = os.path.abspath(path)
     data.source = data_splits.resolve_source(data)
     return data_splits.load_splits(data), data.source
-
-
-def relative(a, b):
-    """|a - b| / |b|."""
-    return abs(a - b) / abs(b)
 
 
 def summarize(results, trials, variants):
@@ -128,9 +124,8 @@ def main(argv):
     print(f"{len(trials)} trials ({', '.join(_VARIANTS.value)} x {_TRIALS.value}), JSB {source} data, "
           f"{_MAX_EPOCHS.value} epochs at most, patience {_PATIENCE.value}", flush=True)
     results, seconds = {}, {}
-    for arm, (dtype, offset) in ARMS.items():
-        arm_trials = trials if offset is not None else [dataclasses.replace(t, seed=t.seed + _RESEED.value)
-                                                        for t in trials]
+    for arm, (dtype, reseed) in ARMS.items():
+        arm_trials = [dataclasses.replace(t, seed=t.seed + _RESEED.value) for t in trials] if reseed else trials
         start = time.perf_counter()
         out = train.train_trials("jsb", splits, arm_trials, max_epochs=_MAX_EPOCHS.value, patience=_PATIENCE.value,
                                  recurrent_dtype=dtype)

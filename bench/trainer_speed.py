@@ -68,8 +68,8 @@ def weight_stream_bound(task: str, steps: int, hidden: int, variant: str, itemsi
     weights on chip: bandwidth / (2 passes x steps x layers x recurrent weight bytes).
     """
     cell = "V" if variant == train.MIXED else variant.split("/")[0]
-    spec = cells.spec(cell)
-    weights = hidden * len(spec.gates) * hidden + (9 * hidden * hidden if spec.fgr else 0)
+    shapes = cells.shapes(cell, 1, hidden)
+    weights = sum(math.prod(shapes[name]) for name in ("R", "Rg") if name in shapes)
     layers = nets.LAYERS[tasks.get_task(task).kind]
     return bandwidth / (2 * steps * layers * weights * itemsize)
 
@@ -169,8 +169,7 @@ class TrainerTimer:
             train.COMPILER_OPTIONS = {}
         try:
             self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
-                                      np.dtype(np.float32), chunk=chunk,
-                                      recurrent_dtype=None if recurrent_dtype == "float32" else recurrent_dtype)
+                                      np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype)
         finally:
             train.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk

@@ -322,6 +322,13 @@ def early_stopping(best_val, best_epoch, epoch, val, max_epochs, patience):
     return best_val, best_epoch, improved, stop
 
 
+def _recurrent_setting(recurrent_dtype, dtype):
+    """The recurrent products' operand dtype as the programs take it: None for the parameters' own dtype (the
+    default program), else the dtype; a ValueError for one `fast_lstm` refuses."""
+    rdt = fast_lstm.recurrent_operand_dtype(recurrent_dtype, dtype)
+    return None if rdt == np.dtype(dtype) else rdt
+
+
 def _check_trials(trials):
     seen = set()
     for t in trials:
@@ -543,6 +550,7 @@ class _Group:
     def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None,
                  recurrent_dtype=None):
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
+        recurrent_dtype = _recurrent_setting(recurrent_dtype, dtype)
         self.mixed = variant == MIXED
         if not self.mixed:
             cells.spec(variant)
@@ -764,8 +772,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     if max_epochs < 1 or patience < 1 or trials_per_batch < 1 or bad_chunk:
         raise ValueError(f"need max_epochs, patience, trials_per_batch, trials_per_chunk >= 1; got {max_epochs}, "
                          f"{patience}, {trials_per_batch}, {trials_per_chunk}")
-    rdt = fast_lstm.recurrent_operand_dtype(recurrent_dtype, dtype)
-    rdt = None if rdt == np.dtype(dtype) else rdt  # the parameters' own dtype: the default program
+    rdt = _recurrent_setting(recurrent_dtype, dtype)
     missing = [name for name in ("train", "valid", "test") if name not in splits]
     if missing:
         raise ValueError(f"splits lack {missing}; the loaders return train, valid and test")

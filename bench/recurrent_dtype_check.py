@@ -23,7 +23,6 @@ on any device; on 2 CPU cores the defaults take about half an hour.
 
 import dataclasses
 import json
-import os
 import statistics
 import time
 
@@ -32,13 +31,10 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from odyssey import search, train
-from odyssey.data import splits as data_splits
 
 import study_time  # bench/ is the script's folder, so on sys.path
 
-_DEFAULT_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "jsb_chorales",
-                             "jsb_chorales.pickle")
-_DATA = flags.DEFINE_string("data", _DEFAULT_DATA, "The standard JSB Chorales file; the stand-in where it is missing.")
+_DATA = flags.DEFINE_string("data", str(study_time.JSB_FILE), "The standard JSB Chorales file; the stand-in where it is missing.")
 _VARIANTS = flags.DEFINE_list("variants", list(train.cells.VARIANTS), "Variants whose trials are trained.")
 _TRIALS = flags.DEFINE_integer("trials", 4, "Random-search trials per variant.")
 _SEED = flags.DEFINE_integer("seed", 0, "The search seed the trials are drawn from.")
@@ -59,15 +55,6 @@ def draw(variants, trials, seed):
     config.search.seed = seed
     search.validate_config(config)
     return [train.Trial(**t) for t in search.draw_trials(config)]
-
-
-def load(path):
-    """The JSB splits: the standard file at `path`, or the offline stand-in where it is missing."""
-    data = study_time.load_config("jsb").data
-    if path and os.path.exists(path):
-        data.path = os.path.abspath(path)
-    data.source = data_splits.resolve_source(data)
-    return data_splits.load_splits(data), data.source
 
 
 def summarize(results, trials, variants):
@@ -120,7 +107,7 @@ def print_table(rows):
 def main(argv):
     del argv
     trials = draw(_VARIANTS.value, _TRIALS.value, _SEED.value)
-    splits, source = load(_DATA.value)
+    splits, source = study_time.load_jsb(_DATA.value)
     print(f"{len(trials)} trials ({', '.join(_VARIANTS.value)} x {_TRIALS.value}), JSB {source} data, "
           f"{_MAX_EPOCHS.value} epochs at most, patience {_PATIENCE.value}", flush=True)
     results, seconds = {}, {}

@@ -37,6 +37,7 @@ import heapq
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import sqlite3
 import warnings
@@ -46,6 +47,7 @@ from absl import flags
 import numpy as np
 
 from odyssey import nets, search, tasks, train
+from odyssey.data import splits as data_splits
 
 import trainer_speed  # bench/ is the script's folder, so on sys.path
 
@@ -113,6 +115,19 @@ def load_config(task: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+# The standard JSB Chorales file where ../shared/data (beside the repository) holds it.
+JSB_FILE = _ROOT.parent / "shared" / "data" / "jsb_chorales" / "jsb_chorales.pickle"
+
+
+def load_jsb(path):
+    """The JSB splits and their source: the standard file at `path`, or the offline stand-in where it is missing."""
+    data = load_config("jsb").data
+    if path and os.path.exists(path):
+        data.path = os.path.abspath(path)
+    data.source = data_splits.resolve_source(data)
+    return data_splits.load_splits(data), data.source
 
 
 def store_epochs(path) -> np.ndarray:

@@ -153,10 +153,11 @@ class TrainerTimer:
     """
 
     def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
-                 xla_defaults=False, recurrent_dtype="float32", matmul_precision=None):
+                 xla_defaults=False, recurrent_dtype="float32", matmul_precision=None, order_seed=None):
         """device: a JAX device, or a list of them to shard the K trials over; recurrent_dtype: the operand dtype
         of the LSTM loops' recurrent products (as train_trials' argument); matmul_precision: None (JAX's
-        setting) or a `jax.default_matmul_precision` value the programs are traced and compiled under."""
+        setting) or a `jax.default_matmul_precision` value the programs are traced and compiled under;
+        order_seed: as train_trials' (None: each trial's own data order)."""
         self.precision = matmul_precision
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
@@ -169,7 +170,8 @@ class TrainerTimer:
             train.COMPILER_OPTIONS = {}
         try:
             self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
-                                      np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype)
+                                      np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype,
+                                      order_seed=order_seed)
         finally:
             train.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk

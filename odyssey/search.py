@@ -34,8 +34,9 @@ _DISTRIBUTIONS = {
 # numbers beyond float round-off, so a study may be resumed with other values.
 # Fields added after studies were run, with the value those studies had: a config with that value keeps
 # its earlier fingerprint (and resumes its workdir), any other value counts.
-_LATER_FIELDS = {"train.recurrent_dtype": "float32"}
+_LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial"}
 RECURRENT_DTYPES = ("float32", "bfloat16")
+DATA_ORDERS = ("per_trial", "shared")
 _SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "search.mix_variants",
                     "data.cache_dir")
 
@@ -164,6 +165,9 @@ def validate_config(config):
     recurrent = config.train.get("recurrent_dtype", "float32")
     if recurrent not in RECURRENT_DTYPES:
         raise ConfigError(f"config.train.recurrent_dtype = {recurrent!r}: expected one of {', '.join(RECURRENT_DTYPES)}")
+    data_order = config.train.get("data_order", "per_trial")
+    if data_order not in DATA_ORDERS:
+        raise ConfigError(f"config.train.data_order = {data_order!r}: expected one of {', '.join(DATA_ORDERS)}")
     if not isinstance(config.search.get("mix_variants", True), bool):
         raise ConfigError(f"config.search.mix_variants = {config.search.mix_variants!r}: expected True or False")
     buckets = config.search.hidden_buckets
@@ -219,6 +223,15 @@ def draw_trials(config):
                 values[name] = {"int": int, "float": float, "bool": bool}[kind](values[name])
             trials.append({"trial_id": len(trials), "variant": variant, **values})
     return trials
+
+
+def order_seed(config):
+    """The seed of the data order every trial shares (`odyssey.train.train_trials(order_seed=...)`), drawn from
+    `config.search.seed` alone, or None when each trial shuffles by its own seed (data_order "per_trial")."""
+    if config.train.get("data_order", "per_trial") == "per_trial":
+        return None
+    rng = np.random.default_rng(np.random.SeedSequence(int(config.search.seed), spawn_key=(zlib.crc32(b"data order"),)))
+    return int(rng.integers(0, 2**31 - 1))
 
 
 def _plain(x):

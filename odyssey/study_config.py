@@ -70,6 +70,13 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # themselves stay float32). It changes the numbers, so it is part of the study's identity when not
     # "float32". See odyssey.train.train_trials.
     config.train.recurrent_dtype = "float32"
+    # The order of the training sequences in each epoch: "per_trial" (each trial shuffles by its own seed) or
+    # "shared" (one shuffle per epoch, drawn from search.seed, for every trial). Each trial sees a uniform
+    # shuffle every epoch either way; "shared" lets trials trained together present sequences of one length
+    # at each update, up to 2x faster on data of uneven lengths (bench/data_order_check.py), and makes the
+    # trials' data orders common to all. It changes the numbers, so it is part of the study's identity when
+    # "shared". See odyssey.train.train_trials(order_seed=...).
+    config.train.data_order = "per_trial"
 
     config.search = ml_collections.ConfigDict()
     # Which LSTM variants to study (DESIGN §1); default: all nine.

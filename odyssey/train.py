@@ -16,7 +16,8 @@ its gradient multiplied by a 0/1 mask of its own units, which keeps it exactly e
 group's next pending trial at the next epoch, so slots do not idle while work is pending. Every random draw
 of a trial (initial weights, data order, noise) comes from its own seed and its own epoch counter, never
 from the batch, so its numbers do not depend on the batch around it (up to float round-off of batched
-matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise).
+matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise). The one exception is
+chosen by the caller: with `order_seed` every trial takes its data order from that seed instead of its own.
 
 Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-updates/s summed over trials):
 * One program for eight variants, FGR apart. On a GPU a step of a few dozen small trials is bound by
@@ -43,12 +44,16 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   (its first epochs are compiles). The programs are compiled preferring 512-bit vectors on CPUs
   (`compiler_options`): one trial 1.1-1.2x.
 * Padding: sequences of a split are padded to its longest (one compiled shape), but when their lengths
-  differ each update runs the LSTM loops only up to the longest sequence among the chunk's trials
+  differ each update runs the LSTM loops only up to the longest sequence among the chunk's live trials
   (`fast_lstm.lstm_layer(steps=...)`; exact, the rest is padding). On the JSB stand-in's training
   chorales (mean 63.5 steps, padded to 143) that is 1.40× (N = 100) and 1.47× (N = 200) for one trial
   and 1.39× and 1.36× for 8 trials; the input projection, noise and loss still run over the padded length.
   The LSTM loops take no mask where no sequence can end before them (equal lengths, or one trial trimmed
-  to its own sequence): exact, ~3 % of the layer's time.
+  to its own sequence): exact, ~3 % of the layer's time. With each trial's own shuffle, a chunk of K trials
+  runs to the longest of K random sequences: on the standard JSB file (229 chorales, mean 59.3 steps,
+  longest 128) 1.73x the steps of one sequence at K = 16 and 2.15x at K = 487. `order_seed` (one data
+  order for all trials; it changes the numbers, so it is the caller's choice) brings that to 1x for
+  trials at the same epoch (bench/data_order_check.py).
 * The update: loss and gradient are checked for finiteness before the step, so the step writes θ' and v'
   (frozen where the trial is not kept) in one pass per array; checking the new weights instead needed
   them materialized, a reduction over them and two more selecting passes, and for one trial the loop's
@@ -361,12 +366,14 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
     Args:
       task, variant: static.
       state: dict params/velocity (leading axis K), alive bool[K].
-      hp: dict of per-trial arrays: lr, momentum, noise, nesterov, clip, key uint32[K, 2], mask (pytree),
-        switches (the mixed cell's float[K, 6], or None).
+      hp: dict of per-trial arrays: lr, momentum, noise, nesterov, clip, key uint32[K, 2] (input noise),
+        order_key uint32[K, 2] (the order of the sequences), mask (pytree), switches (the mixed cell's
+        float[K, 6], or None).
       train: `tasks.Arrays` of the training split as device arrays.
       epoch: int32[K], each trial's own epoch counter (selects its shuffle and noise).
       trim: static; the training sequences differ in length: each update runs the LSTM loops only up to
-        the longest of the K sequences it presents (exact: the rest is padding).
+        the longest of the sequences it presents to live trials (exact: the rest is padding, and a frozen
+        trial's update is discarded).
       recurrent_dtype: static; the operand dtype of the LSTM loops' recurrent products (None: the
         parameters'; see `odyssey.fast_lstm.lstm_layer`).
 
@@ -379,7 +386,7 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
     def order(key, ep):
         return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), ep), n_seq)
 
-    perms = jax.vmap(order)(hp["key"], epoch)
+    perms = jax.vmap(order)(hp["order_key"], epoch)
     noise_keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, 2), e))(hp["key"], epoch)
 
     lengths = jnp.sum(train.mask > 0, axis=1).astype(jnp.int32)
@@ -427,8 +434,9 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
     def update(carry, s, eps):
         params, velocity, alive, diverged, loss_sum = carry
         idx = perms_t[s]
-        params, velocity, alive, loss, div = per_trial(
-            params, velocity, alive, *trial_hp, eps, unbatch(idx), jnp.max(lengths[idx]) if trim else None)
+        # Frozen trials (ended, diverged, empty slots) do not extend the loops: their updates are discarded.
+        steps = jnp.maximum(jnp.max(jnp.where(alive, lengths[unbatch(idx)], 0)), 1) if trim else None
+        params, velocity, alive, loss, div = per_trial(params, velocity, alive, *trial_hp, eps, unbatch(idx), steps)
         return params, velocity, alive, diverged | div, loss_sum + loss
 
     def block(carry, b):
@@ -548,8 +556,9 @@ class _Group:
     """K slots of one program (a variant, or `MIXED`) and one padded hidden size, trained in lock-step epochs."""
 
     def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None,
-                 recurrent_dtype=None):
+                 recurrent_dtype=None, order_seed=None):
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
+        self.order_seed = order_seed
         recurrent_dtype = _recurrent_setting(recurrent_dtype, dtype)
         self.mixed = variant == MIXED
         if not self.mixed:
@@ -624,6 +633,7 @@ class _Group:
               "nesterov": np.bool_(True if trial is None else trial.nesterov),
               "clip": np.bool_(False if trial is None else trial.clip),
               "key": np.asarray(key), "mask": mask,
+              "order_key": np.asarray(key if self.order_seed is None else _trial_key(self.order_seed)),
               "switches": cells.switches(variant, self.dtype) if self.mixed else None}
         return {"state": state, "hp": hp}
 
@@ -725,7 +735,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  eval_chunk: int = 16, trials_per_chunk: int | None = None, on_epoch: Callable | None = None,
                  on_result: Callable | None = None, devices=None, dtype=np.float32,
                  compile_ahead: bool | None = None, mix_variants: bool = True,
-                 recurrent_dtype=None) -> list[TrialResult]:
+                 recurrent_dtype=None, order_seed: int | None = None) -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -761,6 +771,13 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         e.g. jnp.bfloat16: the recurrent weights are rounded to it once per sequence and each step's vector
         at every step, the products accumulate in `dtype` (`odyssey.fast_lstm.lstm_layer`). The weights,
         their updates and everything else stay in `dtype`. None (default) or `dtype`: no rounding.
+      order_seed: None (default): each trial shuffles the training sequences every epoch by its own seed. An
+        int in [0, 2**31): every trial's epoch e visits them in one order drawn from this seed (a uniform
+        shuffle per epoch still, the same for all trials), which changes the numbers. Trials at the same
+        epoch then present the same sequence at each update, so its loops run to that sequence's length,
+        not to the longest of K random ones: on the standard JSB file an epoch's loop steps drop 1.73x for
+        16 trials and 2.15x for 487 (bench/data_order_check.py). A trial's numbers still depend on its own
+        hyperparameters and seeds and this seed only, not on the trials beside it.
 
     Returns:
       The results, in the order of `trials`.
@@ -773,6 +790,9 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         raise ValueError(f"need max_epochs, patience, trials_per_batch, trials_per_chunk >= 1; got {max_epochs}, "
                          f"{patience}, {trials_per_batch}, {trials_per_chunk}")
     rdt = _recurrent_setting(recurrent_dtype, dtype)
+    bad_seed = isinstance(order_seed, (bool, np.bool_)) or not isinstance(order_seed, (int, np.integer, type(None)))
+    if bad_seed or (order_seed is not None and not 0 <= order_seed < 2**31):
+        raise ValueError(f"order_seed must be None or an int in [0, 2**31), got {order_seed!r}")
     missing = [name for name in ("train", "valid", "test") if name not in splits]
     if missing:
         raise ValueError(f"splits lack {missing}; the loaders return train, valid and test")
@@ -794,7 +814,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         start = time.perf_counter()
         with jax.enable_x64(x64), jax.default_matmul_precision(precision):
             group = _Group(spec, variant, n_max, min(trials_per_batch, len(groups[key])), arrays, n_in, mesh,
-                           eval_chunk, np.dtype(dtype), chunk=trials_per_chunk, recurrent_dtype=rdt)
+                           eval_chunk, np.dtype(dtype), chunk=trials_per_chunk, recurrent_dtype=rdt,
+                           order_seed=None if order_seed is None else int(order_seed))
             if compile_ahead:
                 group.compile_ahead()
                 logging.info("%s %s N<=%d: compiled ahead in %.1fs", task, variant, n_max,

@@ -103,6 +103,7 @@ def test_report_states_the_data_first_and_shows_the_planted_variant_effect(run_a
     first = [line for line in md.splitlines() if line.strip()][:2]
     assert first[0].startswith("# odyssey report: TIMIT")
     assert "stand-in" in first[1] and "not comparable" in first[1]
+    assert "Training departs" not in md  # its config.json trains as the paper did
     rows = _table(md, "top 10 %")
     verdicts = {r[0]: r[8] for r in rows}
     assert set(verdicts) == set(_VARIANTS) - {"V"}
@@ -183,11 +184,16 @@ def test_command_line_reports_a_tiny_study_without_fanova(tmp_path):
     con.execute("DELETE FROM trials WHERE variant = 'CIFG' AND seed > 0")
     con.commit()
     con.close()
+    config = json.loads((tiny / "config.json").read_text())
+    (tiny / "config.json").write_text(json.dumps({**config, "train": {"data_order": "shared"}}))
     done = subprocess.run([sys.executable, "-m", "experiments.report", f"--workdir={tiny}"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     md = (tiny / "report.md").read_text()
     assert md.startswith("# odyssey report: IAM-OnDB")
+    # the run's departure from the paper's training, right after the data statement
+    paragraphs = md.split("\n\n")
+    assert paragraphs[1].startswith("**Data: ") and paragraphs[2].startswith("**Training departs from the paper's:**")
     assert "fANOVA skipped: 7 finished trial(s)" in md
     cifg = next(r for r in _table(md, "top 10 %") if r[0] == "CIFG")
     assert cifg[8].startswith("no test: 1 finished trial")
@@ -207,3 +213,19 @@ def test_data_statement_names_each_source(source, expected):
     sentence = report.data_statement({"task": "jsb", "data": {"source": source, "path": None}})
     assert expected.lower() in sentence.lower()
     assert sentence.count("**") == 2
+
+
+@pytest.mark.parametrize("train,expected", [
+    ({}, None),
+    ({"recurrent_dtype": "float32", "data_order": "per_trial"}, None),
+    ({"recurrent_dtype": "bfloat16"}, ["bfloat16 operands"]),
+    ({"data_order": "shared"}, ["one data order shared by all trials"]),
+    ({"recurrent_dtype": "bfloat16", "data_order": "shared"}, ["bfloat16 operands", "one data order shared"]),
+])
+def test_training_statement_names_each_departure_from_the_paper(train, expected):
+    sentence = report.training_statement({"task": "jsb", "train": train})
+    if expected is None:
+        assert sentence is None
+    else:
+        assert sentence.startswith("**Training departs from the paper's:**")
+        assert all(e in sentence for e in expected) and sentence.count(";") == len(expected) - 1

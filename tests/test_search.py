@@ -182,6 +182,7 @@ def _set(config, dotted, value):
     ("search.hidden_buckets", (80, 40), "increasing positive integers"),
     ("optim.learning_rate", -1.0, "learning rates must be positive"),
     ("train.recurrent_dtype", "float16", "config.train.recurrent_dtype = 'float16': expected one of float32, bfloat16"),
+    ("train.data_order", "sorted", "config.train.data_order = 'sorted': expected one of per_trial, shared"),
 ])
 def test_bad_configs_are_refused_with_the_field_named(field, value, message):
     config = load_config("timit")
@@ -220,7 +221,8 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
     for field, value in [("search.num_trials", 10), ("search.seed", 1), ("search.variants", ("V",)),
                          ("train.max_epochs", 10), ("train.patience", 3), ("data.path", "/tmp/jsb.pickle"),
                          ("search.space.learning_rate", ("log_uniform", 1e-5, 1e-2)), ("data.seed", 2),
-                         ("data.max_sequences.train", 5), ("train.recurrent_dtype", "bfloat16")]:
+                         ("data.max_sequences.train", 5), ("train.recurrent_dtype", "bfloat16"),
+                         ("train.data_order", "shared")]:
         config = load_config("jsb")
         _set(config, field, value)
         assert search.fingerprint(config) != fp, field
@@ -228,17 +230,34 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
         assert len(diff) == 1 and diff[0].startswith(f"config.{field}: "), diff
 
 
-def test_a_field_added_later_keeps_the_fingerprint_of_studies_that_predate_it():
-    """A config without train.recurrent_dtype (a study's config.json from before the field) and a config with it
-    at "float32" draw and train the same trials: one fingerprint, so such a study resumes."""
+@pytest.mark.parametrize("field,value", [("recurrent_dtype", "float32"), ("data_order", "per_trial")])
+def test_a_field_added_later_keeps_the_fingerprint_of_studies_that_predate_it(field, value):
+    """A config without a later field (a study's config.json from before it) and a config with it at the value
+    those studies had draw and train the same trials: one fingerprint, so such a study resumes."""
     for task in ("jsb", "timit"):
         config = load_config(task)
-        assert config.train.recurrent_dtype == "float32"
+        assert config.train[field] == value
         before = load_config(task)
-        del before.train["recurrent_dtype"]
+        del before.train[field]
         search.validate_config(before)
         assert search.fingerprint(before) == search.fingerprint(config)
-        assert "recurrent_dtype" not in search.study_identity(config)["train"]
+        assert search.order_seed(before) is None
+        assert field not in search.study_identity(config)["train"]
+
+
+def test_the_shared_order_seed_comes_from_the_search_seed_alone():
+    config = load_config("jsb")
+    assert search.order_seed(config) is None
+    config.train.data_order = "shared"
+    seed = search.order_seed(config)
+    assert isinstance(seed, int) and 0 <= seed < 2**31 - 1
+    other = load_config("timit")
+    other.train.data_order = "shared"
+    assert search.order_seed(other) == seed  # the task and the rest of the config do not enter
+    other.search.seed = 1
+    assert search.order_seed(other) != seed
+    # and it is no trial's training seed
+    assert seed not in {t["seed"] for t in search.draw_trials(config)}
 
 
 _T = collections.namedtuple("_T", "trial_id variant hidden_size")

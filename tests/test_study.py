@@ -163,6 +163,24 @@ def test_bfloat16_recurrent_products_reach_the_study(env, reference, tmp_path):
     assert 1e-6 < max(gaps) < 5e-2, gaps
 
 
+@needs_trainer
+def test_a_shared_data_order_reaches_the_study(env, reference, tmp_path):
+    """config.train.data_order=shared is a study of its own (its log line, its config.json) whose trials train on
+    another data order than the reference's: the same trials, the metrics of most of them moved."""
+    proc = run_study(env, tmp_path, "--config.train.data_order=shared", "--report=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = load_config()
+    config.train.data_order = "shared"
+    assert f"one data order for all trials (seed {search.order_seed(config)})" in proc.stderr
+    assert "one data order" not in reference[2].stderr
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["data_order"] == "shared"
+    rows, ref = read(tmp_path), read(reference[0])
+    assert [{k: r[k] for k in store.TRIAL_FIELDS} for r in rows] == [{k: r[k] for k in store.TRIAL_FIELDS} for r in ref]
+    done = [(r["val_metric"], f["val_metric"]) for r, f in zip(rows, ref) if r["status"] == f["status"] == "done"]
+    assert len(done) >= len(ref) // 2
+    assert sum(abs(a - b) > 1e-4 * abs(b) for a, b in done) > len(done) // 2, done
+
+
 def _count(workdir, query):
     try:
         conn = sqlite3.connect(f"{(pathlib.Path(workdir) / store.FILENAME).as_uri()}?mode=ro", uri=True)

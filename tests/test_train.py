@@ -68,12 +68,21 @@ def _levenshtein(a, b):
     return d[len(b)]
 
 
+@functools.lru_cache(maxsize=None)
+def _ref_forward(task, variant, recurrent_dtype):
+    """The net's logits of one sequence through the same layer as `_ref_loss`, jit-compiled (one compile per
+    sequence length) for the metric loop."""
+    return jax.jit(lambda p, x: nets.apply_net(variant, KIND[task], p, x, autodiff=recurrent_dtype is None,
+                                               recurrent_dtype=recurrent_dtype))
+
+
 def _ref_metric(task, variant, params, split, recurrent_dtype=None):
     num = den = 0.0
+    forward = _ref_forward(task, variant, recurrent_dtype)
     for x, y in _pairs(task, split):
-        logits = np.asarray(nets.apply_net(variant, KIND[task], params, jnp.asarray(x), recurrent_dtype=recurrent_dtype))
+        logits = np.asarray(forward(params, jnp.asarray(x)))
         if task == "jsb":
-            num += float(_ref_loss(task, variant, params, jnp.asarray(x), jnp.asarray(y), recurrent_dtype))
+            num -= float(np.sum(y * jax.nn.log_sigmoid(logits) + (1 - y) * jax.nn.log_sigmoid(-logits)))
             den += len(x)
         elif task == "timit":
             num += 100.0 * np.sum(logits.argmax(1) != y)
@@ -86,9 +95,11 @@ def _ref_metric(task, variant, params, split, recurrent_dtype=None):
     return num / den
 
 
-def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_dtype=None):
-    """The paper's protocol for one trial, one sequence at a time, in plain Python."""
+def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_dtype=None, order_seed=None):
+    """The paper's protocol for one trial, one sequence at a time, in plain Python; with `order_seed`, the
+    sequences of each epoch in the order drawn from that seed instead of the trial's."""
     key = jax.random.PRNGKey(trial.seed)
+    order_key = key if order_seed is None else jax.random.PRNGKey(order_seed)
     n_in = _pairs(task, splits["train"])[0][0].shape[1]
     params = nets.init_net(jax.random.fold_in(key, 0), variant, KIND[task], n_in, trial.hidden_size, N_OUT[task],
                            dtype=np.float64)
@@ -99,7 +110,8 @@ def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_
     mu = trial.momentum
     curve, best, best_epoch, best_params = [], np.inf, 0, None
     for epoch in range(max_epochs):
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), len(data)))
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(order_key, 1), epoch),
+                                                  len(data)))
         noise_key = jax.random.fold_in(jax.random.fold_in(key, 2), epoch)
         for s, idx in enumerate(order):
             x, y = data[idx]
@@ -169,6 +181,33 @@ def test_bfloat16_recurrent_products_reach_training_and_evaluation(x64):
     # bfloat16 test against its float32 reference)
 
 
+def test_a_shared_data_order_is_each_trials_protocol_with_that_order(x64):
+    """order_seed: trials of different variants, sizes and seeds in one program (lengths 3 and 7, so each update's
+    loops stop at its longest live sequence) each follow the plain loop that visits the sequences in the order
+    drawn from order_seed, to float64 round-off; with their own orders the plain loop differs by far more."""
+    splits = make_splits("jsb", seed=6, sizes=(6, 2, 2), lengths=(3, 7))
+    trials = [train.Trial(0, "V", 4, 3e-2, 0.7, 0.3, True, False, seed=5),
+              train.Trial(1, "CIFG", 3, 2e-2, 0.9, 0.1, False, False, seed=6),
+              train.Trial(2, "NP", 5, 1e-2, 0.5, 0.2, True, False, seed=7)]
+    results, curves = run_trainer("jsb", splits, trials, max_epochs=2, patience=5, hidden_buckets=(5,),
+                                  dtype=np.float64, order_seed=77)
+    for t in (trials[0], trials[2]):
+        ref_curve, ref_best_epoch, ref_best, ref_test = reference_run("jsb", t.variant, t, splits, 2, 5, order_seed=77)
+        np.testing.assert_allclose(curves[t.trial_id], ref_curve, rtol=1e-10, err_msg=t.variant)
+        assert results[t.trial_id].best_epoch == ref_best_epoch
+        np.testing.assert_allclose([results[t.trial_id].val_metric, results[t.trial_id].test_metric],
+                                   [ref_best, ref_test], rtol=1e-10)
+    own_curve = reference_run("jsb", "V", trials[0], splits, 1, 5)[0]
+    assert abs(own_curve[0] - curves[0][0]) > 1e-4 * abs(own_curve[0])
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 1.5, True])
+def test_a_bad_order_seed_is_refused(seed):
+    with pytest.raises(ValueError, match=r"order_seed must be None or an int in \[0, 2\*\*31\)"):
+        train.train_trials("jsb", make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)], max_epochs=1,
+                           order_seed=seed)
+
+
 def test_recurrent_dtype_is_checked_before_training():
     with pytest.raises(ValueError, match="recurrent_dtype must be None or a float dtype no wider than the layer's"):
         train.train_trials("jsb", make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)], max_epochs=1,
@@ -225,8 +264,9 @@ def test_the_mixed_program_equals_each_variants_own_program(x64):
 
 def test_zero_padding_is_exact(x64):
     """N = 23 trained padded to 200 follows N = 23 unpadded, for every variant (the gradient mask keeps FGR
-    exact, and the mixed program's padded units too). One trial per variant, all in one call: unpadded, each
-    variant in its own program; padded, the eight mixable ones in the mixed program and FGR in its own.
+    exact, and the mixed program's padded units too). One trial per variant, all in one call, the eight mixable
+    ones in the mixed program and FGR in its own, at N = 23 and padded to 200 (that the mixed program equals
+    each variant's own is the test above).
 
     In float64, to 1e-10: float32 runs differ by round-off (padded matrix products sum in another order)
     that a large learning rate amplifies over epochs (~1e-3 after 3 epochs at 5e-2).
@@ -234,7 +274,7 @@ def test_zero_padding_is_exact(x64):
     splits = make_splits("jsb", seed=2, sizes=(4, 2, 2), lengths=(3,))
     trials = [train.Trial(i, v, 23, 5e-2, 0.8, 0.1, True, False, seed=5 + i) for i, v in enumerate(cells.VARIANTS)]
     small, small_curves = run_trainer("jsb", splits, trials, max_epochs=3, patience=5, hidden_buckets=(23, 200),
-                                      dtype=np.float64, mix_variants=False)
+                                      dtype=np.float64)
     big, big_curves = run_trainer("jsb", splits, trials, max_epochs=3, patience=5, hidden_buckets=(200,),
                                   dtype=np.float64, mix_variants=True)
     for t in trials:

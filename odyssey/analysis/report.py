@@ -106,6 +106,22 @@ def data_statement(config):
     return f"**Data: unknown (config.json says source={source!r}).**"
 
 
+def training_statement(config):
+    """One sentence naming the config's departures from the paper's training (config.json's "train" section),
+    or None when it trains as the paper did."""
+    train = config.get("train") or {}
+    departures = []
+    if train.get("recurrent_dtype", "float32") != "float32":
+        departures.append(f"the LSTM loops' recurrent products took {train['recurrent_dtype']} operands "
+                          "(sums and weights in float32)")
+    if train.get("data_order", "per_trial") != "per_trial":
+        departures.append("every trial visited the training sequences in one data order shared by all trials "
+                          "(a fresh shuffle each epoch, the same for all), not in its own")
+    if not departures:
+        return None
+    return "**Training departs from the paper's:** " + "; ".join(departures) + "."
+
+
 def _fmt(x, digits=3):
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "-"
@@ -326,6 +342,8 @@ def write_report(workdir, n_trees=100, seed=0):
     title = "odyssey report: " + ", ".join(paper.TASK_NAMES.get(t, t) for t in tasks)
     doc.h(1, title)
     doc.p(data_statement(config))
+    if training_statement(config):
+        doc.p(training_statement(config))
     statuses = {s: int((trials["status"] == s).sum()) for s in ("done", "diverged", "running", "pending")}
     search = config.get("search") or {}
     doc.p(f"Run {workdir.name}: {len(trials)} trials in the store ({statuses['done']} done, "

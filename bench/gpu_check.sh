@@ -57,8 +57,8 @@ want bf16 && stage project_bf16 "${LIMIT_BF16:-300}" $py bench/study_time.py --d
   --out="$out/project_bf16.json" ${PROJECT_ARGS:-}
 want precision && stage precision "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 \
   --trials=200 --matmul_precisions=default,highest --notorch --repeats=3 --min_time=0.3 --out="$out/precision.json"
-want order && stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py ${jsb:+--data="$jsb"} --trials=487 \
-  --hidden=40 --epochs=4 --repeats=1 --out="$out/order.json"
+want order && stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py --device=gpu ${jsb:+--data="$jsb"} \
+  --trials=64,487 --hidden=40 --repeats=3 --out="$out/order.json"
 if [ -n "$jsb" ] && want study; then
   rm -rf "$out/jsb_study"
   stage study "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \

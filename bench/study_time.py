@@ -27,8 +27,13 @@ Assumptions, stated in the output: costs at K between measured trial counts are 
 epoch's cost extrapolated along the line through the two (a scan's cost is a + b T; the per-update part a
 is large on CPU, so scaling one short length in proportion would overstate the cost 2-4x); evaluation is
 measured at 2/4 and scaled in proportion to length.
-The trainer today runs every sequence of a split padded to the split's longest; the "padded" column scales
-training and evaluation by --padded_steps / mean steps (an upper bound) where a task's longest is given.
+Sequence lengths: every timed sequence has the task's mean length. In the trainer an update's loops run to
+the longest sequence its trials present: with one data order for all trials (config.train.data_order =
+"shared") that is the one sequence they all present, so the mean-length figures are its cost; with each
+trial's own order (the default) it is the longest of K random sequences, 2.0-2.15x the mean on the
+standard JSB file for K = 64-512 (bench/data_order_check.py), close to the longest sequence of the split.
+The "padded" column scales training and evaluation by --padded_steps / mean steps (the split's longest: an
+upper bound, and near the own-order cost for groups of hundreds of trials) where a task's longest is given.
 """
 
 import bisect
@@ -494,8 +499,10 @@ def _print_tables(rows, projections, studies, rules, settings, info):
     print(f"  groups: {grouping}; chunks sized as the trainer sizes them on the measured device;")
     print("  'balanced': a group of m trials given ceil(m / waves) slots, waves = ceil(m / trials_per_batch), "
           "instead of min(trials_per_batch, m);")
-    print(f"  'padded' scales training and evaluation to the longest sequence the trainer pads to "
-          f"({settings['padded_steps'] or 'none given'});")
+    print(f"  a mean-length sequence per update is the cost with one data order for all trials "
+          f"(data_order=shared); 'padded' scales training and evaluation to the split's longest sequence "
+          f"({settings['padded_steps'] or 'none given'}), near the cost of each trial's own order for groups of "
+          f"hundreds;")
     print("  compile: every group's measured compile time" if not settings["compile_ahead"] else
           "  compile: the first group's, then the part of each group's compile that outlasts the group before it "
           "(compiled ahead, as the trainer does on accelerators).")

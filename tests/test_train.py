@@ -424,14 +424,9 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path):
         from test_train import make_splits
         from odyssey import train
         splits = make_splits("jsb", seed=4)
-        trials = [train.Trial(i, "V", 3 + i, 1e-2, 0.9, 0.2, True, False, seed=i) for i in range(5)]
         out = {}
-        for name, devices in (("four", jax.devices()), ("one", jax.devices()[:1])):
-            res = train.train_trials("jsb", splits, trials, max_epochs=2, patience=5, trials_per_batch=5,
-                                     hidden_buckets=(8,), devices=devices, dtype="float64")
-            out[name] = [[r.val_metric, r.test_metric] for r in res]
-        # 10 trials on 4 devices in chunks of 2 (4 slots per device): trials 0 and 2 diverge at once, so
-        # device 0 packs trials 1 and 3 into its first chunk; against one device in one vmap.
+        # 10 trials on 4 devices in chunks of 2 (4 slots per device, 6 of the 16 empty): trials 0 and 2 diverge
+        # at once, so device 0 packs trials 1 and 3 into its first chunk; against one device in one vmap.
         many = [train.Trial(i, "V", 3 + divmod(i, 5)[1], 1e308 if i in (0, 2) else 1e-2, 0.9, 0.2, True, False, seed=i)
                 for i in range(10)]
         for name, devices, chunk in (("four_packed", jax.devices(), 2), ("one_whole", jax.devices()[:1], None)):
@@ -447,7 +442,6 @@ def test_sharded_over_four_devices_equals_one_device(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["n"] == 4
-    np.testing.assert_allclose(out["four"], out["one"], rtol=1e-10)
     assert out["four_packed_status"] == out["one_whole_status"] == ["diverged", "done", "diverged"] + ["done"] * 7
     assert "packed" in proc.stderr
     np.testing.assert_allclose(out["four_packed"], out["one_whole"], rtol=1e-10)

@@ -558,7 +558,8 @@ class _Group:
     def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None,
                  recurrent_dtype=None, order_seed=None):
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
-        self.order_seed = order_seed
+        # Every slot's order key: its trial's own (None here), or the one all trials share.
+        self._order_key = None if order_seed is None else np.asarray(_trial_key(order_seed))
         recurrent_dtype = _recurrent_setting(recurrent_dtype, dtype)
         self.mixed = variant == MIXED
         if not self.mixed:
@@ -633,7 +634,7 @@ class _Group:
               "nesterov": np.bool_(True if trial is None else trial.nesterov),
               "clip": np.bool_(False if trial is None else trial.clip),
               "key": np.asarray(key), "mask": mask,
-              "order_key": np.asarray(key if self.order_seed is None else _trial_key(self.order_seed)),
+              "order_key": np.asarray(key) if self._order_key is None else self._order_key,
               "switches": cells.switches(variant, self.dtype) if self.mixed else None}
         return {"state": state, "hp": hp}
 

@@ -342,8 +342,9 @@ def write_report(workdir, n_trees=100, seed=0):
     title = "odyssey report: " + ", ".join(paper.TASK_NAMES.get(t, t) for t in tasks)
     doc.h(1, title)
     doc.p(data_statement(config))
-    if training_statement(config):
-        doc.p(training_statement(config))
+    departures = training_statement(config)
+    if departures:
+        doc.p(departures)
     statuses = {s: int((trials["status"] == s).sum()) for s in ("done", "diverged", "running", "pending")}
     search = config.get("search") or {}
     doc.p(f"Run {workdir.name}: {len(trials)} trials in the store ({statuses['done']} done, "

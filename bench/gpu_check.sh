@@ -10,17 +10,20 @@
 #      the full study;
 #   3b. (stage bf16) trainer_speed at N = 200, K = 1, 32, 200 with the recurrent products in float32 and in
 #      bfloat16 side by side, and study_time of JSB and TIMIT with bfloat16 (the projection it would give);
-#   3c. (stage precision) trainer_speed at N = 200, K = 200 under JAX's default matmul precision (TF32 products
-#      on recent NVIDIA GPUs) and under 'highest' (true float32), side by side;
+#   3c. (stage precision) trainer_speed at N = 200, K = 1, 200 with the trainer's float32 products (its default,
+#      true float32) and at TF32 precision (matmul_precision=tensorfloat32; JAX's own default there), side by side;
 #   3d. (stage order) data_order_check: 487 trials of the mixed program at N = 40 on the JSB file (the first
 #      group of the JSB study), epochs with each trial's own data order against one shared order;
+#   3e. (stage arms) the short form of 3b and 3c: trainer_speed at N = 200, K = 200 only, recurrent products in
+#      float32 and bfloat16, each at float32 and TF32 matmul precision (four programs per shape, no PyTorch);
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
 #      same study with one data order for all trials (config.train.data_order=shared).
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
-# 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision and order). STAGES picks stages
-# (default "speed big project study"; "bf16", "precision", "order" and "study_shared" run only when named); PROJECT_ARGS
+# 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision, arms and order). STAGES picks
+# stages (default "speed big project study"; "bf16", "precision", "arms", "order" and "study_shared" run only when
+# named); PROJECT_ARGS
 # adds flags to study_time (e.g. --buckets=40,120,200). A stage
 # stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
 # (or with the repository on PYTHONPATH).
@@ -56,7 +59,11 @@ want bf16 && stage project_bf16 "${LIMIT_BF16:-300}" $py bench/study_time.py --d
   --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 --recurrent_dtype=bfloat16 \
   --out="$out/project_bf16.json" ${PROJECT_ARGS:-}
 want precision && stage precision "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 \
-  --trials=200 --matmul_precisions=default,highest --notorch --repeats=3 --min_time=0.3 --out="$out/precision.json"
+  --trials=1,200 --matmul_precisions=float32,tensorfloat32 --notorch --repeats=3 --min_time=0.3 \
+  --out="$out/precision.json"
+want arms && stage arms "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=200 \
+  --recurrent_dtypes=float32,bfloat16 --matmul_precisions=float32,tensorfloat32 --notorch --repeats=3 \
+  --min_time=0.3 --out="$out/arms.json"
 want order && stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py --device=gpu ${jsb:+--data="$jsb"} \
   --trials=64,487 --hidden=40 --repeats=3 --out="$out/order.json"
 if [ -n "$jsb" ] && want study; then
@@ -69,6 +76,6 @@ if [ -n "$jsb" ] && want study_shared; then
   stage study_shared "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
     --config.train.data_order=shared --workdir="$out/jsb_study_shared" --progress_seconds=30
 fi
-for name in speed big onevmap project bf16 project_bf16 precision order study study_shared; do
+for name in speed big onevmap project bf16 project_bf16 precision arms order study study_shared; do
   [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |Study finished|rror" "$out/$name.log" | tail -25; }
 done

@@ -25,7 +25,6 @@ The helpers `synthetic_splits`, `TrainerTimer`, `measure`, `machine_info` and `p
 `bench/study_time.py`; `paired_median_seconds` serves `ctc_speed.py` and `fast_lstm_speed.py`.
 """
 
-import contextlib
 import datetime
 import itertools
 import json
@@ -104,9 +103,13 @@ def _define_flags():
     flags.DEFINE_list("recurrent_dtypes", ["float32"], "Operand dtypes of the LSTM loops' recurrent products to "
                       "measure, each its own trainer rows (float32: the paper's numerics; bfloat16: rows "
                       "'<variant>/bfloat16', see odyssey.train.train_trials).")
-    flags.DEFINE_list("matmul_precisions", ["default"], "jax.default_matmul_precision settings to measure, each its "
-                      "own trainer rows ('default': JAX's own, which on recent NVIDIA GPUs lets float32 products "
-                      "use TF32; 'highest': true float32 products, rows '<variant>/highest').")
+    flags.DEFINE_list("matmul_precisions", ["float32"], "Precisions of the trainer's float32 matrix products to "
+                      "measure, each its own trainer rows: float32 (train_trials' default, true float32 products), "
+                      "tensorfloat32 (rows '<variant>/tensorfloat32'), default (JAX's own setting, TF32 on recent "
+                      "NVIDIA GPUs; rows '<variant>/default').")
+    flags.DEFINE_bool("torch_tf32", False, "Let the PyTorch baselines use TF32 (torch.backends.cudnn.allow_tf32 and "
+                      "cuda.matmul.allow_tf32; PyTorch's own default lets cuDNN use it). Default: both off, the same "
+                      "float32 arithmetic as the trainer's default rows.")
     flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
 
@@ -153,12 +156,10 @@ class TrainerTimer:
     """
 
     def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
-                 xla_defaults=False, recurrent_dtype="float32", matmul_precision=None, order_seed=None):
+                 xla_defaults=False, recurrent_dtype="float32", matmul_precision="float32", order_seed=None):
         """device: a JAX device, or a list of them to shard the K trials over; recurrent_dtype: the operand dtype
-        of the LSTM loops' recurrent products (as train_trials' argument); matmul_precision: None (JAX's
-        setting) or a `jax.default_matmul_precision` value the programs are traced and compiled under;
-        order_seed: as train_trials' (None: each trial's own data order)."""
-        self.precision = matmul_precision
+        of the LSTM loops' recurrent products; matmul_precision: of the float32 matrix products; order_seed:
+        the data order (None: each trial's own); all three as train_trials' arguments."""
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
@@ -171,7 +172,7 @@ class TrainerTimer:
         try:
             self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                       np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype,
-                                      order_seed=order_seed)
+                                      order_seed=order_seed, matmul_precision=matmul_precision)
         finally:
             train.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk
@@ -185,25 +186,17 @@ class TrainerTimer:
         self.updates_per_epoch = self.k * arrays["train"].size
         self.valid_size = arrays["valid"].size
 
-    def _precision(self):
-        # JAX's compilation caches key on the setting: each timer's calls find the programs built under its own.
-        if self.precision is None:
-            return contextlib.nullcontext()
-        return jax.default_matmul_precision(self.precision)
-
     def train_epoch(self) -> float:
         """Seconds of one epoch of the K trials, to the host's copy of its losses (as the trainer waits)."""
-        with self._precision():
-            start = time.perf_counter()
-            self.group.train_epoch()
-            return time.perf_counter() - start
+        start = time.perf_counter()
+        self.group.train_epoch()
+        return time.perf_counter() - start
 
     def evaluate(self) -> float:
         """Seconds of one validation pass of the K trials, host-side metric included (as after every epoch)."""
-        with self._precision():
-            start = time.perf_counter()
-            self.group.evaluate("valid", self.group.state["params"])
-            return time.perf_counter() - start
+        start = time.perf_counter()
+        self.group.evaluate("valid", self.group.state["params"])
+        return time.perf_counter() - start
 
 
 class TorchRunner:
@@ -420,10 +413,10 @@ def main(argv):
     unknown = sorted(set(FLAGS.recurrent_dtypes) - {"float32", "bfloat16"})
     if unknown or not FLAGS.recurrent_dtypes:
         raise app.UsageError(f"--recurrent_dtypes={','.join(FLAGS.recurrent_dtypes)}: give float32 and/or bfloat16")
-    unknown = sorted(set(FLAGS.matmul_precisions) - {"default", "highest", "high", "tensorfloat32", "float32"})
+    unknown = sorted(set(FLAGS.matmul_precisions) - {"float32", "tensorfloat32", "default"})
     if unknown or not FLAGS.matmul_precisions:
-        raise app.UsageError(f"--matmul_precisions={','.join(FLAGS.matmul_precisions)}: give default, highest, "
-                             f"high, tensorfloat32 or float32")
+        raise app.UsageError(f"--matmul_precisions={','.join(FLAGS.matmul_precisions)}: give float32, "
+                             f"tensorfloat32 and/or default")
     info = machine_info(device)
     info["load_before"] = load_average()
     bandwidth = BANDWIDTH.get(device.device_kind) if device.platform == "gpu" else None
@@ -434,7 +427,13 @@ def main(argv):
         except ImportError:
             raise app.UsageError("PyTorch is missing: pip install -e '.[bench]' (torch==2.13.0), or pass "
                                  "--notorch") from None
-        info["torch"] = f"{torch.__version__} on {torch_device}"
+        # TF32 in the baselines: PyTorch lets cuDNN take it by default; the trainer's default rows do not.
+        try:
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = FLAGS.torch_tf32
+            tf32 = "on" if FLAGS.torch_tf32 else "off"
+        except (AttributeError, RuntimeError) as err:  # a PyTorch without these flags: measured as it comes
+            tf32 = f"left at PyTorch's default ({err})"
+        info["torch"] = f"{torch.__version__} on {torch_device}, TF32 {tf32}"
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
           f"jax {info['jax']}; PyTorch {info.get('torch', 'not measured')}; LSTM loops unrolled {info['unroll']}; "
           f"XLA options {info['compiler_options'] or 'default'}; {info['devices']} {device.platform} device(s), "
@@ -452,7 +451,7 @@ def main(argv):
                     for plain in (False, True) if xla_defaults else (False,):
                         for rd, precision in itertools.product(FLAGS.recurrent_dtypes, FLAGS.matmul_precisions):
                             name = (variant + ("" if rd == "float32" else "/" + rd)
-                                    + ("" if precision == "default" else "/" + precision) + XLA_DEFAULTS * plain)
+                                    + ("" if precision == "float32" else "/" + precision) + XLA_DEFAULTS * plain)
                             runners[(name, k)] = TrainerTimer(
                                 shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
                                 chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain, recurrent_dtype=rd,
@@ -515,14 +514,14 @@ def _row_text(r):
     ratio = f"{r['ratio_vs_best_torch']:.2f}" if r["ratio_vs_best_torch"] is not None else "-"
     chunk = "-" if r.get("chunk") is None else str(r["chunk"])
     bound = f"{100 * r['updates_per_s'] / r['weight_stream_bound']:>7.0f} %" if r.get("weight_stream_bound") else ""
-    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<28} {r['K']:>4} {chunk:>5} "
+    return (f"{r['shape']:<6} {r['steps']:>4} {r['hidden']:>4} {name:<36} {r['K']:>4} {chunk:>5} "
             f"{r['updates_per_s']:>11.1f} {ratio:>12}{bound}")
 
 
 def _print_table(rows, info):
     print()
     bounded = any(r.get("weight_stream_bound") for r in rows)
-    header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<28} {'K':>4} {'chunk':>5} {'updates/s':>11} "
+    header = (f"{'shape':<6} {'T':>4} {'N':>4} {'program':<36} {'K':>4} {'chunk':>5} {'updates/s':>11} "
               f"{'x best torch':>12}" + (f" {'of bound':>9}" if bounded else ""))
     print(header)
     print("-" * len(header))
@@ -535,15 +534,17 @@ def _print_table(rows, info):
         print("PyTorch: one trial of torch.nn.LSTM (NO peepholes; odyssey's V has three per block) + a linear")
         print("readout; '/2t' = torch.set_num_threads(2); 'graph': the same update captured as a CUDA graph and")
         print("replayed per update. 'x best torch': in each repeat, updates/s over the fastest PyTorch")
-        print("baseline of the same shape, hidden size and repeat; the median over repeats.")
+        print("baseline of the same shape, hidden size and repeat; the median over repeats. PyTorch's TF32")
+        print(f"(cuDNN and matmul; --torch_tf32): {info['torch'].split('TF32 ', 1)[1]}.")
     if bounded:
         print("of bound: updates/s over the rate at which streaming each trial's recurrent weights at every step of")
         print(f"the forward and backward loops would saturate {info['bandwidth'] / 1e12:.2f} TB/s (trainer_speed."
               f"weight_stream_bound; bfloat16 rows: 2-byte weights).")
     print("chunk: trials per vmapped step (a K-trial program runs K/chunk chunks one after another, on each")
     print(f"device: K > 1 trials are sharded over the {info['devices']} device(s) as the trainer shards them).")
-    if any(r["program"].split("/")[-1] in ("highest", "high", "tensorfloat32", "float32") for r in rows):
-        print("'/highest' etc.: the program traced and compiled under jax.default_matmul_precision of that name.")
+    if any(r["program"].split("/")[-1] in ("tensorfloat32", "default") for r in rows):
+        print("'/tensorfloat32': the trainer's float32 products at TF32 precision (train_trials' matmul_precision);")
+        print("'/default': at JAX's own setting (TF32 on recent NVIDIA GPUs). Other rows: true float32 products.")
     if any("/bfloat16" in r["program"] for r in rows):
         print("'/bfloat16': the LSTM loops' recurrent products take bfloat16 operands (weights and each step's")
         print("vector rounded), summed in float32; everything else float32 (odyssey.train.train_trials).")

@@ -34,9 +34,12 @@ _DISTRIBUTIONS = {
 # numbers beyond float round-off, so a study may be resumed with other values.
 # Fields added after studies were run, with the value those studies had: a config with that value keeps
 # its earlier fingerprint (and resumes its workdir), any other value counts.
-_LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial"}
+_LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
+                 "train.matmul_precision": "float32"}
 RECURRENT_DTYPES = ("float32", "bfloat16")
 DATA_ORDERS = ("per_trial", "shared")
+# As odyssey.train.MATMUL_PRECISIONS (this module stays free of the trainer's imports).
+MATMUL_PRECISIONS = ("float32", "tensorfloat32")
 _SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "search.mix_variants",
                     "data.cache_dir")
 
@@ -168,6 +171,10 @@ def validate_config(config):
     data_order = config.train.get("data_order", "per_trial")
     if data_order not in DATA_ORDERS:
         raise ConfigError(f"config.train.data_order = {data_order!r}: expected one of {', '.join(DATA_ORDERS)}")
+    precision = config.train.get("matmul_precision", "float32")
+    if precision not in MATMUL_PRECISIONS:
+        raise ConfigError(f"config.train.matmul_precision = {precision!r}: expected one of "
+                          f"{', '.join(MATMUL_PRECISIONS)}")
     if not isinstance(config.search.get("mix_variants", True), bool):
         raise ConfigError(f"config.search.mix_variants = {config.search.mix_variants!r}: expected True or False")
     buckets = config.search.hidden_buckets

@@ -77,6 +77,11 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # trials' data orders common to all. It changes the numbers, so it is part of the study's identity when
     # "shared". See odyssey.train.train_trials(order_seed=...).
     config.train.data_order = "per_trial"
+    # The precision of the float32 matrix products: "float32" (true float32, the paper's arithmetic, on every
+    # device) or "tensorfloat32" (inputs rounded to TF32 on GPUs with TF32 tensor cores, as JAX does there by
+    # default). It changes the numbers on such GPUs, so it is part of the study's identity when not
+    # "float32". See odyssey.train.train_trials(matmul_precision=...).
+    config.train.matmul_precision = "float32"
 
     config.search = ml_collections.ConfigDict()
     # Which LSTM variants to study (DESIGN §1); default: all nine.

@@ -18,6 +18,8 @@ of a trial (initial weights, data order, noise) comes from its own seed and its 
 from the batch, so its numbers do not depend on the batch around it (up to float round-off of batched
 matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise). The one exception is
 chosen by the caller: with `order_seed` every trial takes its data order from that seed instead of its own.
+The programs' float32 matrix products are true float32 on every device (`matmul_precision`), not the TF32
+that JAX's default setting allows on recent NVIDIA GPUs.
 
 Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-updates/s summed over trials):
 * One program for eight variants, FGR apart. On a GPU a step of a few dozen small trials is bound by
@@ -334,6 +336,31 @@ def _recurrent_setting(recurrent_dtype, dtype):
     return None if rdt == np.dtype(dtype) else rdt
 
 
+# The float32 matrix-product precisions the trainer's programs can be traced under (`train_trials`).
+MATMUL_PRECISIONS = ("float32", "tensorfloat32")
+
+
+def _check_precision(matmul_precision):
+    if matmul_precision is not None and matmul_precision not in MATMUL_PRECISIONS:
+        raise ValueError(f"matmul_precision must be None or one of {', '.join(MATMUL_PRECISIONS)}, got "
+                         f"{matmul_precision!r}")
+
+
+def _traced_under(fn, matmul_precision):
+    """`fn`, traced under `jax.default_matmul_precision(matmul_precision)` (None: under the caller's setting).
+
+    The setting is read when a product is traced, so every product of the program, those of its gradient and
+    its loops included, carries it whatever context the program is later called or compiled in."""
+    if matmul_precision is None:
+        return fn
+
+    @functools.wraps(fn)
+    def traced(*args):
+        with jax.default_matmul_precision(matmul_precision):
+            return fn(*args)
+    return traced
+
+
 def _check_trials(trials):
     seen = set()
     for t in trials:
@@ -556,7 +583,8 @@ class _Group:
     """K slots of one program (a variant, or `MIXED`) and one padded hidden size, trained in lock-step epochs."""
 
     def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None,
-                 recurrent_dtype=None, order_seed=None):
+                 recurrent_dtype=None, order_seed=None, matmul_precision=None):
+        _check_precision(matmul_precision)
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
         # Every slot's order key: its trial's own (None here), or the one all trials share.
         self._order_key = None if order_seed is None else np.asarray(_trial_key(order_seed))
@@ -590,9 +618,10 @@ class _Group:
                                                    recurrent_dtype), mesh=mesh,
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
         options = compiler_options(mesh.devices.flat[0])
-        self._epoch_fn = jax.jit(epoch_fn, donate_argnums=(0,), compiler_options=options)
-        self._eval_fn = jax.jit(functools.partial(_eval_chunk, task, self.cell, recurrent_dtype),
-                                compiler_options=options)
+        self._epoch_fn = jax.jit(_traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),
+                                 compiler_options=options)
+        self._eval_fn = jax.jit(_traced_under(functools.partial(_eval_chunk, task, self.cell, recurrent_dtype),
+                                              matmul_precision), compiler_options=options)
         self._empty = self._slot_values(None)
         self.fill([])
 
@@ -699,16 +728,21 @@ class _Group:
     def keep_best(self, improved):
         self.best = _select(jnp.asarray(improved), self.state["params"], self.best)
 
+    def lowered(self) -> dict:
+        """The group's training-epoch and evaluation programs, lowered for its arrays (not compiled)."""
+        epoch = jax.device_put(self.epoch.copy(), self.shard)
+        arrays, _, chunk_steps = self.eval_splits["valid"]
+        chunk = arrays.take(slice(0, self.eval_chunk))
+        return {"epoch": self._epoch_fn.lower(self.state, self.hp, self.train, epoch),
+                "eval": self._eval_fn.lower(self.best, self.hp["switches"],
+                                            tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None), chunk_steps[0])}
+
     def compile_ahead(self):
         """Compiles the group's programs (training epoch, evaluation, slot writes, best-keeping) without running
         them. They land in JAX's compilation caches, where the group's calls then find them: a group built in a
         background thread while another trains starts at once."""
-        epoch = jax.device_put(self.epoch.copy(), self.shard)
-        self._epoch_fn.lower(self.state, self.hp, self.train, epoch).compile()
-        arrays, _, chunk_steps = self.eval_splits["valid"]
-        chunk = arrays.take(slice(0, self.eval_chunk))
-        self._eval_fn.lower(self.best, self.hp["switches"], tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None),
-                            chunk_steps[0]).compile()
+        for lowered in self.lowered().values():
+            lowered.compile()
         values = self._empty
         for tree, value in ((self.state, values["state"]), (self.hp, values["hp"]),
                             (self.best, values["state"]["params"])):
@@ -736,7 +770,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  eval_chunk: int = 16, trials_per_chunk: int | None = None, on_epoch: Callable | None = None,
                  on_result: Callable | None = None, devices=None, dtype=np.float32,
                  compile_ahead: bool | None = None, mix_variants: bool = True,
-                 recurrent_dtype=None, order_seed: int | None = None) -> list[TrialResult]:
+                 recurrent_dtype=None, order_seed: int | None = None,
+                 matmul_precision: str | None = "float32") -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -779,6 +814,14 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         not to the longest of K random ones: on the standard JSB file an epoch's loop steps drop 1.73x for
         16 trials and 2.15x for 487 (bench/data_order_check.py). A trial's numbers still depend on its own
         hyperparameters and seeds and this seed only, not on the trials beside it.
+      matmul_precision: the precision of the programs' float32 matrix products, as
+        `jax.default_matmul_precision` names it. "float32" (default): true float32 products, the paper's
+        arithmetic, on every device. "tensorfloat32": inputs rounded to TF32 (10-bit mantissa) on GPUs with
+        TF32 tensor cores (NVIDIA Ampere and later), float32 elsewhere; it changes the numbers there. None:
+        the caller's `jax.default_matmul_precision` setting, whose default lets JAX take TF32 on those GPUs
+        and bfloat16 passes on TPUs (JAX's "Matmul precision" docs). A CPU computes float32 products whatever
+        the setting. The programs are traced under the setting, so it holds in the background compile
+        thread and wherever they run. float64 products (`dtype`) are unaffected.
 
     Returns:
       The results, in the order of `trials`.
@@ -791,6 +834,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         raise ValueError(f"need max_epochs, patience, trials_per_batch, trials_per_chunk >= 1; got {max_epochs}, "
                          f"{patience}, {trials_per_batch}, {trials_per_chunk}")
     rdt = _recurrent_setting(recurrent_dtype, dtype)
+    _check_precision(matmul_precision)
     bad_seed = isinstance(order_seed, (bool, np.bool_)) or not isinstance(order_seed, (int, np.integer, type(None)))
     if bad_seed or (order_seed is not None and not 0 <= order_seed < 2**31):
         raise ValueError(f"order_seed must be None or an int in [0, 2**31), got {order_seed!r}")
@@ -816,7 +860,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         with jax.enable_x64(x64), jax.default_matmul_precision(precision):
             group = _Group(spec, variant, n_max, min(trials_per_batch, len(groups[key])), arrays, n_in, mesh,
                            eval_chunk, np.dtype(dtype), chunk=trials_per_chunk, recurrent_dtype=rdt,
-                           order_seed=None if order_seed is None else int(order_seed))
+                           order_seed=None if order_seed is None else int(order_seed),
+                           matmul_precision=matmul_precision)
             if compile_ahead:
                 group.compile_ahead()
                 logging.info("%s %s N<=%d: compiled ahead in %.1fs", task, variant, n_max,

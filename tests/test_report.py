@@ -221,6 +221,10 @@ def test_data_statement_names_each_source(source, expected):
     ({"recurrent_dtype": "bfloat16"}, ["bfloat16 operands"]),
     ({"data_order": "shared"}, ["one data order shared by all trials"]),
     ({"recurrent_dtype": "bfloat16", "data_order": "shared"}, ["bfloat16 operands", "one data order shared"]),
+    ({"matmul_precision": "float32"}, None),
+    ({"matmul_precision": "tensorfloat32"}, ["matrix products ran at tensorfloat32 precision"]),
+    ({"recurrent_dtype": "bfloat16", "data_order": "shared", "matmul_precision": "tensorfloat32"},
+     ["bfloat16 operands", "one data order shared", "tensorfloat32 precision"]),
 ])
 def test_training_statement_names_each_departure_from_the_paper(train, expected):
     sentence = report.training_statement({"task": "jsb", "train": train})

@@ -183,6 +183,8 @@ def _set(config, dotted, value):
     ("optim.learning_rate", -1.0, "learning rates must be positive"),
     ("train.recurrent_dtype", "float16", "config.train.recurrent_dtype = 'float16': expected one of float32, bfloat16"),
     ("train.data_order", "sorted", "config.train.data_order = 'sorted': expected one of per_trial, shared"),
+    ("train.matmul_precision", "highest",
+     "config.train.matmul_precision = 'highest': expected one of float32, tensorfloat32"),
 ])
 def test_bad_configs_are_refused_with_the_field_named(field, value, message):
     config = load_config("timit")
@@ -222,7 +224,7 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
                          ("train.max_epochs", 10), ("train.patience", 3), ("data.path", "/tmp/jsb.pickle"),
                          ("search.space.learning_rate", ("log_uniform", 1e-5, 1e-2)), ("data.seed", 2),
                          ("data.max_sequences.train", 5), ("train.recurrent_dtype", "bfloat16"),
-                         ("train.data_order", "shared")]:
+                         ("train.data_order", "shared"), ("train.matmul_precision", "tensorfloat32")]:
         config = load_config("jsb")
         _set(config, field, value)
         assert search.fingerprint(config) != fp, field
@@ -230,7 +232,8 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
         assert len(diff) == 1 and diff[0].startswith(f"config.{field}: "), diff
 
 
-@pytest.mark.parametrize("field,value", [("recurrent_dtype", "float32"), ("data_order", "per_trial")])
+@pytest.mark.parametrize("field,value", [("recurrent_dtype", "float32"), ("data_order", "per_trial"),
+                                         ("matmul_precision", "float32")])
 def test_a_field_added_later_keeps_the_fingerprint_of_studies_that_predate_it(field, value):
     """A config without a later field (a study's config.json from before it) and a config with it at the value
     those studies had draw and train the same trials: one fingerprint, so such a study resumes."""

@@ -164,16 +164,21 @@ def test_bfloat16_recurrent_products_reach_the_study(env, reference, tmp_path):
 
 
 @needs_trainer
-def test_a_shared_data_order_reaches_the_study(env, reference, tmp_path):
+def test_a_shared_data_order_and_tf32_products_reach_the_study(env, reference, tmp_path):
     """config.train.data_order=shared is a study of its own (its log line, its config.json) whose trials train on
-    another data order than the reference's: the same trials, the metrics of most of them moved."""
-    proc = run_study(env, tmp_path, "--config.train.data_order=shared", "--report=false")
+    another data order than the reference's: the same trials, the metrics of most of them moved. The TF32
+    setting rides along: logged and recorded (a CPU computes float32 products whatever the setting; the
+    trainer's tests check that its programs carry it)."""
+    proc = run_study(env, tmp_path, "--config.train.data_order=shared", "--config.train.matmul_precision=tensorfloat32",
+                     "--report=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = load_config()
     config.train.data_order = "shared"
-    assert f"one data order for all trials (seed {search.order_seed(config)})" in proc.stderr
-    assert "one data order" not in reference[2].stderr
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["data_order"] == "shared"
+    assert f"one data order for all trials (seed {search.order_seed(config)}), matrix products at tensorfloat32 " \
+           "precision" in proc.stderr
+    assert "one data order" not in reference[2].stderr and "matrix products at" not in reference[2].stderr
+    recorded = json.loads((tmp_path / "config.json").read_text())["train"]
+    assert recorded["data_order"] == "shared" and recorded["matmul_precision"] == "tensorfloat32"
     rows, ref = read(tmp_path), read(reference[0])
     assert [{k: r[k] for k in store.TRIAL_FIELDS} for r in rows] == [{k: r[k] for k in store.TRIAL_FIELDS} for r in ref]
     done = [(r["val_metric"], f["val_metric"]) for r, f in zip(rows, ref) if r["status"] == f["status"] == "done"]

@@ -3,6 +3,7 @@
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ import numpy as np
 import optax
 import pytest
 
-from odyssey import cells, nets, train
+from odyssey import cells, nets, search, train
 from odyssey import tasks as tasks_module
 
 N_OUT = {"jsb": 88, "timit": 61, "iam_online": 82}
@@ -212,6 +213,58 @@ def test_recurrent_dtype_is_checked_before_training():
     with pytest.raises(ValueError, match="recurrent_dtype must be None or a float dtype no wider than the layer's"):
         train.train_trials("jsb", make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)], max_epochs=1,
                            recurrent_dtype="int8")
+
+
+def _product_precisions(lowered):
+    """The operand precisions of every matrix product in a lowered program's StableHLO text."""
+    text = lowered.as_text()
+    products = [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+    found = [re.search(r"precision = \[(\w+), (\w+)\]", line) for line in products]
+    assert products and all(found), "every product names its precision"
+    return {m.groups() for m in found}, len(products)
+
+
+@pytest.mark.parametrize("caller", ["bfloat16", "float32"])
+@pytest.mark.parametrize("precision", ["float32", "tensorfloat32", None])
+def test_the_matmul_precision_reaches_every_product_of_the_programs(precision, caller):
+    """A CPU computes float32 products whatever the setting, so the oracle is the programs themselves: every
+    product of the mixed program's training epoch (forward, hand-written backward, loops) and evaluation,
+    lowered under the caller's JAX setting, carries the trainer's precision, or the caller's with None."""
+    name = {"float32": "HIGHEST", "tensorfloat32": "HIGH", "bfloat16": "DEFAULT"}[precision or caller]
+    spec = tasks_module.get_task("timit")
+    arrays = {n: tasks_module.to_arrays(spec, split) for n, split in make_splits("timit").items()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+    group = train._Group(spec, train.MIXED, 4, 2, arrays, 5, mesh, 4, np.dtype(np.float32), matmul_precision=precision)
+    with jax.default_matmul_precision(caller):
+        programs = group.lowered()
+    for program in programs.values():
+        precisions, count = _product_precisions(program)
+        assert precisions == {(name, name)}, (count, precisions)
+    assert _product_precisions(programs["epoch"])[1] >= 10  # the epoch's products: both directions, both passes
+
+
+def test_train_trials_builds_its_groups_at_float32_unless_told(monkeypatch):
+    built = []
+
+    class Recording(train._Group):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs["matmul_precision"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(train, "_Group", Recording)
+    splits, trial = make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)]
+    train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))
+    train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,), matmul_precision="tensorfloat32")
+    train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,), matmul_precision=None)
+    assert built == ["float32", "tensorfloat32", None]
+
+
+@pytest.mark.parametrize("precision", ["highest", "bfloat16", "TF32", 32])
+def test_a_bad_matmul_precision_is_refused(precision):
+    assert search.MATMUL_PRECISIONS == train.MATMUL_PRECISIONS  # what a study's config may ask for
+    with pytest.raises(ValueError, match="matmul_precision must be None or one of float32, tensorfloat32"):
+        train.train_trials("jsb", make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)], max_epochs=1,
+                           matmul_precision=precision)
 
 
 @pytest.mark.parametrize("chunk", [None, 3])

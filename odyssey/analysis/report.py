@@ -117,6 +117,9 @@ def training_statement(config):
     if train.get("data_order", "per_trial") != "per_trial":
         departures.append("every trial visited the training sequences in one data order shared by all trials "
                           "(a fresh shuffle each epoch, the same for all), not in its own")
+    if train.get("matmul_precision", "float32") != "float32":
+        departures.append(f"float32 matrix products ran at {train['matmul_precision']} precision (inputs rounded "
+                          "to a 10-bit mantissa on GPUs with TF32 tensor cores)")
     if not departures:
         return None
     return "**Training departs from the paper's:** " + "; ".join(departures) + "."

@@ -107,8 +107,10 @@ def _open_store(path, config, fp, identity):
     if store.read_meta(path) is None:
         logging.info("New study: %d trials (%d variants x %d)", len(drawn), len(config.search.variants),
                      config.search.num_trials)
+        # "products": a store made before the trainer fixed its matrix products at float32 lacks the key.
         return store.TrialStore.create(path, config.task, drawn,
-                                       {"fingerprint": fp, "identity": json.dumps(identity, sort_keys=True)})
+                                       {"fingerprint": fp, "identity": json.dumps(identity, sort_keys=True),
+                                        "products": "fixed"})
     st = store.TrialStore.open(path)
     stored = [{k: row[k] for k in store.TRIAL_FIELDS} for row in st.trials()]
     norm = [{**t, "nesterov": int(t["nesterov"]), "clip": int(t["clip"])} for t in drawn]
@@ -120,6 +122,12 @@ def _open_store(path, config, fp, identity):
     counts = st.counts()
     logging.info("Resuming: %d done, %d diverged kept; %d interrupted trials run again, %d pending in all",
                  counts["done"], counts["diverged"], reset, counts["pending"])
+    if "products" not in st.meta() and counts["done"] + counts["diverged"]:
+        logging.warning("This study was started before the trainer fixed its float32 matrix products at its "
+                        "config's precision: trials it finished on a GPU with TF32 (NVIDIA Ampere or later) ran at "
+                        "JAX's default, TF32, whatever the config says; the rest run at %s. On a CPU nothing "
+                        "differs. For uniform numbers, run the config again in a new --workdir.",
+                        config.train.get("matmul_precision", "float32"))
     return st
 
 

@@ -33,7 +33,9 @@ _DISTRIBUTIONS = {
 # Config fields that only decide how trials are packed into compiled programs: they change no trial's
 # numbers beyond float round-off, so a study may be resumed with other values.
 # Fields added after studies were run, with the value those studies had: a config with that value keeps
-# its earlier fingerprint (and resumes its workdir), any other value counts.
+# its earlier fingerprint (and resumes its workdir), any other value counts. One is not quite so: before
+# train.matmul_precision, a GPU with TF32 ran the products at TF32 (JAX's default), not float32; the study
+# warns when it resumes a store from then (experiments/study.py, the store's "products" meta row).
 _LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
                  "train.matmul_precision": "float32"}
 RECURRENT_DTYPES = ("float32", "bfloat16")

@@ -233,6 +233,26 @@ def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_pa
     assert_same_epochs(epochs, read(reference[0], "epochs"))
 
 
+@needs_trainer
+def test_resuming_a_store_from_before_fixed_float32_products_warns(env, reference, tmp_path):
+    """A store made before the trainer fixed its products at float32 (no 'products' row in its meta) may hold
+    trials a GPU ran at TF32: resuming it says so; a store made now carries the row and resumes quietly."""
+    assert store.read_meta(reference[0] / store.FILENAME)["products"] == "fixed"
+    assert "fixed its float32 matrix products" not in reference[2].stderr
+    for name in ("config.json", store.FILENAME):
+        (tmp_path / name).write_bytes((reference[0] / name).read_bytes())
+    conn = sqlite3.connect(tmp_path / store.FILENAME)
+    with conn:
+        conn.execute("DELETE FROM meta WHERE key = 'products'")
+    conn.close()
+    proc = run_study(env, tmp_path, "--report=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Resuming:" in proc.stderr
+    assert "started before the trainer fixed its float32 matrix products" in proc.stderr
+    assert "the rest run at float32" in proc.stderr
+    assert_same_results(read(tmp_path), read(reference[0]))  # nothing retrained, nothing lost
+
+
 def _snapshot(workdir):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(pathlib.Path(workdir).iterdir())}
 

@@ -184,8 +184,10 @@ def test_bfloat16_recurrent_products_reach_training_and_evaluation(x64):
 
 def test_a_shared_data_order_is_each_trials_protocol_with_that_order(x64):
     """order_seed: trials of different variants, sizes and seeds in one program (lengths 3 and 7, so each update's
-    loops stop at its longest live sequence) each follow the plain loop that visits the sequences in the order
-    drawn from order_seed, to float64 round-off; with their own orders the plain loop differs by far more."""
+    loops are trimmed to its sequence) each follow the plain loop that visits the sequences in the order drawn
+    from order_seed, to float64 round-off; with their own orders the plain loop differs by far more. (That the
+    loops skip ended trials' sequences is speed only; test_divergence_is_isolated runs live trials beside dead
+    ones against each trained alone.)"""
     splits = make_splits("jsb", seed=6, sizes=(6, 2, 2), lengths=(3, 7))
     trials = [train.Trial(0, "V", 4, 3e-2, 0.7, 0.3, True, False, seed=5),
               train.Trial(1, "CIFG", 3, 2e-2, 0.9, 0.1, False, False, seed=6),

@@ -18,7 +18,10 @@
 #      float32 and bfloat16, each at float32 and TF32 matmul precision (four programs per shape, no PyTorch);
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
-#      same study with one data order for all trials (config.train.data_order=shared).
+#      same study with one data order for all trials (config.train.data_order=shared). Both save their trials
+#      in training every 60 s (--checkpoint_seconds); study_shared, whose workdir is not removed first, run
+#      again after a stop at its limit (same OUT_DIR, same machine) goes on from its last checkpoint: its
+#      study.log then holds both runs, and the study's wall time is the sum of their training times.
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
 # 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision, arms and order). STAGES picks
@@ -69,12 +72,12 @@ want order && stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py --d
 if [ -n "$jsb" ] && want study; then
   rm -rf "$out/jsb_study"
   stage study "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
-    --workdir="$out/jsb_study" --progress_seconds=30
+    --workdir="$out/jsb_study" --progress_seconds=30 --checkpoint_seconds=60
 fi
 # Not removed first: a study stopped at its limit resumes from its store when the stage runs again.
 if [ -n "$jsb" ] && want study_shared; then
   stage study_shared "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
-    --config.train.data_order=shared --workdir="$out/jsb_study_shared" --progress_seconds=30
+    --config.train.data_order=shared --workdir="$out/jsb_study_shared" --progress_seconds=30 --checkpoint_seconds=60
 fi
 for name in speed big onevmap project bf16 project_bf16 precision arms order study study_shared; do
   [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |Study finished|rror" "$out/$name.log" | tail -25; }

@@ -2,10 +2,12 @@
 
     python -m experiments.study --config=configs/jsb.py:quick --workdir=runs/jsb_quick
 
-The workdir gets config.json, trials.sqlite (every trial and every epoch), study.log and the report.
+The workdir gets config.json, trials.sqlite (every trial and every epoch), study.log and the report, and
+while trials train, checkpoints/ (their states, saved every --checkpoint_seconds; removed as groups end).
 Started again on the same workdir, the study goes on where it stopped: finished trials are kept, trials
-that were running are trained again from their first epoch. A config that would draw or train other
-trials is refused, before anything in the workdir is touched.
+that were running resume from their last checkpoint with the numbers they would have had (or from their
+first epoch where none was saved). A config that would draw or train other trials is refused, before
+anything in the workdir is touched.
 """
 
 import contextlib
@@ -21,7 +23,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from odyssey import search, store
+from odyssey import checkpoints, search, store
 from odyssey.data import splits as data_splits
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<task>.py file, e.g. configs/jsb.py:quick.")
@@ -31,10 +33,15 @@ _REPORT = flags.DEFINE_bool("report", True, "Write the report (odyssey.analysis.
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "JAX CPU devices to shard the trials over where no accelerator is used (0: one per core "
     "this process may use; 1: one device, one core). Speed only: the numbers agree to float round-off.")
+_CHECKPOINT_SECONDS = flags.DEFINE_float(
+    "checkpoint_seconds", checkpoints.DEFAULT_SECONDS, "Save the states of the trials in training at most this "
+    "often (at the end of an epoch; 0: after every epoch), so a stopped study resumes them where they were. "
+    "Speed only: the numbers do not change.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 _LOG_NAME = "study.log"
 _LOCK_NAME = "study.lock"
+_CHECKPOINTS = "checkpoints"
 
 
 class WorkdirBusy(store.StoreError):
@@ -101,12 +108,17 @@ def _write_json(path, text):
     os.replace(tmp, path)
 
 
-def _open_store(path, config, fp, identity):
-    """Creates the store, or reopens it and puts its interrupted trials back to 'pending'."""
+def _open_store(path, config, fp, identity, ckpts):
+    """Creates the store, or reopens it and puts its interrupted trials back to 'pending'.
+
+    An interrupted trial with a checkpoint keeps its epoch rows up to the checkpoint's epoch, where it will
+    resume; one whose rows stop short of its checkpoint (the store lost its last commits) loses the
+    checkpoint and its rows and trains from its first epoch, as does one without a checkpoint."""
     drawn = search.draw_trials(config)
     if store.read_meta(path) is None:
         logging.info("New study: %d trials (%d variants x %d)", len(drawn), len(config.search.variants),
                      config.search.num_trials)
+        ckpts.clear()  # left by a first start killed before its store was made: nothing can resume from them
         # "products": a store made before the trainer fixed its matrix products at float32 lacks the key.
         return store.TrialStore.create(path, config.task, drawn,
                                        {"fingerprint": fp, "identity": json.dumps(identity, sort_keys=True),
@@ -118,10 +130,17 @@ def _open_store(path, config, fp, identity):
         st.close()
         raise store.StoreError(f"{path}: the stored trials differ from those this config draws, though the "
                                f"fingerprints agree (did the sampling code change?); use another --workdir")
-    reset = st.reset_unfinished()
+    try:
+        saved = ckpts.epochs()
+    except checkpoints.CheckpointError as e:
+        st.close()
+        raise store.StoreError(str(e)) from None
+    resumable = st.resumable(saved)
+    ckpts.discard(set(saved) - set(resumable))
+    reset = st.reset_unfinished(keep_epochs=resumable)
     counts = st.counts()
-    logging.info("Resuming: %d done, %d diverged kept; %d interrupted trials run again, %d pending in all",
-                 counts["done"], counts["diverged"], reset, counts["pending"])
+    logging.info("Resuming: %d done, %d diverged kept; %d interrupted trials run again (%d from their checkpoints), "
+                 "%d pending in all", counts["done"], counts["diverged"], reset, len(resumable), counts["pending"])
     if "products" not in st.meta() and counts["done"] + counts["diverged"]:
         logging.warning("This study was started before the trainer fixed its float32 matrix products at its "
                         "config's precision: trials it finished on a GPU with TF32 (NVIDIA Ampere or later) ran at "
@@ -191,7 +210,7 @@ class _Progress:
         logging.info("%s", self.line())
 
 
-def _train_pending(st, config, splits, every_s):
+def _train_pending(st, config, splits, every_s, ckpts):
     import jax
     from odyssey import train  # the trainer pulls in the whole JAX stack; import it only to train
 
@@ -238,14 +257,15 @@ def _train_pending(st, config, splits, every_s):
                            hidden_buckets=tuple(config.search.hidden_buckets),
                            trials_per_chunk=config.search.get("trials_per_chunk"), mix_variants=mix, on_epoch=on_epoch,
                            on_result=on_result, recurrent_dtype=recurrent, order_seed=order_seed,
-                           matmul_precision=precision)
+                           matmul_precision=precision, checkpoints=ckpts)
     unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
     if unfinished:
         raise RuntimeError(f"the trainer returned without a result for trials {unfinished}")
     progress.log()
 
 
-def run_study(config, workdir, *, progress_seconds=30.0, report=True):
+def run_study(config, workdir, *, progress_seconds=30.0, report=True,
+              checkpoint_seconds=checkpoints.DEFAULT_SECONDS):
     """Runs or resumes the study of `config` in `workdir`, then writes its report.
 
     Args:
@@ -253,12 +273,15 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True):
       workdir: the study's directory; created if needed.
       progress_seconds: the most seconds between two progress lines.
       report: whether to write the report at the end (when odyssey.analysis.report exists).
+      checkpoint_seconds: the most seconds between two saves of the trials in training (`odyssey.checkpoints`,
+        in workdir/checkpoints; 0: after every epoch).
 
     Raises:
       as `prepare`, before anything in workdir is touched.
     """
     workdir = pathlib.Path(workdir)
     config, fp, identity = prepare(config, workdir)
+    ckpts = checkpoints.Checkpoints(workdir / _CHECKPOINTS, checkpoint_seconds)
     workdir.mkdir(parents=True, exist_ok=True)
     with _workdir_lock(workdir):
         handler = _log_to_file(workdir)
@@ -267,10 +290,11 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True):
             _check_workdir(workdir, fp, identity)
             logging.info("Study %s of %s in %s", fp, config.task, workdir)
             splits = data_splits.load_splits(config.data)
-            with _open_store(workdir / store.FILENAME, config, fp, identity) as st:
+            with _open_store(workdir / store.FILENAME, config, fp, identity, ckpts) as st:
                 _write_json(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
-                _train_pending(st, config, splits, progress_seconds)
+                _train_pending(st, config, splits, progress_seconds, ckpts)
                 counts = st.counts()
+            ckpts.clear()  # every trial has finished: its checkpoints are gone, and so goes the empty directory
             logging.info("Study finished: %d done, %d diverged", counts["done"], counts["diverged"])
             if report:
                 _write_report(workdir)
@@ -293,6 +317,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CPU_DEVICES.value < 0:
         sys.exit(f"study: error: --cpu_devices={_CPU_DEVICES.value}: give a positive count, or 0 for one per core")
+    if not _CHECKPOINT_SECONDS.value >= 0:
+        sys.exit(f"study: error: --checkpoint_seconds={_CHECKPOINT_SECONDS.value}: give seconds >= 0 (0: after "
+                 f"every epoch)")
     try:
         prepare(_CONFIG.value, _WORKDIR.value)
     except (ValueError, FileNotFoundError, store.StoreError) as e:
@@ -301,7 +328,8 @@ def main(argv):
     from odyssey import train
     train.use_cpu_cores(_CPU_DEVICES.value or None)
     try:
-        run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value)
+        run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value,
+                  checkpoint_seconds=_CHECKPOINT_SECONDS.value)
     except WorkdirBusy as e:
         sys.exit(f"study: error: {e}")
 

@@ -203,7 +203,8 @@ def unpad_hidden(params: dict, n_hidden: int, n_max: int, kind: str) -> dict:
     out = {k: {name: cut_cell(name, v) for name, v in cell.items()} for k, cell in params.items() if k != "out"}
     w = params["out"]["w"]
     if kind == "bi":
-        w = jnp.concatenate([w[:n_hidden], w[n_max:n_max + n_hidden]])
+        xp = np if isinstance(w, np.ndarray) else jnp  # numpy stays on the host, as in pad_hidden
+        w = xp.concatenate([w[:n_hidden], w[n_max:n_max + n_hidden]])
     else:
         w = w[:n_hidden]
     out["out"] = {"w": w, "b": params["out"]["b"]}

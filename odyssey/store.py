@@ -181,14 +181,35 @@ class TrialStore:
         return dict(self._conn.execute(
             "SELECT variant, MIN(val_metric) FROM trials WHERE status = 'done' GROUP BY variant"))
 
-    def reset_unfinished(self):
-        """Puts every 'running' trial back to 'pending' and deletes its epoch rows; returns how many.
-
-        A running trial is trained again from its first epoch: the store keeps no checkpoints, and
-        the rerun gives the same numbers because they depend on the trial's own seed only.
+    def resumable(self, saved_epochs):
+        """The running trials that can resume from a checkpoint: trial_id -> epoch, for the entries of
+        `saved_epochs` (trial_id -> the epoch a checkpoint holds, `odyssey.checkpoints`) whose trial is running
+        and has every epoch row from 1 to that epoch (rows can be missing if the store lost its last commits).
         """
+        out = {}
+        for trial_id, epoch in saved_epochs.items():
+            row = self._conn.execute("SELECT status FROM trials WHERE trial_id = ?", (int(trial_id),)).fetchone()
+            if row is None or row[0] != "running" or int(epoch) < 1:
+                continue
+            have = self._conn.execute("SELECT COUNT(DISTINCT epoch) FROM epochs WHERE trial_id = ? AND epoch BETWEEN 1 "
+                                      "AND ?", (int(trial_id), int(epoch))).fetchone()[0]
+            if have == int(epoch):
+                out[int(trial_id)] = int(epoch)
+        return out
+
+    def reset_unfinished(self, keep_epochs=None):
+        """Puts every 'running' trial back to 'pending'; returns how many.
+
+        A running trial is trained again from its first epoch, so its epoch rows are deleted (its numbers
+        depend on its own seed only, so the rerun gives the same), unless `keep_epochs` (trial_id -> epoch, as
+        `resumable` returns) says it resumes from a checkpoint of that epoch: then its rows up to that epoch
+        stay and the later ones go.
+        """
+        keep = {int(k): int(v) for k, v in (keep_epochs or {}).items()}
         with self._transaction() as conn:
-            conn.execute("DELETE FROM epochs WHERE trial_id IN (SELECT trial_id FROM trials WHERE status = 'running')")
+            running = [r[0] for r in conn.execute("SELECT trial_id FROM trials WHERE status = 'running'")]
+            for trial_id in running:
+                conn.execute("DELETE FROM epochs WHERE trial_id = ? AND epoch > ?", (trial_id, keep.get(trial_id, 0)))
             return conn.execute("UPDATE trials SET status = 'pending' WHERE status = 'running'").rowcount
 
     def mark_running(self, trial_ids):

@@ -13,7 +13,9 @@ own, or `MIXED`, V's cell with six per-trial switches that make it compute any o
 hyperparameters and switches are arrays. A trial's hidden size is zero-padded to its bucket's size and
 its gradient multiplied by a 0/1 mask of its own units, which keeps it exactly equal to the unpadded trial
 (FGR included, DESIGN §6). A slot whose trial stops (early stopping, the epoch bound, divergence) takes the
-group's next pending trial at the next epoch, so slots do not idle while work is pending. Every random draw
+group's next pending trial at the next epoch, so slots do not idle while work is pending. With
+`checkpoints` (`odyssey.checkpoints`), a group saves its live trials every few minutes, and a run stopped
+in the middle of a group resumes them from there rather than from their first epochs. Every random draw
 of a trial (initial weights, data order, noise) comes from its own seed and its own epoch counter, never
 from the batch, so its numbers do not depend on the batch around it (up to float round-off of batched
 matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise). The one exception is
@@ -94,7 +96,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from odyssey import cells, fast_lstm, nets, optim, tasks
+from odyssey import cells, checkpoints as ckpt, fast_lstm, nets, optim, tasks
 
 DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
 # The program that trains trials of the eight variants other than FGR together (`odyssey.cells`' mixed cell).
@@ -625,21 +627,39 @@ class _Group:
         self._empty = self._slot_values(None)
         self.fill([])
 
-    def fill(self, trials):
+    def fill(self, trials, saved=None):
         """Puts `trials` into the first slots and empties the others, in one transfer per array (writing
-        slot by slot took ~12 ms a trial on an H100: 6 s for a group of 487)."""
+        slot by slot took ~12 ms a trial on an H100: 6 s for a group of 487). A trial with an entry in
+        `saved` (trial_id -> `ckpt.SavedTrial`) resumes from it."""
         if len(trials) > self.k:
             raise ValueError(f"{len(trials)} trials for {self.k} slots")
-        values = [self._slot_values(t) for t in trials] + [self._empty] * (self.k - len(trials))
+        saved = saved or {}
+        values = ([self._slot_values(t, saved.get(t.trial_id)) for t in trials]
+                  + [self._empty] * (self.k - len(trials)))
         stacked = jax.tree_util.tree_map(lambda *xs: np.stack(xs), *values)
         self.state = jax.device_put(stacked["state"], self.shard)
         self.hp = jax.device_put(stacked["hp"], self.shard)
-        self.best = jax.device_put(jax.tree_util.tree_map(np.copy, stacked["state"]["params"]), self.shard)
+        self.best = jax.device_put(stacked["best"], self.shard)
         self.epoch = np.zeros(self.k, np.int32)
+        for slot, t in enumerate(trials):
+            if t.trial_id in saved:
+                self.epoch[slot] = saved[t.trial_id].epoch
         self.slots = list(trials) + [None] * (self.k - len(trials))
 
-    def _slot_values(self, trial):
-        """Host values of one slot: a trial's initial state and hyperparameters, or an empty slot."""
+    def _to_slot(self, variant, n, params):
+        """Own layout -> the slot's: padded to the group's N (and into the mixed cell's layout)."""
+        params = nets.pad_hidden(params, n, self.n_max, self.task.kind)
+        return nets.to_mixed(variant, params) if self.mixed else params
+
+    def _from_slot(self, variant, n, params):
+        """The inverse of `_to_slot`."""
+        if self.mixed:
+            params = nets.from_mixed(variant, params)
+        return jax.tree_util.tree_map(np.asarray, nets.unpad_hidden(params, n, self.n_max, self.task.kind))
+
+    def _slot_values(self, trial, saved=None):
+        """Host values of one slot: a trial's initial state and hyperparameters (or those it resumes from,
+        `saved`, a `ckpt.SavedTrial`), or an empty slot."""
         n = self.n_max if trial is None else trial.hidden_size
         key = _trial_key(0 if trial is None else trial.seed)
         variant = self.cell if trial is None else trial.variant
@@ -649,13 +669,14 @@ class _Group:
                                self.task.n_out, dtype=self.dtype)
         mask = nets.hidden_mask(variant, self.task.kind, self.n_in, n, self.n_max, self.task.n_out, self.dtype,
                                 mixed=self.mixed)
-        params = nets.pad_hidden(params, n, self.n_max, self.task.kind)
-        if self.mixed:
-            params = nets.to_mixed(variant, params)
-        if trial is None:
-            params = jax.tree_util.tree_map(np.zeros_like, params)
-        state = {"params": params, "velocity": jax.tree_util.tree_map(np.zeros_like, params),
-                 "alive": np.bool_(trial is not None)}
+        if saved is not None:
+            params, velocity, best = (self._to_slot(variant, n, tree) for tree in _unflatten(params, saved))
+        else:
+            params = self._to_slot(variant, n, params)
+            if trial is None:
+                params = jax.tree_util.tree_map(np.zeros_like, params)
+            velocity, best = jax.tree_util.tree_map(np.zeros_like, params), jax.tree_util.tree_map(np.copy, params)
+        state = {"params": params, "velocity": velocity, "alive": np.bool_(trial is not None)}
         real = self.dtype.type
         hp = {"lr": real(0 if trial is None else trial.learning_rate),
               "momentum": real(0 if trial is None else trial.momentum),
@@ -665,16 +686,35 @@ class _Group:
               "key": np.asarray(key), "mask": mask,
               "order_key": np.asarray(key) if self._order_key is None else self._order_key,
               "switches": cells.switches(variant, self.dtype) if self.mixed else None}
-        return {"state": state, "hp": hp}
+        return {"state": state, "hp": hp, "best": best}
 
-    def assign(self, slot, trial):
-        values = self._slot_values(trial)
+    def assign(self, slot, trial, saved=None):
+        """Puts `trial` (None: nothing) into `slot`, from its start or from `saved` (a `ckpt.SavedTrial`)."""
+        values = self._slot_values(trial, saved)
         put = functools.partial(_set_slot, np.int32(slot))
         self.state = put(self.state, values["state"])
         self.hp = put(self.hp, values["hp"])
-        self.best = put(self.best, values["state"]["params"])
-        self.epoch[slot] = 0
+        self.best = put(self.best, values["best"])
+        self.epoch[slot] = 0 if saved is None else saved.epoch
         self.slots[slot] = trial
+
+    def snapshot(self, best_val, best_epoch, seconds) -> list:
+        """The live trials that have trained an epoch, as `ckpt.SavedTrial`s in their own layouts (one
+        transfer of the group's weights to the host). best_val, best_epoch, seconds: the caller's per-slot
+        bookkeeping."""
+        slots = [s for s, t in enumerate(self.slots) if t is not None and self.epoch[s] > 0]
+        if not slots:
+            return []
+        host = jax.device_get((self.state["params"], self.state["velocity"], self.best))
+        out = []
+        for s in slots:
+            t = self.slots[s]
+            trees = [self._from_slot(t.variant, t.hidden_size, jax.tree_util.tree_map(lambda a: a[s], tree))
+                     for tree in host]
+            state = np.concatenate([np.ravel(x) for tree in trees for x in jax.tree_util.tree_leaves(tree)])
+            out.append(ckpt.SavedTrial(dataclasses.asdict(t), int(self.epoch[s]), float(best_val[s]),
+                                       int(best_epoch[s]), float(seconds[s]), state))
+        return out
 
     def train_epoch(self):
         # A copy: on CPU a device array may alias the numpy buffer, which the host changes below while
@@ -750,6 +790,21 @@ class _Group:
         _select.lower(jnp.zeros(self.k, bool), self.state["params"], self.best).compile()
 
 
+def _unflatten(template, saved):
+    """A saved trial's (params, velocity, best) in the layout of `template` (its own parameters)."""
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    sizes = [x.size for x in leaves]
+    if saved.state.size != 3 * sum(sizes) or saved.state.dtype != leaves[0].dtype:
+        raise ValueError(f"trial {saved.trial_id}: its saved state holds {saved.state.size} {saved.state.dtype} "
+                         f"values, its network 3 x {sum(sizes)} {leaves[0].dtype}; it was saved by other code")
+    parts = np.split(saved.state, np.cumsum(np.tile(sizes, 3))[:-1])  # params, velocity, best, leaf by leaf
+    trees = []
+    for j in range(3):
+        chunk = parts[j * len(leaves):(j + 1) * len(leaves)]
+        trees.append(jax.tree_util.tree_unflatten(treedef, [p.reshape(x.shape) for p, x in zip(chunk, leaves)]))
+    return trees
+
+
 @functools.partial(jax.jit, donate_argnums=(1,))
 def _set_slot(slot, tree, values):
     return jax.tree_util.tree_map(lambda a, v: a.at[slot].set(v), tree, values)
@@ -771,7 +826,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  on_result: Callable | None = None, devices=None, dtype=np.float32,
                  compile_ahead: bool | None = None, mix_variants: bool = True,
                  recurrent_dtype=None, order_seed: int | None = None,
-                 matmul_precision: str | None = "float32") -> list[TrialResult]:
+                 matmul_precision: str | None = "float32",
+                 checkpoints: ckpt.Checkpoints | None = None) -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -822,9 +878,19 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         and bfloat16 passes on TPUs (JAX's "Matmul precision" docs). A CPU computes float32 products whatever
         the setting. The programs are traced under the setting, so it holds in the background compile
         thread and wherever they run. float64 products (`dtype`) are unaffected.
+      checkpoints: an `odyssey.checkpoints.Checkpoints`, or None (default: none). Each group saves its live
+        trials there at the end of an epoch, at most every `checkpoints.every_seconds`, and removes its file
+        when it ends; a trial of `trials` that has a saved state resumes from it (in the first slots of its
+        group), with the numbers it would have had without the stop: every random draw of a trial comes from
+        its seed and its epoch counter. Saved trials that are not in `trials` are left alone until the
+        call returns, when the saved states of all of `trials` are removed.
 
     Returns:
       The results, in the order of `trials`.
+
+    Raises:
+      ValueError: bad arguments; or checkpoints saved by a run of other settings (task, dtypes, data-order
+        seed, product precision), or a saved trial whose fields differ from the trial of that id here.
     """
     spec = tasks.get_task(task)
     trials = list(trials)
@@ -844,7 +910,13 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     arrays = {name: tasks.to_arrays(spec, splits[name], dtype) for name in ("train", "valid", "test")}
     n_in = arrays["train"].xs.shape[-1]
     mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
-    groups = group_trials(trials, hidden_buckets, mix_variants)
+    identity = {"task": spec.name, "dtype": np.dtype(dtype).name,
+                "recurrent_dtype": None if rdt is None else np.dtype(rdt).name,
+                "order_seed": None if order_seed is None else int(order_seed), "matmul_precision": matmul_precision}
+    saved = _saved_states(checkpoints, trials, identity)
+    # Trials with saved states were running: they take their groups' first slots.
+    groups = {key: sorted(members, key=lambda t: t.trial_id not in saved)
+              for key, members in group_trials(trials, hidden_buckets, mix_variants).items()}
     keys = list(groups)
     if compile_ahead is None:
         compile_ahead = default_compile_ahead(mesh.devices.flat[0])
@@ -871,11 +943,61 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     results = {}
     for key, group in _built_in_turn(keys, build, compile_ahead):
         logging.info("%s: %d trials of %s padded to N=%d", task, len(groups[key]), *key)
-        for res in _run_group(group, groups[key], max_epochs, patience, on_epoch):
+        saver = None if checkpoints is None else _Saver(checkpoints, f"{key[0]}_N{key[1]}", identity)
+        for res in _run_group(group, groups[key], max_epochs, patience, on_epoch, saved, saver):
             results[res.trial_id] = res
             if on_result is not None:
                 on_result(res)
+    if checkpoints is not None:
+        checkpoints.discard([t.trial_id for t in trials])
     return [results[t.trial_id] for t in trials]
+
+
+def _saved_states(checkpoints, trials, identity):
+    """trial_id -> `ckpt.SavedTrial` for the trials of `trials` that `checkpoints` holds (checked)."""
+    if checkpoints is None:
+        return {}
+    found, saved = checkpoints.load()
+    if not saved:
+        return {}
+    if found != identity:
+        diff = {k: (found.get(k), v) for k, v in identity.items() if found.get(k) != v}
+        raise ValueError(f"the checkpoints in {checkpoints.directory} were saved by a run of other settings "
+                         f"(saved, this run: {diff}); resume with those settings or remove the files")
+    out = {}
+    for t in trials:
+        if t.trial_id in saved:
+            if saved[t.trial_id].trial != dataclasses.asdict(t):
+                raise ValueError(f"trial {t.trial_id}: the checkpoint in {checkpoints.directory} holds a trial of "
+                                 f"that id with other fields ({saved[t.trial_id].trial} against "
+                                 f"{dataclasses.asdict(t)})")
+            out[t.trial_id] = saved[t.trial_id]
+    return out
+
+
+class _Saver:
+    """Saves one group's live trials to its checkpoint file, at most every `every_seconds`."""
+
+    def __init__(self, checkpoints, name, identity):
+        self.checkpoints, self.name, self.identity = checkpoints, name, identity
+        self.last = time.monotonic()
+
+    def maybe_save(self, group, best_val, best_epoch, seconds):
+        if time.monotonic() - self.last < self.checkpoints.every_seconds:
+            return
+        start = time.perf_counter()
+        entries = group.snapshot(best_val, best_epoch, seconds)
+        self.last = time.monotonic()
+        if not entries:  # every live trial is at its start: nothing to resume from
+            self.checkpoints.remove(self.name)
+            return
+        self.checkpoints.save(self.name, self.identity, entries)
+        logging.info("%s %s N<=%d: checkpoint of %d live trials (%.1f MB) in %.2fs", group.task.name, group.variant,
+                     group.n_max, len(entries), sum(e.state.nbytes for e in entries) / 1e6,
+                     time.perf_counter() - start)
+
+    def done(self):
+        self.checkpoints.remove(self.name)
 
 
 def _built_in_turn(keys, build, ahead):
@@ -897,8 +1019,12 @@ def _built_in_turn(keys, build, ahead):
         pool.shutdown(cancel_futures=True)
 
 
-def _run_group(group, members, max_epochs, patience, on_epoch):
-    """Runs a group's trials through their epochs, refilling slots as trials end; yields results."""
+def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver=None):
+    """Runs a group's trials through their epochs, refilling slots as trials end; yields results.
+
+    saved: trial_id -> `ckpt.SavedTrial`, the states those trials resume from. saver: a `_Saver` or None.
+    """
+    saved = saved or {}
     pending = list(members)
     k = group.k
     best_val = np.full(k, np.inf)
@@ -908,7 +1034,20 @@ def _run_group(group, members, max_epochs, patience, on_epoch):
     n_train = group.arrays["train"].size
     spec = group.task
 
-    group.fill([pending.pop(0) for _ in range(min(k, len(pending)))])
+    def resume(slot, trial):
+        # The host-side bookkeeping of a trial that resumes from its saved state (the group holds the rest).
+        if trial is not None and trial.trial_id in saved:
+            s = saved[trial.trial_id]
+            best_val[slot], best_epoch[slot], seconds[slot] = s.best_val, s.best_epoch, s.seconds
+
+    first = [pending.pop(0) for _ in range(min(k, len(pending)))]
+    group.fill(first, saved)
+    for slot, trial in enumerate(first):
+        resume(slot, trial)
+    resumed = [saved[t.trial_id].epoch for t in first if t.trial_id in saved]
+    if resumed:
+        logging.info("%s %s N<=%d: %d trials resume from their checkpoints (epochs %d-%d)", spec.name, group.variant,
+                     group.n_max, len(resumed), min(resumed), max(resumed))
     while any(t is not None for t in group.slots):
         live = np.array([t is not None for t in group.slots])
         start = time.perf_counter()
@@ -952,8 +1091,10 @@ def _run_group(group, members, max_epochs, patience, on_epoch):
         for slot, _ in ended:
             # The group's next pending trial takes the slot; with none left, the slot is emptied (trains nothing).
             if pending:
-                group.assign(slot, pending.pop(0))
+                trial = pending.pop(0)
+                group.assign(slot, trial, saved.get(trial.trial_id))
                 best_val[slot], best_epoch[slot], seconds[slot] = np.inf, 0, 0.0
+                resume(slot, trial)
             else:
                 group.assign(slot, None)
         if ended and not pending:
@@ -964,3 +1105,7 @@ def _run_group(group, members, max_epochs, patience, on_epoch):
                              group.n_max, sum(t is not None for t in group.slots),
                              math.ceil(sum(t is not None for t in group.slots) / group.chunk),
                              group.k // group.chunk)
+        if saver is not None and any(t is not None for t in group.slots):
+            saver.maybe_save(group, best_val, best_epoch, seconds)
+    if saver is not None:
+        saver.done()

@@ -153,6 +153,23 @@ def test_reset_unfinished_reruns_running_trials_from_scratch(st):
     assert st.reset_unfinished() == 0
 
 
+def test_trials_resume_from_checkpoints_only_with_every_epoch_row_up_to_them(st):
+    st.mark_running([0, 1, 2, 3])
+    for i, last in ((0, 5), (1, 5), (2, 2), (3, 4)):
+        for epoch in range(1, last + 1):
+            if (i, epoch) != (1, 3):  # trial 1 lost its third row
+                st.add_epoch(i, epoch, 5.0 - epoch, 4.0 - epoch / 10, 0.1)
+    st.finish(Result(3, "done", 4, 4, 3.6, 3.7, 7, 0.4))
+    # Checkpoints at: trial 0 epoch 3 (rows beyond it), 1 at 4 (a row missing), 2 at 3 (rows stop at 2),
+    # 3 at 2 (finished since), 4 at 1 (never ran here), 9 (no such trial).
+    saved = {0: 3, 1: 4, 2: 3, 3: 2, 4: 1, 9: 1}
+    assert st.resumable(saved) == {0: 3}
+    assert st.reset_unfinished(keep_epochs={0: 3}) == 3
+    assert [(e["trial_id"], e["epoch"]) for e in st.epochs()] == [(0, 1), (0, 2), (0, 3), (3, 1), (3, 2), (3, 3),
+                                                                  (3, 4)]
+    assert st.counts() == {"pending": 5, "running": 0, "done": 1, "diverged": 0}
+
+
 _WRITER = textwrap.dedent("""
     import dataclasses, sys
     from odyssey import store

@@ -34,6 +34,13 @@ trial's own order (the default) it is the longest of K random sequences, 2.0-2.1
 standard JSB file for K = 64-512 (bench/data_order_check.py), close to the longest sequence of the split.
 The "padded" column scales training and evaluation by --padded_steps / mean steps (the split's longest: an
 upper bound, and near the own-order cost for groups of hundreds of trials) where a task's longest is given.
+
+3. With --bound_bandwidth=B (bytes/s), nothing is measured: every group's epoch costs what streaming its trials'
+   recurrent weights at B would take (`trainer_speed.weight_stream_bound`: each time step of the forward and
+   backward loops reads every trial's R, and FGR's Rg, once; evaluation one forward pass), in the operand
+   size of --recurrent_dtype, no compile. The projection then says how long the study takes on a device of
+   that bandwidth for any code that streams the weights at every step, whatever its launches or kernels:
+   the floor that only weights kept on chip across steps, or fewer bytes, go below.
 """
 
 import bisect
@@ -107,6 +114,9 @@ def _define_flags():
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
     flags.DEFINE_enum("recurrent_dtype", "float32", ["float32", "bfloat16"], "Operand dtype of the LSTM loops' "
                       "recurrent products in the measured programs (config.train.recurrent_dtype).")
+    flags.DEFINE_float("bound_bandwidth", None, "Measure nothing: project at the streamed-weight bound of this "
+                       "memory bandwidth in bytes/s (e.g. 3.35e12, an H100 SXM), in the operand size of "
+                       "--recurrent_dtype.")
     flags.DEFINE_string("out", None, "Where to write the results as JSON.")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the store resampling.")
 
@@ -261,6 +271,21 @@ def _measure(task, buckets, trial_counts, variants, device, scale):
     return rows
 
 
+def _bound_rows(task, buckets, bandwidth, itemsize):
+    """Rows in `_measure`'s format at the streamed-weight bound: per bucket, the mixed program (V's cell) and
+    FGR at K = 1; the projection scales them in proportion to K (bandwidth-bound work grows with K)."""
+    shape = TASK_SHAPES[task]
+    rows = []
+    for variant in ("V", "FGR"):
+        for bucket in buckets:
+            rate = trainer_speed.weight_stream_bound(task, shape.steps, bucket, variant, itemsize, bandwidth)
+            # Evaluation is one forward pass: half of an update's two passes over the weights.
+            rows.append({"task": task, "variant": variant, "bucket": bucket, "K": 1, "measured_steps": [],
+                         "updates_per_s": rate, "train_epoch_s": shape.train / rate,
+                         "valid_s": shape.valid / (2 * rate), "test_s": shape.test / (2 * rate), "compile_s": 0.0})
+    return rows
+
+
 def _group_cost(rows, task, variant, bucket, k):
     """Seconds of one lock-step epoch's parts at K slots, from the measured rows (V's where not measured)."""
     mine = [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == variant]
@@ -389,10 +414,17 @@ def main(argv):
     trainer_speed.set_unroll(device, FLAGS.unroll)
     info = trainer_speed.machine_info(device)
     info["load_before"] = trainer_speed.load_average()
+    bound = FLAGS.bound_bandwidth
+    if bound is not None and (FLAGS.measurements or not bound > 0):
+        raise app.UsageError("--bound_bandwidth: give a bandwidth > 0 in bytes/s, without --measurements")
     if FLAGS.measurements:
         info = _load_measurements(FLAGS.measurements)["machine"]
     if not FLAGS.measurements:
         info["recurrent_dtype"] = FLAGS.recurrent_dtype
+    if bound is not None:
+        # What is projected is a device of that bandwidth, not this one: no chunks, compiles or CPU.
+        info["jax_device"] = f"bound: {bound:.3g} bytes/s, recurrent weights streamed at every step"
+        info["bound_bandwidth"] = bound
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
           f"jax {info['jax']}; LSTM loops unrolled {info.get('unroll', 1)}; recurrent products in "
           f"{info.get('recurrent_dtype', 'float32')}\nbefore: {info['load_before']}")
@@ -400,7 +432,7 @@ def main(argv):
     measured = _load_measurements(FLAGS.measurements) if FLAGS.measurements else None
 
     # As the trainer does on the measured device (with --measurements, that device may not be this one).
-    ahead = settings["compile_ahead"] = (not info["jax_device"].startswith("cpu") if FLAGS.measurements
+    ahead = settings["compile_ahead"] = (not info["jax_device"].startswith("cpu") if FLAGS.measurements or bound
                                          else train.default_compile_ahead(device))
     mix = settings["mix_variants"] = FLAGS.mix_variants
     rows, projections, studies = [], [], {}
@@ -416,7 +448,9 @@ def main(argv):
         studies[task] = {"trials": len(trials), "variants": len(config.search.variants), "buckets": buckets,
                          "trials_per_batch": tpb,
                          "hidden_fill": sum(t.hidden_size ** 2 for t in trials) / sum(b * b for b in padded)}
-        if measured is None:
+        if bound is not None:
+            rows += _bound_rows(task, buckets, bound, 2 if FLAGS.recurrent_dtype == "bfloat16" else 4)
+        elif measured is None:
             rows += _measure(task, buckets, settings["trials"], FLAGS.variants, device, settings["step_scale"])
         else:
             mine = [r for r in measured["measurements"] if r["task"] == task]

@@ -35,7 +35,10 @@ shape T = 60, M = 88, float32, jit(vmap), medians): forward+grad 1.7× faster th
 (one trial: NP 1.9×, CIFG 1.4-1.5×, FGR 1.6-1.9×).
 The loop's product δy_{t−1} = R δā is written in R's stored layout: as δāᵀ Rᵀ it was 2-4× slower on CPU.
 Unrolling either scan by 2 or 4 steps made CPU runs 3-10 % slower, so on CPU both scans step once per
-iteration; on a GPU they run 8 steps per iteration (`DEFAULT_UNROLL`: 1.5-2.8× the trainer's throughput).
+iteration; on a GPU they run 8 steps per iteration (`DEFAULT_UNROLL`: 1.5-2.8× the trainer's throughput),
+and an iteration writes its 8 steps' outputs as one block per output array (`_unrolled_range`): compiled for
+an H100, that took the loops of the JSB study's first group from 110 to 54 kernels per 8 time steps
+(forward 37 → 23, backward 73 → 31; bench/gpu_kernels.py), where such groups are bound by launches.
 With `steps`, both loops skip the padding (a while loop of `steps` iterations): exact, and on padded data
 as much faster as the padding was long; with no padding the plain scan is the faster (~5-10 % on CPU).
 
@@ -202,39 +205,65 @@ def _scan_range(body, carry0, xs, lo, hi, reverse=False, unroll=1):
 
     Outputs at the skipped steps are zeros. The bounds may be traced (a while loop of hi - lo steps); they
     must not be batched under vmap (a batched step index turns every slice into a gather). With `unroll`
-    > 1 each iteration runs `unroll` steps; within the last one, a step past the range writes its output
-    into a spare row that is cut off at the end, and the final carry is not meaningful (callers use outputs).
+    > 1 each iteration runs `unroll` steps and writes their outputs as one block per output array (see
+    `_unrolled_range`); the final carry is then not meaningful (callers use the outputs).
     """
+    if unroll > 1:
+        t = jax.tree_util.tree_leaves(xs)[0].shape[0]
+        return _unrolled_range(body, carry0, xs, 0 if lo is None else lo, t if hi is None else hi, reverse, unroll)
     if lo is None:
-        return jax.lax.scan(body, carry0, xs, reverse=reverse, unroll=unroll)
+        return jax.lax.scan(body, carry0, xs, reverse=reverse)
     t = jax.tree_util.tree_leaves(xs)[0].shape[0]
     _, out_shape = jax.eval_shape(body, carry0, jax.tree_util.tree_map(lambda a: a[0], xs))
-    spare = 0 if unroll == 1 else unroll
-    outs0 = jax.tree_util.tree_map(lambda o: jnp.zeros((t + spare,) + o.shape, o.dtype), out_shape)
-    count = hi - lo
+    outs0 = jax.tree_util.tree_map(lambda o: jnp.zeros((t,) + o.shape, o.dtype), out_shape)
 
-    def step(i, j, state):
+    def step(i, state):
         carry, outs = state
         k = hi - 1 - i if reverse else lo + i
-        read = k if unroll == 1 else jnp.clip(k, 0, t - 1)
-        new, out = body(carry, jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, read, 0, False), xs))
-        if unroll > 1:
-            # past the range: the output goes to a spare row; the carry is no longer read (callers keep only
-            # the outputs, and every later step of the iteration is past the range too)
-            k = jnp.where(i < count, k, t + j)
+        new, out = body(carry, jax.tree_util.tree_map(lambda a: jax.lax.dynamic_index_in_dim(a, k, 0, False), xs))
         outs = jax.tree_util.tree_map(lambda b, v: jax.lax.dynamic_update_index_in_dim(b, v, k, 0), outs, out)
         return new, outs
 
-    if unroll == 1:
-        return jax.lax.fori_loop(0, count, lambda i, state: step(i, 0, state), (carry0, outs0))
+    return jax.lax.fori_loop(0, hi - lo, step, (carry0, outs0))
+
+
+def _unrolled_range(body, carry0, xs, lo, hi, reverse, unroll):
+    """`_scan_range` with `unroll` steps per loop iteration, whose outputs are written as one block.
+
+    Writing each step's outputs into the [T, ...] output arrays on its own made XLA's GPU backend launch
+    one dynamic-update-slice kernel per output array per step: compiled for an H100 (deviceless, jax 0.10.2;
+    the JSB study's first group, 487 trials of the mixed program at N = 40, unroll 8) the backward loop's
+    iteration held 48 such kernels of its 73 and the forward's 16 of 37. Here the `unroll` steps' outputs
+    are stacked and written with one dynamic_update_slice per output array per iteration. A step past the
+    range (within the last iteration) writes zeros, the value of a skipped step, so the output arrays carry
+    `unroll` spare rows on each side, cut off at the end, and every block lands inside them.
+    """
+    t = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    _, out_shape = jax.eval_shape(body, carry0, jax.tree_util.tree_map(lambda a: a[0], xs))
+    outs0 = jax.tree_util.tree_map(lambda o: jnp.zeros((t + 2 * unroll,) + o.shape, o.dtype), out_shape)
+    count = hi - lo
 
     def block(b, state):
+        carry, outs = state
+        first = b * unroll
+        rows = []
         for j in range(unroll):
-            state = step(b * unroll + j, j, state)
-        return state
+            i = first + j
+            k = hi - 1 - i if reverse else lo + i
+            carry, out = body(carry, jax.tree_util.tree_map(
+                lambda a: jax.lax.dynamic_index_in_dim(a, jnp.clip(k, 0, t - 1), 0, False), xs))
+            valid = i < count
+            rows.append(jax.tree_util.tree_map(lambda v: jnp.where(valid, v, jnp.zeros_like(v)), out))
+        if reverse:  # the block's rows in time order: its steps ran from its last row to its first
+            rows = rows[::-1]
+        stacked = jax.tree_util.tree_map(lambda *vs: jnp.stack(vs), *rows)
+        # The block's first row, shifted by the `unroll` spare rows in front.
+        at = (hi - first - unroll if reverse else lo + first) + unroll
+        outs = jax.tree_util.tree_map(lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, at, 0), outs, stacked)
+        return carry, outs
 
     carry, outs = jax.lax.fori_loop(0, (count + unroll - 1) // unroll, block, (carry0, outs0))
-    return carry, jax.tree_util.tree_map(lambda o: o[:t], outs)
+    return carry, jax.tree_util.tree_map(lambda o: o[unroll:unroll + t], outs)
 
 
 def _forward(variant, unroll, rdt, params, xs, keep, bounds, sw):

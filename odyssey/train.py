@@ -463,10 +463,14 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
     def update(carry, s, eps):
         params, velocity, alive, diverged, loss_sum = carry
         idx = perms_t[s]
+        # An update past the epoch's end (in its last block) trains no trial: it runs, as a select rather than
+        # a branch (XLA's conditional copied every weight and velocity array at every update), and changes
+        # nothing; with `trim` its loops stop after one step.
+        live = alive & (s < n_seq)
         # Frozen trials (ended, diverged, empty slots) do not extend the loops: their updates are discarded.
-        steps = jnp.maximum(jnp.max(jnp.where(alive, lengths[unbatch(idx)], 0)), 1) if trim else None
-        params, velocity, alive, loss, div = per_trial(params, velocity, alive, *trial_hp, eps, unbatch(idx), steps)
-        return params, velocity, alive, diverged | div, loss_sum + loss
+        steps = jnp.maximum(jnp.max(jnp.where(live, lengths[unbatch(idx)], 0)), 1) if trim else None
+        params, velocity, keep, loss, div = per_trial(params, velocity, live, *trial_hp, eps, unbatch(idx), steps)
+        return params, velocity, jnp.where(s < n_seq, keep, alive), diverged | div, loss_sum + loss
 
     def block(carry, b):
         first = b * NOISE_BLOCK
@@ -474,9 +478,7 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
                  else jnp.moveaxis(jax.vmap(block_noise, in_axes=(0, None))(noise_keys, first), 1, 0))
 
         def step(carry, j):
-            s = first + j
-            # The last block's updates past the epoch's end are skipped (an unbatched condition: a real branch).
-            return jax.lax.cond(s < n_seq, lambda c: update(c, s, noise[j]), lambda c: c, carry), None
+            return update(carry, first + j, noise[j]), None
 
         return jax.lax.scan(step, carry, jnp.arange(NOISE_BLOCK))[0], None
 

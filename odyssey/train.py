@@ -389,7 +389,7 @@ def _where(cond, a, b):
     return jax.tree_util.tree_map(pick, a, b)
 
 
-def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_dtype=None):
+def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_dtype=None, branch_past_end=True):
     """One epoch of online updates for K trials at once.
 
     Args:
@@ -405,6 +405,9 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
         trial's update is discarded).
       recurrent_dtype: static; the operand dtype of the LSTM loops' recurrent products (None: the
         parameters'; see `odyssey.fast_lstm.lstm_layer`).
+      branch_past_end: static; where NOISE_BLOCK does not divide the epoch's updates, skip those past its end
+        by a branch (True) or, with `trim`, run them as no-ops whose loops stop after one step (False; see
+        `_Group`). The same numbers either way.
 
     Returns:
       (new state, summed train loss float[K], diverged bool[K]).
@@ -454,6 +457,7 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
     # The updates run in blocks of NOISE_BLOCK, whose input noise is drawn in one call per block: update s of
     # an epoch still adds normal(fold_in(noise key, s)), the draws are only batched (see NOISE_BLOCK).
     n_blocks = -(-n_seq // NOISE_BLOCK)
+    branch = n_blocks * NOISE_BLOCK != n_seq and (branch_past_end or not trim)
     perms_t = jnp.pad(perms.T, ((0, n_blocks * NOISE_BLOCK - n_seq), (0, 0)))  # [updates, K]
 
     def block_noise(nkey, first):
@@ -463,9 +467,7 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
     def update(carry, s, eps):
         params, velocity, alive, diverged, loss_sum = carry
         idx = perms_t[s]
-        # An update past the epoch's end (in its last block) trains no trial: it runs, as a select rather than
-        # a branch (XLA's conditional copied every weight and velocity array at every update), and changes
-        # nothing; with `trim` its loops stop after one step.
+        # An update past the epoch's end (in its last block) trains no trial: it changes nothing.
         live = alive & (s < n_seq)
         # Frozen trials (ended, diverged, empty slots) do not extend the loops: their updates are discarded.
         steps = jnp.maximum(jnp.max(jnp.where(live, lengths[unbatch(idx)], 0)), 1) if trim else None
@@ -478,7 +480,10 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
                  else jnp.moveaxis(jax.vmap(block_noise, in_axes=(0, None))(noise_keys, first), 1, 0))
 
         def step(carry, j):
-            return update(carry, first + j, noise[j]), None
+            s = first + j
+            if not branch:
+                return update(carry, s, noise[j]), None
+            return jax.lax.cond(s < n_seq, lambda c: update(c, s, noise[j]), lambda c: c, carry), None
 
         return jax.lax.scan(step, carry, jnp.arange(NOISE_BLOCK))[0], None
 
@@ -501,7 +506,7 @@ def _all_finite(tree):
     return jnp.isfinite(total)
 
 
-def _local_epoch(task, variant, chunk, trim, recurrent_dtype, state, hp, train, epoch):
+def _local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, state, hp, train, epoch):
     """One epoch of the trials on one device, `chunk` trials at a time.
 
     The device's K trials are split into K / chunk chunks that run one after another (`lax.map`), each a
@@ -510,14 +515,14 @@ def _local_epoch(task, variant, chunk, trim, recurrent_dtype, state, hp, train, 
     """
     k = epoch.shape[0]
     if chunk >= k:
-        return _train_epoch(task, variant, state, hp, train, epoch, trim, recurrent_dtype)
+        return _train_epoch(task, variant, state, hp, train, epoch, trim, recurrent_dtype, branch_past_end)
 
     def run(args):
         st, h, ep = args
         def idle(st, h, ep):
             return st, jnp.zeros(ep.shape, train.xs.dtype), jnp.zeros(ep.shape, bool)
         def live(st, h, ep):
-            return _train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype)
+            return _train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype, branch_past_end)
         return jax.lax.cond(jnp.any(st["alive"]), live, idle, st, h, ep)
 
     def split(x):
@@ -618,8 +623,16 @@ class _Group:
         # Trim the loops to each update's sequences when lengths differ; with equal lengths the plain scan
         # is ~5-10 % faster than the while loop that trimming needs (bench: fast_lstm, CPU).
         trim = not bool(np.all(arrays["train"].mask > 0))
+        # The updates past an epoch's end (its last block of NOISE_BLOCK, when that does not divide it): on an
+        # accelerator they run as no-ops with `trim` (their loops stop after one step) rather than be skipped
+        # by a branch, for which XLA's GPU programs copied every weight and velocity array at every update
+        # (15-23 copies per update compiled for an H100, bench/gpu_kernels.py). On a CPU the branch stays: a
+        # no-op update there cost about a whole one (its input projection, loss and weight-gradient products
+        # run over the padded length; 13 JSB-like sequences, 8 trials at N = 100: 77-90 ms an epoch against
+        # 66-71), and the branch cost nothing measurable (16 sequences: 85-88 ms either way).
+        branch_past_end = mesh.devices.flat[0].platform == "cpu"
         epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, self.cell, self.chunk, trim,
-                                                   recurrent_dtype), mesh=mesh,
+                                                   recurrent_dtype, branch_past_end), mesh=mesh,
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
         options = compiler_options(mesh.devices.flat[0])
         self._epoch_fn = jax.jit(_traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),

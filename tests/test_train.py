@@ -245,6 +245,30 @@ def test_the_matmul_precision_reaches_every_product_of_the_programs(precision, c
     assert _product_precisions(programs["epoch"])[1] >= 10  # the epoch's products: both directions, both passes
 
 
+@pytest.mark.parametrize("k, lengths", [(3, (4, 6)), (1, (4, 6)), (3, (5,))])
+def test_updates_past_the_epochs_end_change_nothing_whether_branched_or_run(x64, k, lengths):
+    """An epoch of 11 updates runs in blocks of NOISE_BLOCK (8): the 5 past its end are skipped by a branch
+    (on CPUs) or run as no-ops (on accelerators, with sequences of uneven length). Both give the same weights,
+    velocities, losses and flags, for several trials, for one, and with equal lengths (which always branch)."""
+    assert 11 % train.NOISE_BLOCK
+    spec = tasks_module.get_task("jsb")
+    arrays = {n: tasks_module.to_arrays(spec, split, np.float64)
+              for n, split in make_splits("jsb", seed=8, sizes=(11, 2, 2), lengths=lengths).items()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+    group = train._Group(spec, train.MIXED, 5, k, arrays, 88, mesh, 4, np.dtype(np.float64))
+    group.fill([train.Trial(i, v, 5 - i, 3e-2, 0.9, 0.2, seed=i) for i, v in enumerate(["V", "CIFG", "NP"][:k])])
+    trim = len(lengths) > 1
+    epoch = jnp.asarray([2] * k, jnp.int32)
+    outs = [jax.jit(functools.partial(train._train_epoch, spec, "V", trim=trim, branch_past_end=branch))(
+                group.state, group.hp, group.train, epoch) for branch in (True, False)]
+    leaves = [jax.tree_util.tree_leaves(out) for out in outs]
+    for a, b in zip(*leaves):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Nothing vanished: the epoch trained (the weights moved) and every trial is alive.
+    moved = jax.tree_util.tree_leaves(outs[0][0]["params"])[0] - jax.tree_util.tree_leaves(group.state["params"])[0]
+    assert np.abs(np.asarray(moved)).max() > 0 and bool(np.all(np.asarray(outs[0][0]["alive"])))
+
+
 def test_train_trials_builds_its_groups_at_float32_unless_told(monkeypatch):
     built = []
 

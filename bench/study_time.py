@@ -37,7 +37,8 @@ upper bound, and near the own-order cost for groups of hundreds of trials) where
 
 3. With --bound_bandwidth=B (bytes/s), nothing is measured: every group's epoch costs what streaming its trials'
    recurrent weights at B would take (`trainer_speed.weight_stream_bound`: each time step of the forward and
-   backward loops reads every trial's R, and FGR's Rg, once; evaluation one forward pass), in the operand
+   backward loops reads every trial's R, and FGR's Rg, once; evaluation one forward pass per --eval_chunk
+   sequences, which a step of it reads the weights for together), in the operand
    size of --recurrent_dtype, no compile. The projection then says how long the study takes on a device of
    that bandwidth for any code that streams the weights at every step, whatever its launches or kernels:
    the floor that only weights kept on chip across steps, or fewer bytes, go below.
@@ -279,10 +280,13 @@ def _bound_rows(task, buckets, bandwidth, itemsize):
     for variant in ("V", "FGR"):
         for bucket in buckets:
             rate = trainer_speed.weight_stream_bound(task, shape.steps, bucket, variant, itemsize, bandwidth)
-            # Evaluation is one forward pass: half of an update's two passes over the weights.
+            # Evaluation runs --eval_chunk sequences per step of one forward pass, which reads the weights
+            # once: half of an update's two passes, per chunk of sequences.
+            chunks = {name: math.ceil(getattr(shape, name) / FLAGS.eval_chunk) for name in ("valid", "test")}
             rows.append({"task": task, "variant": variant, "bucket": bucket, "K": 1, "measured_steps": [],
                          "updates_per_s": rate, "train_epoch_s": shape.train / rate,
-                         "valid_s": shape.valid / (2 * rate), "test_s": shape.test / (2 * rate), "compile_s": 0.0})
+                         "valid_s": chunks["valid"] / (2 * rate), "test_s": chunks["test"] / (2 * rate),
+                         "compile_s": 0.0})
     return rows
 
 

@@ -247,6 +247,22 @@ def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_pa
 
 
 @needs_trainer
+def test_a_study_keeps_its_compiled_programs_in_its_workdir(reference, tmp_path):
+    """Without a cache named by the environment, the study command points JAX's compilation cache at
+    workdir/jax_cache, so a resumed study loads its programs; the numbers are the reference's."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    # JAX caches only programs that took a second or more to compile; the suite's compile in less.
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    proc = run_study(env, tmp_path, "--report=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cached = sorted(p.name for p in (tmp_path / "jax_cache").iterdir())
+    assert any(name.startswith("jit__local_epoch-") for name in cached), cached
+    assert_same_results(read(tmp_path), read(reference[0]))
+    assert not (reference[0] / "jax_cache").exists(), "a cache the environment names is used instead"
+
+
+@needs_trainer
 def test_resuming_a_store_from_before_fixed_float32_products_warns(env, reference, tmp_path):
     """A store made before the trainer fixed its products at float32 (no 'products' row in its meta) may hold
     trials a GPU ran at TF32: resuming it says so; a store made now carries the row and resumes quietly."""

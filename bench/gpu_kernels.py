@@ -131,8 +131,12 @@ def compile_epoch(task, program, hidden, k, unroll, recurrent_dtype):
     import trainer_speed
     from odyssey import fast_lstm, tasks, train
 
-    topology = topologies.get_topology_desc(platform="cuda", topology_name="h100", target_config=_H100,
-                                            topology="1x1x1")
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", topology_name="h100", target_config=_H100,
+                                                topology="1x1x1")
+    except (NotImplementedError, RuntimeError) as err:
+        raise app.UsageError(f"JAX cannot compile for CUDA here ({err}): install JAX's CUDA plugin as this "
+                             "script's docstring says, and set JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1") from None
     # Traced here on a CPU host: the loops take the GPU's unroll.
     fast_lstm.DEFAULT_UNROLL[jax.default_backend()] = unroll or fast_lstm.DEFAULT_UNROLL["gpu"]
     spec = tasks.get_task(task)

@@ -38,7 +38,7 @@ Unrolling either scan by 2 or 4 steps made CPU runs 3-10 % slower, so on CPU bot
 iteration; on a GPU they run 8 steps per iteration (`DEFAULT_UNROLL`: 1.5-2.8× the trainer's throughput),
 and an iteration writes its 8 steps' outputs as one block per output array (`_unrolled_range`): compiled for
 an H100, that took the loops of the JSB study's first group from 110 to 54 kernels per 8 time steps
-(forward 37 → 23, backward 73 → 31; bench/gpu_kernels.py), where such groups are bound by launches.
+(forward 73 → 31, backward 37 → 23; bench/gpu_kernels.py), where such groups are bound by launches.
 With `steps`, both loops skip the padding (a while loop of `steps` iterations): exact, and on padded data
 as much faster as the padding was long; with no padding the plain scan is the faster (~5-10 % on CPU).
 
@@ -232,11 +232,12 @@ def _unrolled_range(body, carry0, xs, lo, hi, reverse, unroll):
 
     Writing each step's outputs into the [T, ...] output arrays on its own made XLA's GPU backend launch
     one dynamic-update-slice kernel per output array per step: compiled for an H100 (deviceless, jax 0.10.2;
-    the JSB study's first group, 487 trials of the mixed program at N = 40, unroll 8) the backward loop's
-    iteration held 48 such kernels of its 73 and the forward's 16 of 37. Here the `unroll` steps' outputs
-    are stacked and written with one dynamic_update_slice per output array per iteration. A step past the
-    range (within the last iteration) writes zeros, the value of a skipped step, so the output arrays carry
-    `unroll` spare rows on each side, cut off at the end, and every block lands inside them.
+    the JSB study's first group, 487 trials of the mixed program at N = 40, unroll 8) the forward loop's
+    iteration held 48 such kernels of its 73 (six outputs a step: y, c and four gates) and the backward's 16
+    of 37. Here the `unroll` steps' outputs are stacked and written with one dynamic_update_slice per output
+    array per iteration. A step past the range (within the last iteration) writes zeros, the value of a
+    skipped step, so the output arrays carry `unroll` spare rows on each side, cut off at the end, and every
+    block lands inside them.
     """
     t = jax.tree_util.tree_leaves(xs)[0].shape[0]
     _, out_shape = jax.eval_shape(body, carry0, jax.tree_util.tree_map(lambda a: a[0], xs))

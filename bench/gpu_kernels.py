@@ -122,21 +122,27 @@ def while_loops(text):
     return out
 
 
+def h100_topology():
+    """The described H100 as a JAX topology (its devices compile, they hold no data); a UsageError where
+    JAX's CUDA plugin is missing."""
+    from jax.experimental import topologies
+    try:
+        return topologies.get_topology_desc(platform="cuda", topology_name="h100", target_config=_H100,
+                                            topology="1x1x1")
+    except (NotImplementedError, RuntimeError) as err:
+        raise app.UsageError(f"JAX cannot compile for CUDA here ({err}): install JAX's CUDA plugin as "
+                             "bench/gpu_kernels.py's docstring says, and set JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1") from None
+
+
 def compile_epoch(task, program, hidden, k, unroll, recurrent_dtype):
     """The optimized HLO text of a group's training epoch, compiled for the H100 described above."""
     import jax
-    from jax.experimental import topologies
     from jax.sharding import Mesh
 
     import trainer_speed
     from odyssey import fast_lstm, tasks, train
 
-    try:
-        topology = topologies.get_topology_desc(platform="cuda", topology_name="h100", target_config=_H100,
-                                                topology="1x1x1")
-    except (NotImplementedError, RuntimeError) as err:
-        raise app.UsageError(f"JAX cannot compile for CUDA here ({err}): install JAX's CUDA plugin as this "
-                             "script's docstring says, and set JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1") from None
+    topology = h100_topology()
     # Traced here on a CPU host: the loops take the GPU's unroll.
     fast_lstm.DEFAULT_UNROLL[jax.default_backend()] = unroll or fast_lstm.DEFAULT_UNROLL["gpu"]
     spec = tasks.get_task(task)

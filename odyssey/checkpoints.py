@@ -46,7 +46,8 @@ class SavedTrial:
     epoch: the epochs it has trained (its epoch counter; the next epoch is epoch + 1).
     best_val, best_epoch: its best validation metric so far and the epoch that reached it.
     seconds: its share of the wall time so far.
-    state: its weights, velocity and best weights, flattened in the trainer's order.
+    state: its weights, velocity and best weights, flattened in the trainer's order (None where the file was
+      read without them, `Checkpoints.load(states=False)`).
     """
 
     trial: dict
@@ -54,7 +55,7 @@ class SavedTrial:
     best_val: float
     best_epoch: int
     seconds: float
-    state: np.ndarray
+    state: np.ndarray | None
 
     @property
     def trial_id(self) -> int:
@@ -86,18 +87,18 @@ class Checkpoints:
             return []
         return sorted(p for p in self.directory.iterdir() if p.name.endswith(SUFFIX) and p.is_file())
 
-    def load(self) -> tuple[dict | None, dict[int, SavedTrial]]:
+    def load(self, states: bool = True) -> tuple[dict | None, dict[int, SavedTrial]]:
         """Every saved trial, and the identity the files share (None where there are none).
 
         A trial found in several files (a run that resumed it in another group, then stopped) is taken at
-        its latest epoch.
+        its latest epoch. states=False reads the files' small parts only (each trial's `state` is None).
 
         Raises:
           CheckpointError: a file cannot be read, or two files have different identities.
         """
         identity, saved = None, {}
         for path in self.files():
-            ident, trials = _read(path)
+            ident, trials = _read(path, states)
             if identity is not None and ident != identity:
                 raise CheckpointError(f"{path}: made by a run of other settings than the files beside it "
                                       f"({ident} against {identity}); remove the files of the other run")
@@ -109,7 +110,7 @@ class Checkpoints:
 
     def epochs(self) -> dict[int, int]:
         """trial_id -> the epoch its saved state ends, for every saved trial."""
-        return {i: t.epoch for i, t in self.load()[1].items()}
+        return {i: t.epoch for i, t in self.load(states=False)[1].items()}
 
     def save(self, name: str, identity: dict, trials: list[SavedTrial]):
         """Writes the file `name` (a group's) with `trials`, replacing the one before it in one rename."""
@@ -164,22 +165,25 @@ def _check_name(name):
         raise ValueError(f"a checkpoint name takes letters, digits, '_' and '-', got {name!r}")
 
 
-def _read(path):
+def _read(path, states=True):
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            sizes, flat = z["sizes"], z["flat"]
+            sizes = z["sizes"]
+            # An npz member is read when asked for: without states, the file's weights stay on disk.
+            flat = z["flat"] if states else None
     except Exception as e:  # a zip, npy or JSON error: the file is not one of ours, or damaged
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e}); remove it to train "
                               f"its trials from their first epoch") from e
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this code reads {FORMAT}")
     n = len(meta["trials"])
-    if not (len(sizes) == n and int(sizes.sum()) == flat.size
+    if not (len(sizes) == n and (flat is None or int(sizes.sum()) == flat.size)
             and all(len(meta[k]) == n for k in ("epoch", "best_val", "best_epoch", "seconds"))):
         raise CheckpointError(f"{path}: its parts do not fit together ({n} trials, {len(sizes)} states)")
     offsets = np.concatenate([[0], np.cumsum(sizes)])
     trials = [SavedTrial(meta["trials"][i], int(meta["epoch"][i]), float(meta["best_val"][i]),
-                         int(meta["best_epoch"][i]), float(meta["seconds"][i]), flat[offsets[i]:offsets[i + 1]])
+                         int(meta["best_epoch"][i]), float(meta["seconds"][i]),
+                         None if flat is None else flat[offsets[i]:offsets[i + 1]])
               for i in range(n)]
     return meta["identity"], trials

@@ -1,5 +1,6 @@
 """Tests of the multi-trial trainer against a plain, unbatched reference loop written here."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -14,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from odyssey import cells, nets, search, train
+from odyssey import cells, checkpoints, nets, search, train
 from odyssey import tasks as tasks_module
 
 N_OUT = {"jsb": 88, "timit": 61, "iam_online": 82}
@@ -627,3 +628,112 @@ def test_compiler_options_reach_the_trainers_programs(monkeypatch):
         train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))
     monkeypatch.setitem(train.COMPILER_OPTIONS, "cpu", {})
     assert train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))[0].epochs == 1
+
+
+# Five trials of the mixed program (two buckets, so also a group of one) and two of FGR, three slots a group:
+# trials end early (patience 2) and pending ones take their slots.
+CKPT_TRIALS = [train.Trial(i, v, n, lr, 0.9, 0.3, True, clip, seed=10 + i) for i, (v, n, lr, clip) in enumerate(
+    [("V", 6, 1e-2, False), ("NIG", 4, 3e-2, True), ("FGR", 5, 1e-2, False), ("CIFG", 7, 2e-2, False),
+     ("NP", 3, 5e-2, False), ("FGR", 3, 3e-2, True), ("NOAF", 6, 1e-3, False), ("V", 2, 1e-2, False)])]
+CKPT_RUN = dict(max_epochs=6, patience=2, trials_per_batch=3, hidden_buckets=(4, 8))
+
+
+class _Stop(Exception):
+    pass
+
+
+def run_stopping(splits, trials=CKPT_TRIALS, stop_after=None, record=None, **kwargs):
+    """train_trials with an on_epoch that records (trial, epoch, loss, val) and raises _Stop after `stop_after`
+    calls (a crash at the end of an epoch's bookkeeping, before that epoch's checkpoint)."""
+    record = [] if record is None else record
+
+    def on_epoch(trial_id, epoch, loss, val, seconds):
+        record.append((trial_id, epoch, loss, val))
+        if stop_after is not None and len(record) >= stop_after:
+            raise _Stop
+
+    results = train.train_trials("jsb", splits, trials, on_epoch=on_epoch, **{**CKPT_RUN, **kwargs})
+    return {r.trial_id: r for r in results}, record
+
+
+def _by_trial(record):
+    out = {}
+    for trial_id, epoch, loss, val in record:
+        out.setdefault(trial_id, []).append((epoch, loss, val))
+    return out
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run():
+    splits = make_splits("jsb", seed=4, sizes=(6, 3, 3))
+    return splits, *run_stopping(splits)
+
+
+@pytest.mark.parametrize("stop_after", [2, 17])
+def test_a_stopped_trainer_resumes_its_trials_to_the_uninterrupted_numbers(uninterrupted_run, tmp_path, stop_after,
+                                                                           caplog):
+    """Stopped after 2 epoch rows (inside the first epoch of the first group, before any checkpoint) or after
+    17 (inside a later epoch, with trials ended, refilled and saved), then run again with the same checkpoints:
+    every trial ends with the uninterrupted run's epochs and numbers, bitwise (CPU, float32), and the epoch
+    rows of the first run up to each trial's checkpoint and those of the second together are the
+    uninterrupted run's rows."""
+    splits, want, want_record = uninterrupted_run
+    ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)
+    first = []
+    with pytest.raises(_Stop):
+        run_stopping(splits, stop_after=stop_after, record=first, checkpoints=ck)
+    at = ck.epochs()
+    if stop_after == 2:
+        assert at == {}
+    else:
+        assert at and all(e >= 1 for e in at.values()), at
+    caplog.set_level("INFO", logger="absl")
+    got, second = run_stopping(splits, checkpoints=ck)
+    for t in CKPT_TRIALS:
+        g, w = got[t.trial_id], want[t.trial_id]
+        assert dataclasses.replace(g, train_seconds=0) == dataclasses.replace(w, train_seconds=0)
+    rows = _by_trial([r for r in first if r[1] <= at.get(r[0], 0)] + second)
+    assert rows == _by_trial(want_record)
+    resumed = [r.getMessage() for r in caplog.records if "resume from their checkpoints" in r.getMessage()]
+    assert bool(resumed) == bool(at), resumed
+    # Each trial's rows in the second run start right after its checkpoint.
+    assert all(_by_trial(second)[i][0][0] == e + 1 for i, e in at.items())
+    assert ck.files() == [], "a finished run leaves no checkpoints"
+
+
+@pytest.mark.parametrize("settings", [dict(hidden_buckets=(8,), trials_per_batch=8, mix_variants=False),
+                                      dict(trials_per_batch=1)])
+def test_checkpoints_resume_in_other_buckets_batches_and_programs(uninterrupted_run, tmp_path, settings):
+    """A trial's saved state is in its own layout, so it resumes in a group of another padded size, batch size
+    and program (each variant its own instead of the mixed one), or one slot at a time (saved trials wait for
+    a slot like pending ones): the same numbers up to float round-off."""
+    splits, want, want_record = uninterrupted_run
+    ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)
+    first = []
+    with pytest.raises(_Stop):
+        run_stopping(splits, stop_after=17, record=first, checkpoints=ck)
+    at = ck.epochs()
+    assert at
+    got, second = run_stopping(splits, checkpoints=ck, **settings)
+    for t in CKPT_TRIALS:
+        g, w = got[t.trial_id], want[t.trial_id]
+        assert (g.status, g.epochs, g.best_epoch) == (w.status, w.epochs, w.best_epoch)
+        np.testing.assert_allclose([g.val_metric, g.test_metric], [w.val_metric, w.test_metric], rtol=1e-5)
+    rows, want_rows = _by_trial([r for r in first if r[1] <= at.get(r[0], 0)] + second), _by_trial(want_record)
+    assert sorted(rows) == sorted(want_rows)
+    for i in rows:
+        assert [r[0] for r in rows[i]] == [r[0] for r in want_rows[i]]
+        np.testing.assert_allclose(np.array(rows[i])[:, 1:], np.array(want_rows[i])[:, 1:], rtol=1e-5)
+
+
+def test_checkpoints_of_other_settings_or_other_trials_are_refused(uninterrupted_run, tmp_path):
+    splits, _, _ = uninterrupted_run
+    ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)
+    with pytest.raises(_Stop):
+        run_stopping(splits, stop_after=17, checkpoints=ck)
+    with pytest.raises(ValueError, match="other settings.*order_seed"):
+        run_stopping(splits, checkpoints=ck, order_seed=5)
+    changed = [dataclasses.replace(t, learning_rate=t.learning_rate * 2) for t in CKPT_TRIALS]
+    with pytest.raises(ValueError, match="trial 0: the checkpoint .* other fields"):
+        run_stopping(splits, trials=changed, checkpoints=ck)
+    assert ck.epochs(), "a refused run leaves the checkpoints alone"

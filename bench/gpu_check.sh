@@ -16,8 +16,9 @@
 #      group of the JSB study), epochs with each trial's own data order against one shared order;
 #   3e. (stage arms) the short form of 3b and 3c: trainer_speed at N = 200, K = 200 only, recurrent products in
 #      float32 and bfloat16, each at float32 and TF32 matmul precision (four programs per shape, no PyTorch);
-#   3f. (stage pallas) pallas_forward_speed: the forward recurrence as one Pallas kernel against the trainer's
-#      loop, N = 40 (487 trials) and 200 (200 trials), outputs compared;
+#   3f. (stage pallas) pallas_lstm_speed: V's layer as two Pallas kernels (forward, backward) against the
+#      trainer's layer, forward+grad, float32 and bfloat16 recurrent operands, JSB N = 40 (487 trials) and
+#      N = 200 (64 and 200 trials), TIMIT N = 200 (64 trials), values compared;
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
 #      same study with one data order for all trials (config.train.data_order=shared). Both save their trials
@@ -27,7 +28,7 @@
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
 # 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision, arms and order;
-# LIMIT_PALLAS, default 120). STAGES picks stages (default "speed big project study"; "bf16", "precision", "arms",
+# LIMIT_PALLAS, default 150). STAGES picks stages (default "speed big project study"; "bf16", "precision", "arms",
 # "order", "pallas" and "study_shared" run only when named); PROJECT_ARGS
 # adds flags to study_time (e.g. --buckets=40,120,200). A stage
 # stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
@@ -69,8 +70,8 @@ want precision && stage precision "${LIMIT_BF16:-300}" $py bench/trainer_speed.p
 want arms && stage arms "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=200 \
   --recurrent_dtypes=float32,bfloat16 --matmul_precisions=float32,tensorfloat32 --notorch --repeats=3 \
   --min_time=0.3 --out="$out/arms.json"
-want pallas && stage pallas "${LIMIT_PALLAS:-120}" $py bench/pallas_forward_speed.py --device=gpu \
-  --out="$out/pallas.json"
+want pallas && stage pallas "${LIMIT_PALLAS:-150}" $py bench/pallas_lstm_speed.py --device=gpu \
+  --recurrent_dtypes=float32,bfloat16 --passes=grad --repeats=3 --out="$out/pallas.json"
 want order && stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py --device=gpu ${jsb:+--data="$jsb"} \
   --trials=64,487 --hidden=40 --repeats=3 --out="$out/order.json"
 if [ -n "$jsb" ] && want study; then
@@ -84,5 +85,5 @@ if [ -n "$jsb" ] && want study_shared; then
     --config.train.data_order=shared --workdir="$out/jsb_study_shared" --progress_seconds=30 --checkpoint_seconds=60
 fi
 for name in speed big onevmap project bf16 project_bf16 precision arms pallas order study study_shared; do
-  [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |^N=|Study finished|rror" "$out/$name.log" | tail -25; }
+  [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study finished|rror" "$out/$name.log" | tail -25; }
 done

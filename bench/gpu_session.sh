@@ -3,15 +3,16 @@
 #
 #   bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]
 #
-# Runs gpu_check.sh's stages `pallas` (the forward recurrence as one Pallas kernel against the trainer's loop,
-# bench/pallas_forward_speed.py), `speed` (trainer_speed at N = 200, K = 1, 32, 200 beside PyTorch eager and CUDA
-# graph, JSB and TIMIT shapes) and `study_shared` (the JSB study of 9 x 200 trials with one data order,
+# Runs gpu_check.sh's stages `pallas` (V's layer as two Pallas kernels, forward and backward, against the
+# trainer's layer, bench/pallas_lstm_speed.py), `speed` (trainer_speed at N = 200, K = 1, 32, 200 beside
+# PyTorch eager and CUDA graph, JSB and TIMIT shapes) and `study_shared` (the JSB study of 9 x 200 trials with one data order,
 # checkpointed every 60 s) in WORK_DIR (default .gpu/run, which must not be under RESULTS_DIR: a study's
-# checkpoint files run to hundreds of MB), then copies what a person reads into RESULTS_DIR: the machine,
-# both logs, speed.json, the study's log and its trial store. Run again with the same WORK_DIR on the same
+# checkpoint files run to hundreds of MB), then copies what a person reads into RESULTS_DIR, 8 files at most
+# (what a device call brings back): the machine, the stages' logs, pallas.json, speed.json, the study's log
+# and its trial store; gpu_check.sh's summary is the call's output. Run again with the same WORK_DIR on the same
 # machine, the study goes on from its last checkpoint (its wall time is then the sum of the runs' training
 # times in study.log). WHEELS_DIR: wheels to install first into /tmp/site (ml-collections, which the study
-# needs, where the machine lacks it). Limits (seconds): LIMIT_PALLAS (default 90), LIMIT_SPEED (240),
+# needs, where the machine lacks it). Limits (seconds): LIMIT_PALLAS (default 150), LIMIT_SPEED (240),
 # LIMIT_STUDY (300); STAGES as gpu_check.sh's (default "pallas speed study_shared").
 set -u
 results=${1:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
@@ -30,10 +31,10 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python3 -c "import ml_collections" 2>/dev/null || { echo "ml_collections is missing: give WHEELS_DIR"; exit 2; }
 [ -f "$jsb" ] || { echo "no JSB file at $jsb"; exit 2; }
 mkdir -p "$results" "$work"
-STAGES=${STAGES:-pallas speed study_shared} LIMIT_PALLAS=${LIMIT_PALLAS:-90} LIMIT_SPEED=${LIMIT_SPEED:-240} \
+STAGES=${STAGES:-pallas speed study_shared} LIMIT_PALLAS=${LIMIT_PALLAS:-150} LIMIT_SPEED=${LIMIT_SPEED:-240} \
   LIMIT_STUDY=${LIMIT_STUDY:-300} \
-  bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$results/gpu_check.out"
-for f in machine.txt pallas.log speed.log speed.json study_shared.log; do
+  bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$work/gpu_check.out"  # its summary is the output itself
+for f in machine.txt pallas.log pallas.json speed.log speed.json study_shared.log; do
   [ -f "$work/$f" ] && cp "$work/$f" "$results/"
 done
 # The store is in WAL mode: fold its log into the file before copying it (the study may have been stopped).

@@ -17,8 +17,8 @@
 #   3e. (stage arms) the short form of 3b and 3c: trainer_speed at N = 200, K = 200 only, recurrent products in
 #      float32 and bfloat16, each at float32 and TF32 matmul precision (four programs per shape, no PyTorch);
 #   3f. (stage pallas) pallas_lstm_speed: V's layer as two Pallas kernels (forward, backward) against the
-#      trainer's layer, forward+grad, float32 and bfloat16 recurrent operands, JSB N = 40 (487 trials) and
-#      N = 200 (64 and 200 trials), TIMIT N = 200 (64 trials), values compared;
+#      trainer's layer, forward+grad, float32 and bfloat16 recurrent operands, equal and uneven lengths, JSB
+#      N = 40 (487 trials) and N = 200 (64 and 200 trials), TIMIT N = 200 (64 trials), values compared;
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
 #      same study with one data order for all trials (config.train.data_order=shared). Both save their trials

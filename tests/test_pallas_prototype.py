@@ -2,9 +2,9 @@
 
 Its CPU mode runs both kernels in Pallas' interpret mode and compares them with independent references:
 the outputs with a hand-stepped float64 loop, the gradients with autodiff of `odyssey.nets.lstm_layer`
-(float64), and with bfloat16 recurrent operands with `odyssey.fast_lstm` at the same `recurrent_dtype`;
-it exits non-zero past 1e-10 (float64) or 1e-5 (bfloat16). Here that check runs as a program, and each
-case's reported errors are read back and bounded again.
+(float64, masked past each trial's length), and with bfloat16 recurrent operands with `odyssey.fast_lstm`
+at the same `recurrent_dtype`; it exits non-zero past 1e-10 (float64) or 1e-5 (bfloat16). Here that check
+runs as a program, and each case's reported errors are read back and bounded again.
 """
 
 import os
@@ -21,11 +21,14 @@ def test_both_kernels_match_the_references_in_interpret_mode():
     done = subprocess.run([sys.executable, str(SCRIPT)], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     cases = re.findall(r"N = (\d+) \(P = (\d+), (R held|R read every step in chunks of \d+ rows)\), K = \d+, "
-                       r"against (.+?): max \|y error\| (\S+), max relative gradient error (\S+)", done.stdout)
-    # Both kernel forms, N = P and N < P, float64 and bfloat16 operands.
+                       r"(T steps|lengths [\d, ]+), against (.+?): max \|y error\| (\S+), "
+                       r"max relative gradient error (\S+)", done.stdout)
+    # Both kernel forms, N = P and N < P, all trials at T steps and each at its own length, float64 and
+    # bfloat16 operands.
     assert len(cases) == 8, done.stdout
-    assert {form.startswith("R held") for _, _, form, _, _, _ in cases} == {True, False}
+    assert {form.startswith("R held") for _, _, form, *_ in cases} == {True, False}
     assert any(n != p for n, p, *_ in cases) and any(n == p for n, p, *_ in cases)
-    for n, p, form, oracle, err_y, err_g in cases:
+    assert {lengths == "T steps" for *_, lengths, _, _, _ in cases} == {True, False}
+    for n, p, form, lengths, oracle, err_y, err_g in cases:
         bound = 1e-10 if "float64" in oracle else 1e-5
-        assert float(err_y) < bound and float(err_g) < bound, (n, p, form, oracle, err_y, err_g)
+        assert float(err_y) < bound and float(err_g) < bound, (n, p, form, lengths, oracle, err_y, err_g)

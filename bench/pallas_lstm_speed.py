@@ -59,7 +59,7 @@ flags.DEFINE_list("passes", ["forward", "grad"], "forward and/or grad (forward+g
 flags.DEFINE_list("lengths", ["equal", "uneven"], "equal (every trial T steps) and/or uneven (each trial's length "
                   "uniform in [T/2, 3T/2]: xla runs all to the longest, pallas each to its own).")
 flags.DEFINE_integer("num_warps", 0, "Warps per Triton program; 0: 4 where R is held, 8 where it is read in "
-                     "chunks (compiled for an H100: 207-211 and 80-109 registers a thread, no spills).")
+                     "chunks (compiled for an H100: 167-209 and 80-127 registers a thread, no spills).")
 flags.DEFINE_integer("hoist_max", 64, "Largest padded width P whose R a program loads once, before its loop.")
 flags.DEFINE_integer("chunk", 32, "Rows of R a program reads at a time, above --hoist_max.")
 flags.DEFINE_integer("repeats", 5, "Timed measurements per program; the table shows the median.")

@@ -11,8 +11,11 @@
 # (what a device call brings back): the machine, the stages' logs, pallas.json, speed.json, the study's log
 # and its trial store; gpu_check.sh's summary is the call's output. Run again with the same WORK_DIR on the same
 # machine, the study goes on from its last checkpoint (its wall time is then the sum of the runs' training
-# times in study.log). WHEELS_DIR: wheels to install first into /tmp/site (ml-collections, which the study
-# needs, where the machine lacks it). Limits (seconds): LIMIT_PALLAS (default 150), LIMIT_SPEED (240),
+# times in study.log). WHEELS_DIR: wheels to install first into /tmp/site, for what the package imports and
+# the machine lacks (on the H100/H200 image with Python 3.12: ml-collections and rapidfuzz; here, beforehand:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl ml-collections rapidfuzz
+# and carry .whl). Limits (seconds): LIMIT_PALLAS (default 150), LIMIT_SPEED (240),
 # LIMIT_STUDY (300); STAGES as gpu_check.sh's (default "pallas speed study_shared").
 set -u
 results=${1:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
@@ -28,7 +31,9 @@ if [ -n "$wheels" ]; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-python3 -c "import ml_collections" 2>/dev/null || { echo "ml_collections is missing: give WHEELS_DIR"; exit 2; }
+for module in ml_collections rapidfuzz; do
+  python3 -c "import $module" 2>/dev/null || { echo "$module is missing: give WHEELS_DIR"; exit 2; }
+done
 [ -f "$jsb" ] || { echo "no JSB file at $jsb"; exit 2; }
 mkdir -p "$results" "$work"
 STAGES=${STAGES:-pallas speed study_shared} LIMIT_PALLAS=${LIMIT_PALLAS:-150} LIMIT_SPEED=${LIMIT_SPEED:-240} \

@@ -489,12 +489,17 @@ def main(argv):
     if FLAGS.deviceless:
         import gpu_kernels
         from odyssey import fast_lstm
-        sharding = SingleDeviceSharding(gpu_kernels.h100_topology().devices[0])
+        sharding = SingleDeviceSharding(gpu_kernels.h100_topology().devices[0])  # the target of every compile
         fast_lstm.DEFAULT_UNROLL[jax.default_backend()] = fast_lstm.DEFAULT_UNROLL["gpu"]
 
         def spec(*shape, dtype=jnp.float32):
             return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
+        # jax >= 0.11 asks the abstract mesh which GPU Pallas' Triton lowering targets (the default device
+        # here is the CPU); jax 0.10 asked nothing and ignores it.
+        target = gpu_kernels.h100_topology().devices[0]
+        mesh = jax.sharding.AbstractMesh((1,), ("trials",), abstract_device=jax.sharding.AbstractDevice(
+            device_kind=target.device_kind, num_cores=getattr(target, "core_count", None), platform="cuda"))
         for task, n, k in shapes:
             t, m = TASK_SHAPES[task]
             t = 3 * t // 2
@@ -505,7 +510,8 @@ def main(argv):
             for rdt, by_name in programs.items():
                 for name, fns in by_name.items():
                     for pass_ in FLAGS.passes:
-                        fns[pass_].lower(*args[pass_]).compile()
+                        with jax.sharding.use_abstract_mesh(mesh):
+                            fns[pass_].lower(*args[pass_]).compile()
                     print(f"compiled for an H100: {task} N = {n}, K = {k}, {rdt}, {name}: {', '.join(FLAGS.passes)}")
         return
     device = trainer_speed.jax_device("gpu")

@@ -15,8 +15,9 @@
 # the machine lacks (on the H100/H200 image with Python 3.12: ml-collections and rapidfuzz; here, beforehand:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl ml-collections rapidfuzz
-# and carry .whl). Limits (seconds): LIMIT_PALLAS (default 150), LIMIT_SPEED (240),
-# LIMIT_STUDY (300); STAGES as gpu_check.sh's (default "pallas speed study_shared").
+# and carry .whl). Limits (seconds): LIMIT_SPEED (default 240), LIMIT_PALLAS (150), LIMIT_STUDY (180), run in
+# that order (gpu_check.sh's), 570 s in all, inside a device call's 600; STAGES as gpu_check.sh's (default
+# "pallas speed study_shared"). Then `STAGES=study_shared LIMIT_STUDY=...` again goes on with the study.
 set -u
 results=${1:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
 jsb=${2:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
@@ -37,7 +38,7 @@ done
 [ -f "$jsb" ] || { echo "no JSB file at $jsb"; exit 2; }
 mkdir -p "$results" "$work"
 STAGES=${STAGES:-pallas speed study_shared} LIMIT_PALLAS=${LIMIT_PALLAS:-150} LIMIT_SPEED=${LIMIT_SPEED:-240} \
-  LIMIT_STUDY=${LIMIT_STUDY:-300} \
+  LIMIT_STUDY=${LIMIT_STUDY:-180} \
   bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$work/gpu_check.out"  # its summary is the output itself
 for f in machine.txt pallas.log pallas.json speed.log speed.json study_shared.log; do
   [ -f "$work/$f" ] && cp "$work/$f" "$results/"

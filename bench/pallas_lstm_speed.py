@@ -181,12 +181,12 @@ def _forward_kernel_chunked(len_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref,
     import jax
     import jax.numpy as jnp
     from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as pltriton
 
     def step(t, carry):
         prev = jnp.maximum(t - 1, 0)
         first = t == 0
         y_prev = jnp.where(first, 0.0, _row(y_ref, (prev,), n))
+
         def unit_chunk(j, carry):
             start = pl.multiple_of(j * chunk, chunk)
             rows = pl.ds(start, chunk)
@@ -221,7 +221,6 @@ def _backward_kernel_chunked(len_ref, dy_ref, c_ref, a_ref, r_ref, p_ref, da_ref
     import jax
     import jax.numpy as jnp
     from jax.experimental import pallas as pl
-    from jax.experimental.pallas import triton as pltriton
     pi, pf, po = (_row(p_ref, (g,), n) for g in range(3))
     steps = len_ref[0]
 
@@ -241,6 +240,7 @@ def _backward_kernel_chunked(len_ref, dy_ref, c_ref, a_ref, r_ref, p_ref, da_ref
         deltas = (daz, dai, daf, dao)
         for g, d in enumerate(deltas):
             da_ref[t, g, :] = d
+
         def row_chunk(j, carry):
             start = pl.multiple_of(j * chunk, chunk)
             dyp_ref[t, pl.ds(start, chunk)] = sum(_matvec(_block(r_ref, g, start, chunk, n), d)

@@ -59,7 +59,7 @@ flags.DEFINE_list("passes", ["forward", "grad"], "forward and/or grad (forward+g
 flags.DEFINE_list("lengths", ["equal", "uneven"], "equal (every trial T steps) and/or uneven (each trial's length "
                   "uniform in [T/2, 3T/2]: xla runs all to the longest, pallas each to its own).")
 flags.DEFINE_integer("num_warps", 0, "Warps per Triton program; 0: 4 where R is held, 8 where it is read in "
-                     "chunks (compiled for an H100: 167-209 and 80-127 registers a thread, no spills).")
+                     "chunks (compiled for an H100: 163-207 and 80-103 registers a thread, no spills).")
 flags.DEFINE_integer("hoist_max", 64, "Largest padded width P whose R a program loads once, before its loop.")
 flags.DEFINE_integer("chunk", 32, "Rows of R a program reads at a time, above --hoist_max.")
 flags.DEFINE_integer("repeats", 5, "Timed measurements per program; the table shows the median.")
@@ -110,6 +110,35 @@ def _weights(ref, n):
     return [_block(ref, g, 0, ref.shape[-1], n) for g in range(GATES)]
 
 
+def _cell(pre, c_prev, peep):
+    """V's step from its four pre-activations without peepholes (z, i, f, o) and c_{t−1}; peep = (p_i,
+    p_f, p_o). Returns y_t, c_t and the activations (z, i, f, o)."""
+    import jax
+    import jax.numpy as jnp
+    pi, pf, po = peep
+    z = jnp.tanh(pre[0])
+    i = jax.nn.sigmoid(pre[1] + pi * c_prev)
+    f = jax.nn.sigmoid(pre[2] + pf * c_prev)
+    c = z * i + c_prev * f
+    o = jax.nn.sigmoid(pre[3] + po * c)
+    return jnp.tanh(c) * o, c, (z, i, f, o)
+
+
+def _cell_deltas(dy, dc_next, acts, c, c_prev, peep):
+    """`odyssey.fast_lstm`'s backward step of V: from δy_t (this step's cotangent plus R δā_{t+1}), δc_{t+1},
+    the activations (z, i, f, o), c_t and c_{t−1}, the pre-activation deltas (δā_z, δā_i, δā_f, δā_o) and
+    δc_t, the cell delta the step before receives."""
+    import jax.numpy as jnp
+    z, i, f, o = acts
+    pi, pf, po = peep
+    hc = jnp.tanh(c)
+    dao = dy * hc * o * (1.0 - o)
+    dc = dc_next + dy * o * (1.0 - hc * hc) + dao * po
+    dai = dc * z * i * (1.0 - i)
+    daf = dc * c_prev * f * (1.0 - f)
+    return (dc * i * (1.0 - z * z), dai, daf, dao), dc * f + dai * pi + daf * pf
+
+
 def _forward_kernel(len_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref, *, n):
     """One trial's forward loop over its first len_ref[0] steps (int32[1], the trial's length). xw_ref
     float[T, 4, P] (xs W + b), rt_ref float[4, P, P] (gate g's Rᵀ: rt[g, j, k] = R[k, g, j]), p_ref
@@ -118,20 +147,14 @@ def _forward_kernel(len_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref, *, n):
     import jax
     import jax.numpy as jnp
     weight = _weights(rt_ref, n)
-    pi, pf, po = p_ref[0, :], p_ref[1, :], p_ref[2, :]
+    peep = (p_ref[0, :], p_ref[1, :], p_ref[2, :])
 
     def step(t, carry):
         y, c_prev = carry
-        rec = [_matvec(weight[g], y) for g in range(GATES)]
-        z = jnp.tanh(rec[0] + xw_ref[t, 0, :])
-        i = jax.nn.sigmoid(rec[1] + xw_ref[t, 1, :] + pi * c_prev)
-        f = jax.nn.sigmoid(rec[2] + xw_ref[t, 2, :] + pf * c_prev)
-        c = z * i + c_prev * f
-        o = jax.nn.sigmoid(rec[3] + xw_ref[t, 3, :] + po * c)
-        y = jnp.tanh(c) * o
+        y, c, acts = _cell([_matvec(weight[g], y) + xw_ref[t, g, :] for g in range(GATES)], c_prev, peep)
         y_ref[t, :] = y
         c_ref[t, :] = c
-        for g, act in enumerate((z, i, f, o)):
+        for g, act in enumerate(acts):
             a_ref[t, g, :] = act
         return y, c
 
@@ -147,27 +170,18 @@ def _backward_kernel(len_ref, dy_ref, c_ref, a_ref, r_ref, p_ref, da_ref, *, n):
     import jax
     import jax.numpy as jnp
     weight = _weights(r_ref, n)
-    pi, pf, po = p_ref[0, :], p_ref[1, :], p_ref[2, :]
+    peep = (p_ref[0, :], p_ref[1, :], p_ref[2, :])
     steps = len_ref[0]
 
     def step(s, carry):
         t = steps - 1 - s
         dy_next, dc_next = carry
-        z, i, f, o = (a_ref[t, g, :] for g in range(GATES))
-        c = c_ref[t, :]
         c_prev = jnp.where(t > 0, c_ref[jnp.maximum(t - 1, 0), :], 0.0)
-        hc = jnp.tanh(c)
-        dy = dy_ref[t, :] + dy_next
-        dao = dy * hc * o * (1.0 - o)
-        dc = dc_next + dy * o * (1.0 - hc * hc) + dao * po
-        daz = dc * i * (1.0 - z * z)
-        dai = dc * z * i * (1.0 - i)
-        daf = dc * c_prev * f * (1.0 - f)
-        deltas = (daz, dai, daf, dao)
+        deltas, dc = _cell_deltas(dy_ref[t, :] + dy_next, dc_next, [a_ref[t, g, :] for g in range(GATES)],
+                                  c_ref[t, :], c_prev, peep)
         for g, d in enumerate(deltas):
             da_ref[t, g, :] = d
-        dy_prev = sum(_matvec(weight[g], d) for g, d in enumerate(deltas))
-        return dy_prev, dc * f + dai * pi + daf * pf
+        return sum(_matvec(weight[g], d) for g, d in enumerate(deltas)), dc
 
     zero = jnp.zeros(dy_ref.shape[1:], dy_ref.dtype)
     jax.lax.fori_loop(0, steps, step, (zero, zero))
@@ -191,19 +205,13 @@ def _forward_kernel_chunked(len_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref,
             start = pl.multiple_of(j * chunk, chunk)
             rows = pl.ds(start, chunk)
 
-            def pre(g):
-                rec = _matvec(_block(rt_ref, g, start, chunk, n), y_prev)
-                return rec + _row(xw_ref, (t, g), n, start, chunk)
-
+            pre = [_matvec(_block(rt_ref, g, start, chunk, n), y_prev) + _row(xw_ref, (t, g), n, start, chunk)
+                   for g in range(GATES)]
             c_prev = jnp.where(first, 0.0, _row(c_ref, (prev,), n, start, chunk))
-            z = jnp.tanh(pre(0))
-            i = jax.nn.sigmoid(pre(1) + p_ref[0, rows] * c_prev)
-            f = jax.nn.sigmoid(pre(2) + p_ref[1, rows] * c_prev)
-            c = z * i + c_prev * f
-            o = jax.nn.sigmoid(pre(3) + p_ref[2, rows] * c)
-            y_ref[t, rows] = jnp.tanh(c) * o
+            y, c, acts = _cell(pre, c_prev, (p_ref[0, rows], p_ref[1, rows], p_ref[2, rows]))
+            y_ref[t, rows] = y
             c_ref[t, rows] = c
-            for g, act in enumerate((z, i, f, o)):
+            for g, act in enumerate(acts):
                 a_ref[t, g, rows] = act
             return carry
 
@@ -221,23 +229,15 @@ def _backward_kernel_chunked(len_ref, dy_ref, c_ref, a_ref, r_ref, p_ref, da_ref
     import jax
     import jax.numpy as jnp
     from jax.experimental import pallas as pl
-    pi, pf, po = (_row(p_ref, (g,), n) for g in range(3))
+    peep = tuple(_row(p_ref, (g,), n) for g in range(3))
     steps = len_ref[0]
 
     def step(s, dc_next):
         t = steps - 1 - s
-        z, i, f, o = (_row(a_ref, (t, g), n) for g in range(GATES))
-        c = _row(c_ref, (t,), n)
         c_prev = jnp.where(t > 0, _row(c_ref, (jnp.maximum(t - 1, 0),), n), 0.0)
         dy_next = jnp.where(s > 0, _row(dyp_ref, (jnp.minimum(t + 1, steps - 1),), n), 0.0)
-        hc = jnp.tanh(c)
-        dy = _row(dy_ref, (t,), n) + dy_next
-        dao = dy * hc * o * (1.0 - o)
-        dc = dc_next + dy * o * (1.0 - hc * hc) + dao * po
-        daz = dc * i * (1.0 - z * z)
-        dai = dc * z * i * (1.0 - i)
-        daf = dc * c_prev * f * (1.0 - f)
-        deltas = (daz, dai, daf, dao)
+        deltas, dc = _cell_deltas(_row(dy_ref, (t,), n) + dy_next, dc_next,
+                                  [_row(a_ref, (t, g), n) for g in range(GATES)], _row(c_ref, (t,), n), c_prev, peep)
         for g, d in enumerate(deltas):
             da_ref[t, g, :] = d
 
@@ -249,7 +249,7 @@ def _backward_kernel_chunked(len_ref, dy_ref, c_ref, a_ref, r_ref, p_ref, da_ref
 
         jax.lax.fori_loop(0, -(-n // chunk), row_chunk, 0)
         barrier()  # δy_{t−1} written by all of the program's threads
-        return dc * f + dai * pi + daf * pf
+        return dc
 
     jax.lax.fori_loop(0, steps, step, jnp.zeros(dy_ref.shape[1:], dy_ref.dtype))
 

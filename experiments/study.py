@@ -250,18 +250,20 @@ def _train_pending(st, config, splits, every_s, ckpts):
         recurrent = config.train.get("recurrent_dtype", "float32")
         order_seed = search.order_seed(config)
         precision = config.train.get("matmul_precision", "float32")
+        loops = config.train.get("lstm_loops", "xla")
         logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group, "
-                     "sharded over %d %s device(s)%s%s%s", len(trials), len(programs), config.search.trials_per_batch,
+                     "sharded over %d %s device(s)%s%s%s%s", len(trials), len(programs), config.search.trials_per_batch,
                      len(devices), devices[0].platform,
                      "" if recurrent == "float32" else f", recurrent products in {recurrent}",
                      "" if order_seed is None else f", one data order for all trials (seed {order_seed})",
-                     "" if precision == "float32" else f", matrix products at {precision} precision")
+                     "" if precision == "float32" else f", matrix products at {precision} precision",
+                     "" if loops == "xla" else f", LSTM loops as {loops} kernels")
         train.train_trials(config.task, splits, [t for g in groups for t in g], max_epochs=config.train.max_epochs,
                            patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
                            hidden_buckets=tuple(config.search.hidden_buckets),
                            trials_per_chunk=config.search.get("trials_per_chunk"), mix_variants=mix, on_epoch=on_epoch,
                            on_result=on_result, recurrent_dtype=recurrent, order_seed=order_seed,
-                           matmul_precision=precision, checkpoints=ckpts)
+                           matmul_precision=precision, checkpoints=ckpts, lstm_loops=loops)
     unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
     if unfinished:
         raise RuntimeError(f"the trainer returned without a result for trials {unfinished}")

@@ -54,13 +54,13 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from odyssey import cells
+from odyssey import cells, pallas_loops
 
 
 def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None = None,
                reverse: bool = False, steps: jax.Array | int | None = None,
                unroll: int | None = None, switches: jax.Array | None = None,
-               recurrent_dtype=None) -> jax.Array:
+               recurrent_dtype=None, loops: str | None = None) -> jax.Array:
     """Runs one LSTM layer over a sequence from the zero state; same values as `odyssey.nets.lstm_layer`.
 
     Differentiable w.r.t. `params` and `xs` by a hand-written backward pass (see the module docstring);
@@ -90,15 +90,23 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         (y_{t−1} forward, δā_t backward) is rounded to it and the product accumulated in the layer's dtype.
         It halves the bytes each step reads where those bound the speed (a GPU); everything else, the
         state included, stays in the layer's dtype. None (default): the layer's dtype, no rounding.
+      loops: static; how the two time loops run. "xla" (None, the default): XLA loops (`lax.scan` or a while
+        loop), `unroll` steps per iteration. "pallas": one Pallas kernel per loop, each trial's program
+        running its own steps (`odyssey.pallas_loops`; V and the mixed cell, on GPUs, and on CPUs in the
+        slow interpret mode); `unroll` is then unused. The same values up to the order of the sums in the
+        recurrent products.
 
     Returns:
       float[T, N], the block outputs y_t (0 at padded steps), in the promoted dtype of xs and params.
 
     Raises:
-      ValueError: for an unknown variant, missing or extra parameters, or shapes that do not fit together.
+      ValueError: for an unknown variant, missing or extra parameters, shapes that do not fit together, or
+        `loops` it cannot run here.
     """
     xs = jnp.asarray(xs)
     _check(variant, params, xs, mask)
+    loops = "xla" if loops is None else loops
+    pallas_loops.check(loops, variant)
     if switches is not None:
         cells._check_switches(variant, switches)
     if reverse:
@@ -119,7 +127,7 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
     if switches is not None:
         switches = jnp.asarray(switches, dtype)
     rdt = recurrent_operand_dtype(recurrent_dtype, dtype)
-    ys = _layer(variant, unroll, rdt, params, xs, keep, bounds, switches)
+    ys = _layer(variant, unroll, rdt, loops, params, xs, keep, bounds, switches)
     return jnp.flip(ys, 0) if reverse else ys
 
 
@@ -267,13 +275,18 @@ def _unrolled_range(body, carry0, xs, lo, hi, reverse, unroll):
     return carry, jax.tree_util.tree_map(lambda o: o[unroll:unroll + t], outs)
 
 
-def _forward(variant, unroll, rdt, params, xs, keep, bounds, sw):
+def _forward(variant, unroll, rdt, loops, params, xs, keep, bounds, sw):
     """The forward scan; returns ys float[T, N] and the residuals the backward pass needs."""
     s = cells.spec(variant)
     n = params["R"].shape[0]
     ng = len(s.gates)
     dtype = jnp.result_type(xs.dtype, *(v.dtype for v in params.values()))
     params = {k: v.astype(dtype) for k, v in params.items()}
+    if loops == "pallas":
+        states, acts = pallas_loops.forward(cells.input_projection(params, xs.astype(dtype)), params["R"],
+                                            params["p"], sw, keep, bounds, rdt)
+        ys = states[0] if keep is None else jnp.where(keep[:, None] > 0, states[0], 0.0)
+        return ys, (states, acts)
     # Every per-step input and output of the loops is its own float[T, N] array: a step's slice of a
     # [T, G, N] array, split into gates inside the step's fused kernel, compiled to slow scalar code on CPU.
     xw = jnp.moveaxis(cells.input_projection(params, xs.astype(dtype)), 1, 0)
@@ -329,8 +342,8 @@ def _forward(variant, unroll, rdt, params, xs, keep, bounds, sw):
     return ys, (states, acts)
 
 
-def _layer_fwd(variant, unroll, rdt, params, xs, keep, bounds, sw):
-    ys, (states, acts) = _forward(variant, unroll, rdt, params, xs, keep, bounds, sw)
+def _layer_fwd(variant, unroll, rdt, loops, params, xs, keep, bounds, sw):
+    ys, (states, acts) = _forward(variant, unroll, rdt, loops, params, xs, keep, bounds, sw)
     return ys, (params, xs, keep, bounds, sw, states, acts)
 
 
@@ -390,7 +403,7 @@ def _coefficients(s, peep, gate, cell, cell_prev, hc):
     return out
 
 
-def _layer_bwd(variant, unroll, rdt, residuals, dys):
+def _layer_bwd(variant, unroll, rdt, loops, residuals, dys):
     params, xs, keep, bounds, sw, states, acts = residuals
     s = cells.spec(variant)
     t, n = dys.shape
@@ -412,6 +425,9 @@ def _layer_bwd(variant, unroll, rdt, residuals, dys):
         hc = jnp.where(on["linear_h"], cell, jnp.tanh(cell))
         per_step = _mixed_coefficients(on, peep, gate, cell, cell_prev, hc)
     per_step["dy_ext"] = dys.astype(dtype)
+    if loops == "pallas":
+        return _gradients(s, params, xs, keep, sw, states, cell, cell_prev, p,
+                          pallas_loops.backward(per_step, p["R"], keep, bounds, rdt))
 
     def body(carry, inputs):
         v, k_t = inputs
@@ -446,7 +462,15 @@ def _layer_bwd(variant, unroll, rdt, residuals, dys):
         carry0 += (jnp.zeros((3, n), dtype),)
     lo, hi = bounds if bounds is not None else (None, None)
     _, d_pre = _scan_range(body, carry0, (per_step, keep), lo, hi, reverse=True, unroll=unroll)
+    return _gradients(s, params, xs, keep, sw, states, cell, cell_prev, p, d_pre)
 
+
+def _gradients(s, params, xs, keep, sw, states, cell, cell_prev, p, d_pre):
+    """The cotangents of `_layer`'s inputs from the pre-activation deltas d_pre float[T, GN] (the backward
+    loop's outputs): every weight gradient as one product over all steps (module docstring)."""
+    t, n = cell.shape
+    ng = len(s.gates)
+    dtype = cell.dtype
     flat = d_pre
     d_pre = d_pre.reshape(t, ng, n)
     m = xs.shape[1]
@@ -466,11 +490,12 @@ def _layer_bwd(variant, unroll, rdt, residuals, dys):
     return grads, dxs, dkeep, None, dsw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _layer(variant, unroll, rdt, params, xs, keep, bounds, sw):
-    """float[T, N] outputs of the layer; rdt the recurrent products' operand dtype; keep is float[T] of 0/1 or
-    None; bounds None or int (lo, hi); sw None or the mixed cell's float[6] switches."""
-    return _forward(variant, unroll, rdt, params, xs, keep, bounds, sw)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _layer(variant, unroll, rdt, loops, params, xs, keep, bounds, sw):
+    """float[T, N] outputs of the layer; rdt the recurrent products' operand dtype; loops "xla" or "pallas";
+    keep is float[T] of 0/1 or None; bounds None or int (lo, hi); sw None or the mixed cell's float[6]
+    switches."""
+    return _forward(variant, unroll, rdt, loops, params, xs, keep, bounds, sw)[0]
 
 
 _layer.defvjp(_layer_fwd, _layer_bwd)

@@ -96,7 +96,7 @@ def init_net(key: jax.Array, variant: str, kind: str, n_in: int, n_hidden: int, 
 
 def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Array | None = None, *,
               autodiff: bool = False, steps: jax.Array | int | None = None,
-              switches: jax.Array | None = None, recurrent_dtype=None) -> jax.Array:
+              switches: jax.Array | None = None, recurrent_dtype=None, loops: str | None = None) -> jax.Array:
     """The network's output activations before the sigmoid/softmax.
 
     The LSTM layers are `odyssey.fast_lstm.lstm_layer`: the same values as `lstm_layer` with a hand-written
@@ -116,6 +116,8 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
         these its switches (`odyssey.cells.switches`), e.g. one row per trial under vmap.
       recurrent_dtype: static; the operand dtype of the LSTM loops' recurrent products, e.g. jnp.bfloat16
         (see `odyssey.fast_lstm.lstm_layer`; None: the parameters' dtype, no rounding). Not with autodiff.
+      loops: static; "xla" (None, the default) or "pallas": how the LSTM layers' time loops run (see
+        `odyssey.fast_lstm.lstm_layer`). Not with autodiff.
 
     Returns:
       float[T, K] logits (rows at padded steps are the readout's bias only; losses mask them).
@@ -124,10 +126,13 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
         if recurrent_dtype is not None:
             raise ValueError("apply_net: recurrent_dtype is a setting of odyssey.fast_lstm; autodiff=True runs "
                              "the reference layer in the parameters' dtype")
+        if loops not in (None, "xla"):
+            raise ValueError(f"apply_net: loops={loops!r} is a setting of odyssey.fast_lstm; autodiff=True runs "
+                             "the reference layer's scan")
         layer = functools.partial(lstm_layer, switches=switches)
     else:
         layer = functools.partial(fast_lstm.lstm_layer, steps=steps, switches=switches,
-                                  recurrent_dtype=recurrent_dtype)
+                                  recurrent_dtype=recurrent_dtype, loops=loops)
     hidden = layer(variant, params["fwd"], xs, mask)
     if kind == "bi":
         hidden = jnp.concatenate([hidden, layer(variant, params["bwd"], xs, mask, reverse=True)], axis=-1)

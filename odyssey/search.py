@@ -42,8 +42,10 @@ RECURRENT_DTYPES = ("float32", "bfloat16")
 DATA_ORDERS = ("per_trial", "shared")
 # As odyssey.train.MATMUL_PRECISIONS (this module stays free of the trainer's imports).
 MATMUL_PRECISIONS = ("float32", "tensorfloat32")
+# As odyssey.pallas_loops.LOOPS.
+LSTM_LOOPS = ("xla", "pallas")
 _SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "search.mix_variants",
-                    "data.cache_dir")
+                    "train.lstm_loops", "data.cache_dir")
 
 
 class ConfigError(ValueError):
@@ -177,6 +179,9 @@ def validate_config(config):
     if precision not in MATMUL_PRECISIONS:
         raise ConfigError(f"config.train.matmul_precision = {precision!r}: expected one of "
                           f"{', '.join(MATMUL_PRECISIONS)}")
+    loops = config.train.get("lstm_loops", "xla")
+    if loops not in LSTM_LOOPS:
+        raise ConfigError(f"config.train.lstm_loops = {loops!r}: expected one of {', '.join(LSTM_LOOPS)}")
     if not isinstance(config.search.get("mix_variants", True), bool):
         raise ConfigError(f"config.search.mix_variants = {config.search.mix_variants!r}: expected True or False")
     buckets = config.search.hidden_buckets

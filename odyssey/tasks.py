@@ -96,7 +96,7 @@ def to_arrays(task: Task, split: list, dtype=np.float32) -> Arrays:
 
 
 def sequence_loss(task: Task, variant: str, params, x, mask, target, label_padding=None, steps=None,
-                  exact_steps=False, switches=None, recurrent_dtype=None):
+                  exact_steps=False, switches=None, recurrent_dtype=None, loops=None):
     """The task's loss of one sequence (summed over its steps), for `jax.grad`.
 
     `steps`, optional: x is padding from this step on (see `odyssey.nets.apply_net`); speed only.
@@ -104,9 +104,10 @@ def sequence_loss(task: Task, variant: str, params, x, mask, target, label_paddi
     None, no padding at all), so the LSTM loops need no mask; the loss still applies it. Speed only.
     `switches`: the mixed cell's, with variant "V" (see `odyssey.nets.apply_net`).
     `recurrent_dtype`: static, the LSTM loops' recurrent products' operand dtype (see `odyssey.nets.apply_net`).
+    `loops`: static, "xla" (None) or "pallas", how the LSTM layers' time loops run (see `odyssey.nets.apply_net`).
     """
     logits = nets.apply_net(variant, task.kind, params, x, None if exact_steps else mask, steps=steps,
-                            switches=switches, recurrent_dtype=recurrent_dtype)
+                            switches=switches, recurrent_dtype=recurrent_dtype, loops=loops)
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask)
     if task.loss == "xent":
@@ -115,15 +116,15 @@ def sequence_loss(task: Task, variant: str, params, x, mask, target, label_paddi
 
 
 def eval_statistics(task: Task, variant: str, params, x, mask, target, steps=None, switches=None,
-                    recurrent_dtype=None):
+                    recurrent_dtype=None, loops=None):
     """Per-sequence sufficient statistics of the metric, on device.
 
     Returns (jsb) the summed NLL and the number of steps, (timit) wrong frames and frames, (iam_online) the
-    argmax label per frame int32[T] for best-path decoding on the host. `steps`, `switches` and
-    `recurrent_dtype` as in `sequence_loss`.
+    argmax label per frame int32[T] for best-path decoding on the host. `steps`, `switches`,
+    `recurrent_dtype` and `loops` as in `sequence_loss`.
     """
     logits = nets.apply_net(variant, task.kind, params, x, mask, steps=steps, switches=switches,
-                            recurrent_dtype=recurrent_dtype)
+                            recurrent_dtype=recurrent_dtype, loops=loops)
     if task.loss == "bernoulli":
         return losses.bernoulli_nll(logits, target, mask), jnp.sum(mask)
     if task.loss == "xent":

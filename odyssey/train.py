@@ -96,7 +96,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from odyssey import cells, checkpoints as ckpt, fast_lstm, nets, optim, tasks
+from odyssey import cells, checkpoints as ckpt, fast_lstm, nets, optim, pallas_loops, tasks
 
 DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
 # The program that trains trials of the eight variants other than FGR together (`odyssey.cells`' mixed cell).
@@ -338,6 +338,17 @@ def _recurrent_setting(recurrent_dtype, dtype):
     return None if rdt == np.dtype(dtype) else rdt
 
 
+def _group_loops(lstm_loops, cell, platform):
+    """The LSTM loops a group's programs run: `lstm_loops`, except "xla" for a cell the Pallas kernels lack
+    (`odyssey.pallas_loops.supports`); a ValueError for an unknown setting or a platform without them."""
+    if lstm_loops not in pallas_loops.LOOPS:
+        raise ValueError(f"lstm_loops must be one of {pallas_loops.LOOPS}, got {lstm_loops!r}")
+    if lstm_loops == "pallas" and not pallas_loops.supports(cell):
+        return "xla"
+    pallas_loops.check(lstm_loops, cell, platform)
+    return lstm_loops
+
+
 # The float32 matrix-product precisions the trainer's programs can be traced under (`train_trials`).
 MATMUL_PRECISIONS = ("float32", "tensorfloat32")
 
@@ -389,7 +400,8 @@ def _where(cond, a, b):
     return jax.tree_util.tree_map(pick, a, b)
 
 
-def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_dtype=None, branch_past_end=True):
+def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_dtype=None, branch_past_end=True,
+                 loops="xla"):
     """One epoch of online updates for K trials at once.
 
     Args:
@@ -408,12 +420,13 @@ def _train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_d
       branch_past_end: static; where NOISE_BLOCK does not divide the epoch's updates, skip those past its end
         by a branch (True) or, with `trim`, run them as no-ops whose loops stop after one step (False; see
         `_Group`). The same numbers either way.
+      loops: static; "xla" or "pallas", how the LSTM layers' time loops run (`odyssey.fast_lstm.lstm_layer`).
 
     Returns:
       (new state, summed train loss float[K], diverged bool[K]).
     """
     n_seq = train.xs.shape[0]
-    sequence_loss = functools.partial(tasks.sequence_loss, recurrent_dtype=recurrent_dtype)
+    sequence_loss = functools.partial(tasks.sequence_loss, recurrent_dtype=recurrent_dtype, loops=loops)
 
     def order(key, ep):
         return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), ep), n_seq)
@@ -506,7 +519,7 @@ def _all_finite(tree):
     return jnp.isfinite(total)
 
 
-def _local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, state, hp, train, epoch):
+def _local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, loops, state, hp, train, epoch):
     """One epoch of the trials on one device, `chunk` trials at a time.
 
     The device's K trials are split into K / chunk chunks that run one after another (`lax.map`), each a
@@ -515,14 +528,14 @@ def _local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, s
     """
     k = epoch.shape[0]
     if chunk >= k:
-        return _train_epoch(task, variant, state, hp, train, epoch, trim, recurrent_dtype, branch_past_end)
+        return _train_epoch(task, variant, state, hp, train, epoch, trim, recurrent_dtype, branch_past_end, loops)
 
     def run(args):
         st, h, ep = args
         def idle(st, h, ep):
             return st, jnp.zeros(ep.shape, train.xs.dtype), jnp.zeros(ep.shape, bool)
         def live(st, h, ep):
-            return _train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype, branch_past_end)
+            return _train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype, branch_past_end, loops)
         return jax.lax.cond(jnp.any(st["alive"]), live, idle, st, h, ep)
 
     def split(x):
@@ -535,15 +548,15 @@ def _local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, s
     return jax.tree_util.tree_map(merge, out)
 
 
-def _eval_chunk(task, variant, recurrent_dtype, params, switches, chunk, steps):
+def _eval_chunk(task, variant, recurrent_dtype, loops, params, switches, chunk, steps):
     """Metric statistics of K trials on a chunk of sequences: vmapped over trials and sequences.
 
     switches: the mixed cell's float[K, 6], or None. steps: int32 scalar, the chunk's longest sequence; the
-    LSTM loops stop there. recurrent_dtype: static, as in `_train_epoch`.
+    LSTM loops stop there. recurrent_dtype, loops: static, as in `_train_epoch`.
     """
     def per_trial(p, sw):
         return jax.vmap(lambda x, m, t: tasks.eval_statistics(task, variant, p, x, m, t, steps, sw,
-                                                              recurrent_dtype))(
+                                                              recurrent_dtype, loops))(
             chunk.xs, chunk.mask, chunk.targets)
     return jax.vmap(per_trial)(params, switches)
 
@@ -592,7 +605,7 @@ class _Group:
     """K slots of one program (a variant, or `MIXED`) and one padded hidden size, trained in lock-step epochs."""
 
     def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None,
-                 recurrent_dtype=None, order_seed=None, matmul_precision=None):
+                 recurrent_dtype=None, order_seed=None, matmul_precision=None, lstm_loops="xla"):
         _check_precision(matmul_precision)
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
         # Every slot's order key: its trial's own (None here), or the one all trials share.
@@ -603,6 +616,8 @@ class _Group:
             cells.spec(variant)
         # The variant whose cell the program runs: the mixed cell is V's with per-trial switches.
         self.cell = "V" if self.mixed else variant
+        # The Pallas loops implement V's and the mixed cell; the other programs (FGR's) keep XLA's.
+        self.loops = _group_loops(lstm_loops, self.cell, mesh.devices.flat[0].platform)
         self.arrays = arrays
         n_dev = mesh.devices.size
         local = int(math.ceil(k / n_dev))
@@ -632,12 +647,12 @@ class _Group:
         # 66-71), and the branch cost nothing measurable (16 sequences: 85-88 ms either way).
         branch_past_end = mesh.devices.flat[0].platform == "cpu"
         epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, self.cell, self.chunk, trim,
-                                                   recurrent_dtype, branch_past_end), mesh=mesh,
+                                                   recurrent_dtype, branch_past_end, self.loops), mesh=mesh,
                                  in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
         options = compiler_options(mesh.devices.flat[0])
         self._epoch_fn = jax.jit(_traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),
                                  compiler_options=options)
-        self._eval_fn = jax.jit(_traced_under(functools.partial(_eval_chunk, task, self.cell, recurrent_dtype),
+        self._eval_fn = jax.jit(_traced_under(functools.partial(_eval_chunk, task, self.cell, recurrent_dtype, self.loops),
                                               matmul_precision), compiler_options=options)
         self._empty = self._slot_values(None)
         self.fill([])
@@ -842,7 +857,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  compile_ahead: bool | None = None, mix_variants: bool = True,
                  recurrent_dtype=None, order_seed: int | None = None,
                  matmul_precision: str | None = "float32",
-                 checkpoints: ckpt.Checkpoints | None = None) -> list[TrialResult]:
+                 checkpoints: ckpt.Checkpoints | None = None, lstm_loops: str = "xla") -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -899,6 +914,11 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         group), with the numbers it would have had without the stop: every random draw of a trial comes from
         its seed and its epoch counter. Saved trials that are not in `trials` are left alone until the
         call returns, when the saved states of all of `trials` are removed.
+      lstm_loops: how the LSTM layers' time loops run in training and evaluation. "xla" (default): XLA
+        loops (`odyssey.fast_lstm`). "pallas": one Pallas kernel per loop and layer, each trial's program
+        running its own steps (`odyssey.pallas_loops`), for the programs of V's and the mixed cell; FGR's
+        keep XLA's. On GPUs; on CPUs it runs in Pallas' interpret mode (exact, slow: for tests). The same
+        numbers up to the order of the sums in the recurrent products. Speed only.
 
     Returns:
       The results, in the order of `trials`.
@@ -925,6 +945,9 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     arrays = {name: tasks.to_arrays(spec, splits[name], dtype) for name in ("train", "valid", "test")}
     n_in = arrays["train"].xs.shape[-1]
     mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
+    _group_loops(lstm_loops, "V", mesh.devices.flat[0].platform)  # a bad setting fails before any group
+    if lstm_loops == "pallas":
+        logging.info("LSTM loops: Pallas kernels for V's and the mixed cell's programs, XLA's for FGR's")
     identity = {"task": spec.name, "dtype": np.dtype(dtype).name,
                 "recurrent_dtype": None if rdt is None else np.dtype(rdt).name,
                 "order_seed": None if order_seed is None else int(order_seed), "matmul_precision": matmul_precision}
@@ -948,7 +971,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
             group = _Group(spec, variant, n_max, min(trials_per_batch, len(groups[key])), arrays, n_in, mesh,
                            eval_chunk, np.dtype(dtype), chunk=trials_per_chunk, recurrent_dtype=rdt,
                            order_seed=None if order_seed is None else int(order_seed),
-                           matmul_precision=matmul_precision)
+                           matmul_precision=matmul_precision, lstm_loops=lstm_loops)
             if compile_ahead:
                 group.compile_ahead()
                 logging.info("%s %s N<=%d: compiled ahead in %.1fs", task, variant, n_max,

@@ -185,6 +185,7 @@ def _set(config, dotted, value):
     ("train.data_order", "sorted", "config.train.data_order = 'sorted': expected one of per_trial, shared"),
     ("train.matmul_precision", "highest",
      "config.train.matmul_precision = 'highest': expected one of float32, tensorfloat32"),
+    ("train.lstm_loops", "cuda", "config.train.lstm_loops = 'cuda': expected one of xla, pallas"),
 ])
 def test_bad_configs_are_refused_with_the_field_named(field, value, message):
     config = load_config("timit")
@@ -216,7 +217,7 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
     assert fp == search.fingerprint(load_config("jsb"))
     for field, value in [("search.trials_per_batch", 3), ("search.trials_per_chunk", 2),
                          ("search.hidden_buckets", (100, 200)), ("search.mix_variants", False),
-                         ("data.cache_dir", "/tmp/elsewhere")]:
+                         ("train.lstm_loops", "pallas"), ("data.cache_dir", "/tmp/elsewhere")]:
         config = load_config("jsb")
         _set(config, field, value)
         assert search.fingerprint(config) == fp, field

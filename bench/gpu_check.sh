@@ -16,9 +16,13 @@
 #      group of the JSB study), epochs with each trial's own data order against one shared order;
 #   3e. (stage arms) the short form of 3b and 3c: trainer_speed at N = 200, K = 200 only, recurrent products in
 #      float32 and bfloat16, each at float32 and TF32 matmul precision (four programs per shape, no PyTorch);
-#   3f. (stage pallas) pallas_lstm_speed: V's layer as two Pallas kernels (forward, backward) against the
-#      trainer's layer, forward+grad, float32 and bfloat16 recurrent operands, equal and uneven lengths, JSB
+#   3f. (stage pallas) pallas_lstm_speed: one LSTM layer (the mixed cell) with its loops as Pallas kernels against
+#      XLA's loops, forward+grad, float32 and bfloat16 recurrent operands, equal and uneven lengths, JSB
 #      N = 40 (487 trials) and N = 200 (64 and 200 trials), TIMIT N = 200 (64 trials), values compared;
+#   3g. (stage loops) trainer_speed of the JSB study's first group (487 trials of the mixed program at N = 40)
+#      with XLA's and with the Pallas loops (lstm_loops), weights compared after an epoch; it writes
+#      OUT_DIR/study_loops, the loops stage study_shared then trains with: "pallas" where its row was faster
+#      and its weights agreed (relative difference < 1e-4), else "xla" (without the stage: STUDY_LOOPS or xla);
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
 #      same study with one data order for all trials (config.train.data_order=shared). Both save their trials
@@ -28,8 +32,9 @@
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
 # 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision, arms and order;
-# LIMIT_PALLAS, default 150). STAGES picks stages (default "speed big project study"; "bf16", "precision", "arms",
-# "order", "pallas" and "study_shared" run only when named); PROJECT_ARGS
+# LIMIT_PALLAS, default 150; LIMIT_LOOPS, default 120). STAGES picks stages (default "speed big project study";
+# "bf16", "precision", "arms", "order", "pallas", "loops" and "study_shared" run only when named); SPEED_LOOPS sets
+# the speed stage's --lstm_loops (default xla; "xla,pallas" for both); PROJECT_ARGS
 # adds flags to study_time (e.g. --buckets=40,120,200). A stage
 # stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
 # (or with the repository on PYTHONPATH).
@@ -51,7 +56,7 @@ cat "$out/machine.txt"
 stages=" ${STAGES:-speed big project study} "
 want() { [[ "$stages" == *" $1 "* ]]; }
 want speed && stage speed "${LIMIT_SPEED:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=1,32,200 \
-  --repeats=3 --min_time=0.3 --out="$out/speed.json"
+  --lstm_loops=${SPEED_LOOPS:-xla} --repeats=3 --min_time=0.3 --out="$out/speed.json"
 want big && stage big "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=40,200 --trials=64,512 \
   --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/big.json"
 want big && stage onevmap "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=512 \
@@ -72,6 +77,19 @@ want arms && stage arms "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device
   --min_time=0.3 --out="$out/arms.json"
 want pallas && stage pallas "${LIMIT_PALLAS:-150}" $py bench/pallas_lstm_speed.py --device=gpu \
   --recurrent_dtypes=float32,bfloat16 --passes=grad --repeats=3 --out="$out/pallas.json"
+if want loops; then
+  stage loops "${LIMIT_LOOPS:-120}" $py bench/trainer_speed.py --device=gpu --shapes=jsb --hidden=40 --trials=487 \
+    --variants=mixed --lstm_loops=xla,pallas --notorch --repeats=3 --min_time=0.3 --out="$out/loops.json"
+  $py - "$out/loops.json" > "$out/study_loops" <<'PY' || echo xla > "$out/study_loops"
+import json, sys
+rows = {r["program"]: r for r in json.load(open(sys.argv[1]))["rows"]}
+pallas, xla = rows.get("mixed/pallas"), rows.get("mixed")
+good = pallas and xla and pallas.get("max_rel_diff_vs_xla", 1.0) < 1e-4 and pallas["updates_per_s"] > xla["updates_per_s"]
+print("pallas" if good else "xla")
+PY
+  echo "   the study's LSTM loops: $(cat "$out/study_loops")"
+fi
+study_loops=${STUDY_LOOPS:-$(cat "$out/study_loops" 2>/dev/null || echo xla)}
 want order && stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py --device=gpu ${jsb:+--data="$jsb"} \
   --trials=64,487 --hidden=40 --repeats=3 --out="$out/order.json"
 if [ -n "$jsb" ] && want study; then
@@ -82,8 +100,9 @@ fi
 # Not removed first: a study stopped at its limit resumes from its store when the stage runs again.
 if [ -n "$jsb" ] && want study_shared; then
   stage study_shared "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
-    --config.train.data_order=shared --workdir="$out/jsb_study_shared" --progress_seconds=30 --checkpoint_seconds=60
+    --config.train.data_order=shared --config.train.lstm_loops="$study_loops" --workdir="$out/jsb_study_shared" \
+    --progress_seconds=30 --checkpoint_seconds=60
 fi
-for name in speed big onevmap project bf16 project_bf16 precision arms pallas order study study_shared; do
-  [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study finished|rror" "$out/$name.log" | tail -25; }
+for name in speed big onevmap project bf16 project_bf16 precision arms pallas loops order study study_shared; do
+  [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study finished|differ from XLA|rror" "$out/$name.log" | tail -25; }
 done

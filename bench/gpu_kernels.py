@@ -45,7 +45,9 @@ flags.DEFINE_integer("hidden", 40, "Hidden size of the group (its bucket).")
 flags.DEFINE_integer("trials", 487, "Trials in the group (slots).")
 flags.DEFINE_integer("unroll", 0, "Time steps per loop iteration (0: the trainer's on a GPU).")
 flags.DEFINE_enum("recurrent_dtype", "float32", ["float32", "bfloat16"], "Operand dtype of the recurrent products.")
+flags.DEFINE_enum("lstm_loops", "xla", ["xla", "pallas"], "How the LSTM loops run (odyssey.train.train_trials).")
 flags.DEFINE_string("hlo", None, "Also write the optimized program's text here.")
+flags.DEFINE_bool("eval", False, "Also compile the group's evaluation program and count its loops' launches.")
 
 _H100 = """
 gpu_device_info {
@@ -134,15 +136,32 @@ def h100_topology():
                              "bench/gpu_kernels.py's docstring says, and set JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1") from None
 
 
-def compile_epoch(task, program, hidden, k, unroll, recurrent_dtype):
-    """The optimized HLO text of a group's training epoch, compiled for the H100 described above."""
+def abstract_gpu_mesh(topology, mesh=None):
+    """A context in which programs traced here lower for the described GPU: jax >= 0.11 asks the abstract
+    mesh which GPU Pallas' Triton lowering targets (the default device here is the CPU). Programs under
+    their own mesh (the trainer's shard_map) need none and must not have it; jax 0.10 asks nothing.
+    `mesh`: the concrete mesh (of the topology's devices) the program's arrays live on, whose abstract form
+    is then the context's (it must match theirs)."""
+    import jax
+    if mesh is not None:
+        return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+    target = topology.devices[0]
+    mesh = jax.sharding.AbstractMesh((1,), ("trials",), abstract_device=jax.sharding.AbstractDevice(
+        device_kind=target.device_kind, num_cores=getattr(target, "core_count", None), platform="cuda"))
+    return jax.sharding.use_abstract_mesh(mesh)
+
+
+def compile_epoch(task, program, hidden, k, unroll, recurrent_dtype, lstm_loops="xla", programs=("epoch",)):
+    """The optimized HLO text of a group's training epoch (and of the other `programs` of `_Group.lowered`:
+    "eval"), compiled for the H100 described above; one text, or a dict by program where `programs` has more."""
     import jax
     from jax.sharding import Mesh
 
     import trainer_speed
-    from odyssey import fast_lstm, tasks, train
+    from odyssey import fast_lstm, pallas_loops, tasks, train
 
     topology = h100_topology()
+    pallas_loops.INTERPRET = False  # Triton kernels for the GPU, though the host's backend is a CPU
     # Traced here on a CPU host: the loops take the GPU's unroll.
     fast_lstm.DEFAULT_UNROLL[jax.default_backend()] = unroll or fast_lstm.DEFAULT_UNROLL["gpu"]
     spec = tasks.get_task(task)
@@ -162,24 +181,40 @@ def compile_epoch(task, program, hidden, k, unroll, recurrent_dtype):
         mesh = Mesh(np.asarray(topology.devices), ("trials",))
         group = train._Group(spec, program, hidden, k, arrays, trainer_speed.N_INPUTS[task], mesh, 16,
                              np.dtype(np.float32), recurrent_dtype=None if recurrent_dtype == "float32" else
-                             recurrent_dtype, order_seed=1, matmul_precision="float32")
+                             recurrent_dtype, order_seed=1, matmul_precision="float32",
+                             lstm_loops=lstm_loops)
         from odyssey import cells
         kinds = cells.MIXABLE if program == train.MIXED else (program,)
         group.fill([train.Trial(i, kinds[i % len(kinds)], hidden, 1e-3, 0.9, 0.1, seed=i) for i in range(group.k)])
-        return group.lowered()["epoch"].compile().as_text()
+        texts = {}
+        for name in programs:
+            if name == "epoch":  # under the trainer's own mesh (shard_map)
+                lowered = group.lowered(("epoch",))["epoch"]
+            else:
+                with abstract_gpu_mesh(topology, mesh):
+                    lowered = group.lowered((name,))[name]
+            texts[name] = lowered.compile().as_text()
+        return texts["epoch"] if tuple(programs) == ("epoch",) else texts
     finally:
         train.jax.device_put = put
 
 
 def main(argv):
     del argv
-    text = compile_epoch(FLAGS.shape, FLAGS.program, FLAGS.hidden, FLAGS.trials, FLAGS.unroll, FLAGS.recurrent_dtype)
+    programs = ("epoch", "eval") if FLAGS.eval else ("epoch",)
+    texts = compile_epoch(FLAGS.shape, FLAGS.program, FLAGS.hidden, FLAGS.trials, FLAGS.unroll, FLAGS.recurrent_dtype,
+                          FLAGS.lstm_loops, programs)
+    texts = texts if isinstance(texts, dict) else {"epoch": texts}
     if FLAGS.hlo:
         with open(FLAGS.hlo, "w") as f:
-            f.write(text)
-    print(f"{FLAGS.shape} {FLAGS.program} N={FLAGS.hidden} K={FLAGS.trials}, compiled for an H100 (deviceless):")
-    for body, parent, kinds in while_loops(text):
-        print(f"  while body {body} (in {parent}): {sum(kinds.values())} launches {dict(kinds)}")
+            f.write(texts["epoch"])
+    for name, text in texts.items():
+        print(f"{FLAGS.shape} {FLAGS.program} N={FLAGS.hidden} K={FLAGS.trials}, {FLAGS.lstm_loops} loops, {name} "
+              "program, compiled for an H100 (deviceless):")
+        for body, parent, kinds in while_loops(text):
+            print(f"  while body {body} (in {parent}): {sum(kinds.values())} launches {dict(kinds)}")
+        triton = text.count('custom_call_target="__gpu$xla.gpu.triton"')
+        print(f"  Pallas (Triton) kernels in the program: {triton}")
 
 
 if __name__ == "__main__":

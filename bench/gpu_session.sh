@@ -3,21 +3,22 @@
 #
 #   bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]
 #
-# Runs gpu_check.sh's stages `pallas` (V's layer as two Pallas kernels, forward and backward, against the
-# trainer's layer, bench/pallas_lstm_speed.py), `speed` (trainer_speed at N = 200, K = 1, 32, 200 beside
-# PyTorch eager and CUDA graph, JSB and TIMIT shapes) and `study_shared` (the JSB study of 9 x 200 trials with one data order,
-# checkpointed every 60 s) in WORK_DIR (default .gpu/run, which must not be under RESULTS_DIR: a study's
-# checkpoint files run to hundreds of MB), then copies what a person reads into RESULTS_DIR, 8 files at most
-# (what a device call brings back): the machine, the stages' logs, pallas.json, speed.json, the study's log
-# and its trial store; gpu_check.sh's summary is the call's output. Run again with the same WORK_DIR on the same
-# machine, the study goes on from its last checkpoint (its wall time is then the sum of the runs' training
-# times in study.log). WHEELS_DIR: wheels to install first into /tmp/site, for what the package imports and
-# the machine lacks (on the H100/H200 image with Python 3.12: ml-collections and rapidfuzz; here, beforehand:
+# Runs gpu_check.sh's stages `speed` (trainer_speed at N = 200, K = 1, 32, 200, with XLA's and with the Pallas
+# LSTM loops, beside PyTorch eager and CUDA graph, JSB and TIMIT shapes), `loops` (the JSB study's first group,
+# 487 trials at N = 40, with both loops; it picks the loops of the study) and `study_shared` (the JSB study of
+# 9 x 200 trials with one data order, checkpointed every 60 s) in WORK_DIR (default .gpu/run, which must not be
+# under RESULTS_DIR: a study's checkpoint files run to hundreds of MB), then copies what a person reads into
+# RESULTS_DIR, 8 files at most (what a device call brings back): the machine, the stages' logs and JSON, the
+# study's log and its trial store; gpu_check.sh's summary is the call's output. Run again with the same
+# WORK_DIR on the same machine, the study goes on from its last checkpoint with the loops the first run chose
+# (its wall time is then the sum of the runs' training times in study.log). WHEELS_DIR: wheels to install
+# first into /tmp/site, for what the package imports and the machine lacks (on the H100/H200 image with
+# Python 3.12: ml-collections and rapidfuzz; here, beforehand:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl ml-collections rapidfuzz
-# and carry .whl). Limits (seconds): LIMIT_SPEED (default 240), LIMIT_PALLAS (150), LIMIT_STUDY (180), run in
+# and carry .whl). Limits (seconds): LIMIT_SPEED (default 300), LIMIT_LOOPS (120), LIMIT_STUDY (150), run in
 # that order (gpu_check.sh's), 570 s in all, inside a device call's 600; STAGES as gpu_check.sh's (default
-# "pallas speed study_shared"). Then `STAGES=study_shared LIMIT_STUDY=...` again goes on with the study.
+# "speed loops study_shared"). Then `STAGES=study_shared LIMIT_STUDY=...` again goes on with the study.
 set -u
 results=${1:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
 jsb=${2:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
@@ -37,16 +38,16 @@ for module in ml_collections rapidfuzz; do
 done
 [ -f "$jsb" ] || { echo "no JSB file at $jsb"; exit 2; }
 mkdir -p "$results" "$work"
-STAGES=${STAGES:-pallas speed study_shared} LIMIT_PALLAS=${LIMIT_PALLAS:-150} LIMIT_SPEED=${LIMIT_SPEED:-240} \
-  LIMIT_STUDY=${LIMIT_STUDY:-180} \
+STAGES=${STAGES:-speed loops study_shared} LIMIT_LOOPS=${LIMIT_LOOPS:-120} LIMIT_SPEED=${LIMIT_SPEED:-300} \
+  LIMIT_STUDY=${LIMIT_STUDY:-150} SPEED_LOOPS=${SPEED_LOOPS:-xla,pallas} \
   bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$work/gpu_check.out"  # its summary is the output itself
-for f in machine.txt pallas.log pallas.json speed.log speed.json study_shared.log; do
+for f in machine.txt speed.log speed.json loops.log loops.json study_shared.log; do
   [ -f "$work/$f" ] && cp "$work/$f" "$results/"
 done
 # The store is in WAL mode: fold its log into the file before copying it (the study may have been stopped).
 store=$work/jsb_study_shared/trials.sqlite
 [ -f "$store" ] && python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.close()" "$store"
-for f in study.log trials.sqlite; do
+for f in study.log trials.sqlite; do  # 8 files with the 6 above
   [ -f "$work/jsb_study_shared/$f" ] && cp "$work/jsb_study_shared/$f" "$results/study_shared_$f"
 done
 ls -la "$results"

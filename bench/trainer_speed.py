@@ -110,6 +110,10 @@ def _define_flags():
     flags.DEFINE_bool("torch_tf32", False, "Let the PyTorch baselines use TF32 (torch.backends.cudnn.allow_tf32 and "
                       "cuda.matmul.allow_tf32; PyTorch's own default lets cuDNN use it). Default: both off, the same "
                       "float32 arithmetic as the trainer's default rows.")
+    flags.DEFINE_list("lstm_loops", ["xla"], "How the LSTM loops run, each its own trainer rows: xla (the "
+                      "default) and/or pallas (rows '<variant>/pallas': odyssey.pallas_loops' kernels; on a CPU "
+                      "interpreted, slow). A pallas row's first epoch is also run beside its xla twin from the same "
+                      "start, and the largest difference of their weights reported.")
     flags.DEFINE_integer("unroll", 0, "Time steps per iteration of the LSTM loops (0: "
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
 
@@ -156,10 +160,12 @@ class TrainerTimer:
     """
 
     def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
-                 xla_defaults=False, recurrent_dtype="float32", matmul_precision="float32", order_seed=None):
+                 xla_defaults=False, recurrent_dtype="float32", matmul_precision="float32", order_seed=None,
+                 lstm_loops="xla"):
         """device: a JAX device, or a list of them to shard the K trials over; recurrent_dtype: the operand dtype
         of the LSTM loops' recurrent products; matmul_precision: of the float32 matrix products; order_seed:
-        the data order (None: each trial's own); all three as train_trials' arguments."""
+        the data order (None: each trial's own); lstm_loops: how the LSTM loops run; all four as
+        train_trials' arguments."""
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
@@ -172,7 +178,8 @@ class TrainerTimer:
         try:
             self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                       np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype,
-                                      order_seed=order_seed, matmul_precision=matmul_precision)
+                                      order_seed=order_seed, matmul_precision=matmul_precision,
+                                      lstm_loops=lstm_loops)
         finally:
             train.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk
@@ -413,6 +420,9 @@ def main(argv):
     unknown = sorted(set(FLAGS.recurrent_dtypes) - {"float32", "bfloat16"})
     if unknown or not FLAGS.recurrent_dtypes:
         raise app.UsageError(f"--recurrent_dtypes={','.join(FLAGS.recurrent_dtypes)}: give float32 and/or bfloat16")
+    unknown = sorted(set(FLAGS.lstm_loops) - {"xla", "pallas"})
+    if unknown or not FLAGS.lstm_loops:
+        raise app.UsageError(f"--lstm_loops={','.join(FLAGS.lstm_loops)}: give xla and/or pallas")
     unknown = sorted(set(FLAGS.matmul_precisions) - {"float32", "tensorfloat32", "default"})
     if unknown or not FLAGS.matmul_precisions:
         raise app.UsageError(f"--matmul_precisions={','.join(FLAGS.matmul_precisions)}: give float32, "
@@ -449,13 +459,16 @@ def main(argv):
             for variant in FLAGS.variants:
                 for k in trials[shape]:
                     for plain in (False, True) if xla_defaults else (False,):
-                        for rd, precision in itertools.product(FLAGS.recurrent_dtypes, FLAGS.matmul_precisions):
+                        for rd, precision, loops in itertools.product(FLAGS.recurrent_dtypes, FLAGS.matmul_precisions,
+                                                                      FLAGS.lstm_loops):
                             name = (variant + ("" if rd == "float32" else "/" + rd)
-                                    + ("" if precision == "float32" else "/" + precision) + XLA_DEFAULTS * plain)
+                                    + ("" if precision == "float32" else "/" + precision)
+                                    + ("" if loops == "xla" else "/" + loops) + XLA_DEFAULTS * plain)
                             runners[(name, k)] = TrainerTimer(
                                 shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
                                 chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain, recurrent_dtype=rd,
-                                matmul_precision=None if precision == "default" else precision)
+                                matmul_precision=None if precision == "default" else precision, lstm_loops=loops)
+            diffs = _pallas_differences(runners)
             for threads in thread_counts:
                 runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
                                                           seed=FLAGS.seed)
@@ -484,6 +497,8 @@ def main(argv):
                        "updates_per_s": rates[(name, k)],
                        "ratio_vs_best_torch": (statistics.median(a / b for a, b in zip(per_repeat[(name, k)], best))
                                                if best else None)}
+                if (name, k) in diffs:
+                    row["max_rel_diff_vs_xla"] = diffs[(name, k)]
                 if bandwidth and not baseline:
                     itemsize = 2 if "/bfloat16" in name else 4
                     row["weight_stream_bound"] = weight_stream_bound(shape, steps[shape], hidden, name, itemsize,
@@ -498,10 +513,40 @@ def main(argv):
         config = {"quick": FLAGS.quick, "steps": steps, "trials": trials, "hidden": hiddens,
                   "variants": FLAGS.variants, "sequences": FLAGS.sequences, "repeats": FLAGS.repeats,
                   "min_time": FLAGS.min_time, "torch_threads": thread_counts,
-                  "recurrent_dtypes": FLAGS.recurrent_dtypes, "matmul_precisions": FLAGS.matmul_precisions}
+                  "recurrent_dtypes": FLAGS.recurrent_dtypes, "matmul_precisions": FLAGS.matmul_precisions,
+                  "lstm_loops": FLAGS.lstm_loops}
         with open(FLAGS.out, "w") as f:
             json.dump({"machine": info, "config": config, "rows": rows}, f, indent=1)
         print(f"wrote {FLAGS.out}")
+
+
+def _pallas_differences(runners):
+    """For each '/pallas' trainer runner with an XLA twin (the same name without it): one epoch of both from
+    their identical starts, and the largest difference of their weights after it, relative to each weight
+    array's largest magnitude. That epoch is then also the runners' compile and warm-up. A runner whose epoch
+    fails (e.g. a kernel that does not build on this device) is reported and removed from `runners`, so the
+    other rows are still measured."""
+    out = {}
+    for (name, k), runner in list(runners.items()):
+        twin = runners.get((name.replace("/pallas", ""), k))
+        if "/pallas" not in name or twin is None:
+            continue
+        try:
+            runner.train_epoch()
+        except Exception as err:  # noqa: BLE001 - any failure of the kernels must leave the other rows
+            print(f"{name} K={k}: failed, left out: {type(err).__name__}: {err}", flush=True)
+            del runners[(name, k)]
+            continue
+        twin.train_epoch()
+        worst = 0.0
+        for a, b in zip(jax.tree_util.tree_leaves(runner.group.state["params"]),
+                        jax.tree_util.tree_leaves(twin.group.state["params"])):
+            a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+            worst = max(worst, float(np.abs(a - b).max()) / max(float(np.abs(b).max()), 1e-30))
+        out[(name, k)] = worst
+        print(f"{name} K={k}: weights after one epoch differ from XLA's loops' by at most {worst:.1e} (relative)",
+              flush=True)
+    return out
 
 
 def _row_text(r):

@@ -47,6 +47,14 @@ GATES = 4  # V: z, i, f, o
 COEFFICIENTS = ("dy_ext", "c_y", "o_y", "z_c", "i_c", "f_c", "c_c")  # the backward kernel's per-step inputs
 HOIST_MAX = 64  # the widest P whose R a program holds in registers for its whole loop
 CHUNK = 32  # rows of R a program reads at a time above HOIST_MAX
+# Whether the kernels run in Pallas' interpret mode. None (default): where JAX's default backend is a CPU.
+# Scripts that compile for a GPU from a CPU host (bench/gpu_kernels.py) set False.
+INTERPRET = None
+
+
+def interpret_mode() -> bool:
+    """Whether the kernels traced now run in interpret mode (`INTERPRET`)."""
+    return jax.default_backend() == "cpu" if INTERPRET is None else bool(INTERPRET)
 
 
 def supports(variant: str) -> bool:
@@ -252,7 +260,7 @@ def _call(kernel, out_shapes, dtype, args, width):
     Triton with 4 warps where R is held and 8 where it is read in chunks elsewhere."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pltriton
-    interpret = jax.default_backend() == "cpu"
+    interpret = interpret_mode()
     params = None if interpret else pltriton.CompilerParams(num_warps=4 if width <= HOIST_MAX else 8)
     return pl.pallas_call(kernel, out_shape=[jax.ShapeDtypeStruct(s, dtype) for s in out_shapes],
                           interpret=interpret, compiler_params=params)(*args)
@@ -260,7 +268,7 @@ def _call(kernel, out_shapes, dtype, args, width):
 
 def _barrier():
     """A barrier between a chunked kernel's steps (__syncthreads); interpret mode runs in order and needs none."""
-    if jax.default_backend() == "cpu":
+    if interpret_mode():
         return lambda: None
     from jax.experimental.pallas import triton as pltriton
     return pltriton.debug_barrier

@@ -798,14 +798,19 @@ class _Group:
     def keep_best(self, improved):
         self.best = _select(jnp.asarray(improved), self.state["params"], self.best)
 
-    def lowered(self) -> dict:
-        """The group's training-epoch and evaluation programs, lowered for its arrays (not compiled)."""
-        epoch = jax.device_put(self.epoch.copy(), self.shard)
-        arrays, _, chunk_steps = self.eval_splits["valid"]
-        chunk = arrays.take(slice(0, self.eval_chunk))
-        return {"epoch": self._epoch_fn.lower(self.state, self.hp, self.train, epoch),
-                "eval": self._eval_fn.lower(self.best, self.hp["switches"],
-                                            tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None), chunk_steps[0])}
+    def lowered(self, programs=("epoch", "eval")) -> dict:
+        """The group's training-epoch and evaluation programs (or those of `programs`), lowered for its arrays
+        (not compiled)."""
+        out = {}
+        if "epoch" in programs:
+            out["epoch"] = self._epoch_fn.lower(self.state, self.hp, self.train,
+                                                jax.device_put(self.epoch.copy(), self.shard))
+        if "eval" in programs:
+            arrays, _, chunk_steps = self.eval_splits["valid"]
+            chunk = arrays.take(slice(0, self.eval_chunk))
+            out["eval"] = self._eval_fn.lower(self.best, self.hp["switches"],
+                                              tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None), chunk_steps[0])
+        return out
 
     def compile_ahead(self):
         """Compiles the group's programs (training epoch, evaluation, slot writes, best-keeping) without running

@@ -77,6 +77,11 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   training seed; its speed on a GPU is not measured yet.
 * Hidden sizes: the default buckets 40, 80, ..., 200 pad a trial of the search's sizes (20..200) to less
   than twice its own N (arithmetic, not a measurement; its recurrent weights then grow by up to 4×).
+* The LSTM loops as Pallas kernels (`lstm_loops="pallas"`, off by default; `odyssey.pallas_loops`): each
+  loop one kernel, one program per trial running its own steps, instead of XLA loops that launch a few
+  kernels per time step. Compiled for an H100 (bench/gpu_kernels.py), an update of the JSB study's first
+  group launches 51 kernels instead of 68 plus 54 per 8 time steps (~500 at 60 steps); its speed on a GPU is not measured yet. V's and the mixed
+  cell's programs only (FGR's keep the XLA loops); on a CPU the kernels are interpreted (slow).
 
 The trial axis is sharded over all local devices (`jax.sharding`, a 1-D mesh named "trials"); data are
 replicated. With several hosts, call `jax.distributed.initialize()` first (see `initialize_distributed`).

@@ -80,8 +80,9 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
 * The LSTM loops as Pallas kernels (`lstm_loops="pallas"`, off by default; `odyssey.pallas_loops`): each
   loop one kernel, one program per trial running its own steps, instead of XLA loops that launch a few
   kernels per time step. Compiled for an H100 (bench/gpu_kernels.py), an update of the JSB study's first
-  group launches 51 kernels instead of 68 plus 54 per 8 time steps (~500 at 60 steps); its speed on a GPU is not measured yet. V's and the mixed
-  cell's programs only (FGR's keep the XLA loops); on a CPU the kernels are interpreted (slow).
+  group launches 51 kernels instead of 68 plus 54 per 8 time steps (~500 at 60 steps); its speed on a GPU
+  is not measured yet. V's and the mixed cell's programs only (FGR's keep the XLA loops); on a CPU the
+  kernels are interpreted (slow).
 
 The trial axis is sharded over all local devices (`jax.sharding`, a 1-D mesh named "trials"); data are
 replicated. With several hosts, call `jax.distributed.initialize()` first (see `initialize_distributed`).
@@ -657,8 +658,8 @@ class _Group:
         options = compiler_options(mesh.devices.flat[0])
         self._epoch_fn = jax.jit(_traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),
                                  compiler_options=options)
-        self._eval_fn = jax.jit(_traced_under(functools.partial(_eval_chunk, task, self.cell, recurrent_dtype, self.loops),
-                                              matmul_precision), compiler_options=options)
+        eval_fn = functools.partial(_eval_chunk, task, self.cell, recurrent_dtype, self.loops)
+        self._eval_fn = jax.jit(_traced_under(eval_fn, matmul_precision), compiler_options=options)
         self._empty = self._slot_values(None)
         self.fill([])
 

@@ -92,7 +92,7 @@ def lstm_layer(variant: str, params: dict, xs: jax.Array, mask: jax.Array | None
         state included, stays in the layer's dtype. None (default): the layer's dtype, no rounding.
       loops: static; how the two time loops run. "xla" (None, the default): XLA loops (`lax.scan` or a while
         loop), `unroll` steps per iteration. "pallas": one Pallas kernel per loop, each trial's program
-        running its own steps (`odyssey.pallas_loops`; V and the mixed cell, on GPUs, and on CPUs in the
+        running its own steps (`odyssey.pallas_loops`; V, the mixed cell and FGR, on GPUs, and on CPUs in the
         slow interpret mode); `unroll` is then unused. The same values up to the order of the sums in the
         recurrent products.
 
@@ -284,7 +284,7 @@ def _forward(variant, unroll, rdt, loops, params, xs, keep, bounds, sw):
     params = {k: v.astype(dtype) for k, v in params.items()}
     if loops == "pallas":
         states, acts = pallas_loops.forward(cells.input_projection(params, xs.astype(dtype)), params["R"],
-                                            params["p"], sw, keep, bounds, rdt)
+                                            params["p"], sw, keep, bounds, rdt, params.get("Rg"))
         ys = states[0] if keep is None else jnp.where(keep[:, None] > 0, states[0], 0.0)
         return ys, (states, acts)
     # Every per-step input and output of the loops is its own float[T, N] array: a step's slice of a
@@ -427,7 +427,7 @@ def _layer_bwd(variant, unroll, rdt, loops, residuals, dys):
     per_step["dy_ext"] = dys.astype(dtype)
     if loops == "pallas":
         return _gradients(s, params, xs, keep, sw, states, cell, cell_prev, p,
-                          pallas_loops.backward(per_step, p["R"], keep, bounds, rdt))
+                          pallas_loops.backward(per_step, p["R"], keep, bounds, rdt, p.get("Rg")))
 
     def body(carry, inputs):
         v, k_t = inputs

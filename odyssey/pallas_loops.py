@@ -26,10 +26,13 @@ Each trial runs only its own steps: from its first valid step to its last (by it
 `steps` bound), where the XLA loops run every trial of a vmapped call to the shared bound. Inside that range
 a masked step keeps the state, as in `fast_lstm`; outside it every output is 0.
 
-Scope: V's cell and the mixed cell (V's layout with per-trial switches, `odyssey.cells.switches`), which
-covers eight of the nine variants in the trainer; FGR's gate recurrence is not built (`supports`). On a CPU
-the kernels run in Pallas' interpret mode, which is exact but slow: it serves tests, not training. TPUs are
-not supported (the kernels use Triton's masked loads).
+Scope: V's cell, the mixed cell (V's layout with per-trial switches, `odyssey.cells.switches`), which
+covers eight of the nine variants in the trainer, and FGR, whose gate recurrence Rg (nine N × N blocks)
+never fits in registers: FGR's kernels always read R and Rg in chunks, and carry the gates i, f, o of the
+step before (forward) and their deltas (backward) through their output arrays as they do y and δy. The
+other variants' own layouts (the trainer's programs with `mix_variants=False`) are not built (`supports`).
+On a CPU the kernels run in Pallas' interpret mode, which is exact but slow: it serves tests, not
+training. TPUs are not supported (the kernels use Triton's masked loads).
 
 Status: opt-in (`config.train.lstm_loops = "pallas"`), not yet timed on a GPU; the trainer's default stays
 `"xla"` until a benchmark shows the kernels faster (bench/trainer_speed.py --lstm_loops=xla,pallas).
@@ -45,6 +48,7 @@ from odyssey import cells
 LOOPS = ("xla", "pallas")
 GATES = 4  # V: z, i, f, o
 COEFFICIENTS = ("dy_ext", "c_y", "o_y", "z_c", "i_c", "f_c", "c_c")  # the backward kernel's per-step inputs
+FGR_COEFFICIENTS = ("so", "si", "sf", "c_go", "c_gi", "c_gf")  # and FGR's, after them
 HOIST_MAX = 64  # the widest P whose R a program holds in registers for its whole loop
 CHUNK = 32  # rows of R a program reads at a time above HOIST_MAX
 # Whether the kernels run in Pallas' interpret mode. None (default): where JAX's default backend is a CPU.
@@ -58,8 +62,9 @@ def interpret_mode() -> bool:
 
 
 def supports(variant: str) -> bool:
-    """Whether the kernels implement `variant`'s layer ("V", alone or as the mixed cell with switches)."""
-    return variant == "V"
+    """Whether the kernels implement `variant`'s layer: "V" (alone or as the mixed cell with switches) and
+    "FGR" (V's cell with the gate recurrence Rg)."""
+    return variant in ("V", "FGR")
 
 
 def check(loops, variant: str, platform: str | None = None) -> None:
@@ -68,7 +73,7 @@ def check(loops, variant: str, platform: str | None = None) -> None:
         raise ValueError(f"loops must be one of {LOOPS}, got {loops!r}")
     if loops == "pallas":
         if not supports(variant):
-            raise ValueError(f"loops='pallas' implements V and the mixed cell only, not {variant} "
+            raise ValueError(f"loops='pallas' implements V, the mixed cell and FGR only, not {variant} "
                              f"(run it with loops='xla')")
         platform = platform or jax.default_backend()
         if platform not in ("cpu", "gpu", "cuda", "rocm"):
@@ -94,11 +99,12 @@ def _row(ref, index, n, start=0, size=None):
 
 
 def _block(ref, g, start, rows, n):
-    """Rows start..start+rows of gate g's [P, P] block of a float[4, P, P] weight ref; only the entries inside
-    n × n are read (the others 0)."""
+    """Rows start..start+rows of the [P, P] block g of a weight ref float[..., P, P] (g: an int, or a tuple of
+    ints for more leading axes); only the entries inside n × n are read (the others 0)."""
     from jax.experimental import pallas as pl
     inside = ((start + jnp.arange(rows)) < n)[:, None] & (jnp.arange(ref.shape[-1]) < n)[None, :]
-    return _load(ref, (jnp.int32(g), pl.ds(start, rows), slice(None)), inside)
+    lead = tuple(jnp.int32(i) for i in (g if isinstance(g, tuple) else (g,)))
+    return _load(ref, lead + (pl.ds(start, rows), slice(None)), inside)
 
 
 def _matvec(block, vec):
@@ -133,13 +139,20 @@ def _cell(pre, c_prev, peep, on):
     return jnp.where(on["linear_h"], c, jnp.tanh(c)) * o, c, (z, i, f, o)
 
 
-def _deltas(co, dy_next, dc_next):
-    """`fast_lstm`'s backward step from a step's coefficients (`COEFFICIENTS`), δy and δc of the step after:
-    the pre-activation deltas (δā_z, δā_i, δā_f, δā_o) and δc_{t−1}."""
-    dy_ext, c_y, o_y, z_c, i_c, f_c, c_c = co
+def _deltas(co, dy_next, dc_next, dg_next=None):
+    """`fast_lstm`'s backward step from a step's coefficients (`COEFFICIENTS`, then FGR's `FGR_COEFFICIENTS`),
+    δy and δc of the step after (and FGR's deltas of this step's gates i, f, o, from the step after): the
+    pre-activation deltas (δā_z, δā_i, δā_f, δā_o) and δc_{t−1}."""
+    dy_ext, c_y, o_y, z_c, i_c, f_c, c_c = co[:len(COEFFICIENTS)]
     dy = dy_ext + dy_next
     dc = dc_next + dy * c_y
-    return (dc * z_c, dc * i_c, dc * f_c, dy * o_y), dc * c_c
+    if dg_next is None:
+        return (dc * z_c, dc * i_c, dc * f_c, dy * o_y), dc * c_c
+    so, si, sf, c_go, c_gi, c_gf = co[len(COEFFICIENTS):]
+    dgi, dgf, dgo = dg_next
+    dc = dc + dgo * c_go
+    deltas = (dc * z_c, dc * i_c + dgi * si, dc * f_c + dgf * sf, dy * o_y + dgo * so)
+    return deltas, dc * c_c + dgi * c_gi + dgf * c_gf
 
 
 def _forward_held(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref, *, n, mixed):
@@ -188,13 +201,18 @@ def _backward_held(range_ref, keep_ref, co_ref, r_ref, da_ref, *, n):
     jax.lax.fori_loop(0, last - range_ref[0], step, (zero, zero))
 
 
-def _forward_chunked(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref, *, n, chunk, barrier,
-                     mixed):
-    """`_forward_held` for a width whose R does not fit in registers: at every step the units are computed
-    `chunk` at a time, each chunk reading its rows of the four Rᵀ blocks and the whole y_{t−1} from y_ref,
-    where the step before wrote it; a barrier ends the step. Units from ceil(n / chunk) · chunk on are never
-    written."""
+def _forward_chunked(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, *refs, n, chunk, barrier, mixed, fgr):
+    """`_forward_held` for a width whose R does not fit in registers, and FGR's: at every step the units are
+    computed `chunk` at a time, each chunk reading its rows of the four Rᵀ blocks and the whole y_{t−1} from
+    y_ref, where the step before wrote it; a barrier ends the step. Units from ceil(n / chunk) · chunk on are
+    never written. FGR (refs: rgt_ref float[3, 3, P, P], rgt[b, a, k, j] = Rg[a, j, b, k], before the outputs;
+    g_ref float[T, 3, P] after them): the gates i, f, o of the step before (the state, kept at masked steps,
+    written to g_ref) also feed this step's through Rg."""
     from jax.experimental import pallas as pl
+    if fgr:
+        rgt_ref, y_ref, c_ref, a_ref, g_ref = refs
+    else:
+        y_ref, c_ref, a_ref = refs
     first = range_ref[0]
     on = _switches(sw_ref) if mixed else None
 
@@ -202,13 +220,17 @@ def _forward_chunked(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, 
         prev = jnp.maximum(t - 1, 0)
         start_state = t == first  # the zero state before the trial's first step
         y_prev = jnp.where(start_state, 0.0, _row(y_ref, (prev,), n))
+        g_prev = [jnp.where(start_state, 0.0, _row(g_ref, (prev, a), n)) for a in range(3)] if fgr else None
         valid = keep_ref[t] > 0
 
         def unit_chunk(j, carry):
             start = pl.multiple_of(j * chunk, chunk)
             rows = pl.ds(start, chunk)
-            pre = [_matvec(_block(rt_ref, g, start, chunk, n), y_prev) + _row(xw_ref, (t, g), n, start, chunk)
-                   for g in range(GATES)]
+            rec = [_matvec(_block(rt_ref, g, start, chunk, n), y_prev) for g in range(GATES)]
+            if fgr:  # gates i, f, o (1, 2, 3) gain Σ_a Rg[a, :, b, :]ᵀ g_{t−1, a}
+                rec = rec[:1] + [rec[1 + b] + sum(_matvec(_block(rgt_ref, (b, a), start, chunk, n), g_prev[a])
+                                                  for a in range(3)) for b in range(3)]
+            pre = [rec[g] + _row(xw_ref, (t, g), n, start, chunk) for g in range(GATES)]
             c_prev = jnp.where(start_state, 0.0, _row(c_ref, (prev,), n, start, chunk))
             y_kept = jnp.where(start_state, 0.0, _row(y_ref, (prev,), n, start, chunk))
             y, c, acts = _cell(pre, c_prev, tuple(_row(p_ref, (g,), n, start, chunk) for g in range(3)), on)
@@ -216,6 +238,10 @@ def _forward_chunked(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, 
             c_ref[t, rows] = jnp.where(valid, c, c_prev)
             for g, act in enumerate(acts):
                 a_ref[t, g, rows] = act
+            if fgr:
+                for a in range(3):
+                    g_kept = jnp.where(start_state, 0.0, _row(g_ref, (prev, a), n, start, chunk))
+                    g_ref[t, a, rows] = jnp.where(valid, acts[1 + a], g_kept)
             return carry
 
         jax.lax.fori_loop(0, -(-n // chunk), unit_chunk, 0)
@@ -225,18 +251,26 @@ def _forward_chunked(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, 
     jax.lax.fori_loop(first, range_ref[1], step, 0)
 
 
-def _backward_chunked(range_ref, keep_ref, co_ref, r_ref, da_ref, dyp_ref, *, n, chunk, barrier):
-    """`_backward_held` for a width whose R does not fit in registers: a step's deltas are whole [P] vectors,
-    and δy_{t−1} = R δā_t (a masked step: δy passed on) is computed `chunk` rows at a time into dyp_ref[t]
-    (float[T, P]), which the step t − 1 reads back after a barrier."""
+def _backward_chunked(range_ref, keep_ref, co_ref, r_ref, *refs, n, chunk, barrier, fgr):
+    """`_backward_held` for a width whose R does not fit in registers, and FGR's: a step's deltas are whole
+    [P] vectors, and δy_{t−1} = R δā_t (a masked step: δy passed on) is computed `chunk` rows at a time into
+    dyp_ref[t] (float[T, P]), which the step t − 1 reads back after a barrier. FGR (refs: rgb_ref float[3, 3,
+    P, P], rgb[a, b, j, k] = Rg[a, j, b, k], before the outputs; dgp_ref float[T, 3, P] after them; co_ref
+    also holds `FGR_COEFFICIENTS`): likewise the deltas of the gates i, f, o at t − 1, Rg δā_{i,f,o}."""
     from jax.experimental import pallas as pl
+    if fgr:
+        rgb_ref, da_ref, dyp_ref, dgp_ref = refs
+    else:
+        da_ref, dyp_ref = refs
     last = range_ref[1]
+    count = len(COEFFICIENTS) + (len(FGR_COEFFICIENTS) if fgr else 0)
 
     def step(s, dc_next):
         t = last - 1 - s
         after = jnp.minimum(t + 1, last - 1)
         dy_next = jnp.where(s > 0, _row(dyp_ref, (after,), n), 0.0)
-        deltas, dc_prev = _deltas([_row(co_ref, (t, j), n) for j in range(len(COEFFICIENTS))], dy_next, dc_next)
+        dg_next = [jnp.where(s > 0, _row(dgp_ref, (after, a), n), 0.0) for a in range(3)] if fgr else None
+        deltas, dc_prev = _deltas([_row(co_ref, (t, j), n) for j in range(count)], dy_next, dc_next, dg_next)
         valid = keep_ref[t] > 0
         for g, d in enumerate(deltas):
             da_ref[t, g, :] = jnp.where(valid, d, 0.0)
@@ -246,6 +280,11 @@ def _backward_chunked(range_ref, keep_ref, co_ref, r_ref, da_ref, dyp_ref, *, n,
             passed = jnp.where(s > 0, _row(dyp_ref, (after,), n, start, chunk), 0.0)
             product = sum(_matvec(_block(r_ref, g, start, chunk, n), d) for g, d in enumerate(deltas))
             dyp_ref[t, pl.ds(start, chunk)] = jnp.where(valid, product, passed)
+            if fgr:
+                for a in range(3):
+                    passed = jnp.where(s > 0, _row(dgp_ref, (after, a), n, start, chunk), 0.0)
+                    product = sum(_matvec(_block(rgb_ref, (a, b), start, chunk, n), deltas[1 + b]) for b in range(3))
+                    dgp_ref[t, a, pl.ds(start, chunk)] = jnp.where(valid, product, passed)
             return carry
 
         jax.lax.fori_loop(0, -(-n // chunk), row_chunk, 0)
@@ -255,13 +294,13 @@ def _backward_chunked(range_ref, keep_ref, co_ref, r_ref, da_ref, dyp_ref, *, n,
     jax.lax.fori_loop(0, last - range_ref[0], step, jnp.zeros(da_ref.shape[2:], da_ref.dtype))
 
 
-def _call(kernel, out_shapes, dtype, args, width):
+def _call(kernel, out_shapes, dtype, args, held):
     """pallas_call of `kernel` over whole arrays (vmap adds one program per trial): interpret mode on a CPU,
-    Triton with 4 warps where R is held and 8 where it is read in chunks elsewhere."""
+    Triton with 4 warps where R is held (`held`) and 8 where it is read in chunks elsewhere."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pltriton
     interpret = interpret_mode()
-    params = None if interpret else pltriton.CompilerParams(num_warps=4 if width <= HOIST_MAX else 8)
+    params = None if interpret else pltriton.CompilerParams(num_warps=4 if held else 8)
     return pl.pallas_call(kernel, out_shape=[jax.ShapeDtypeStruct(s, dtype) for s in out_shapes],
                           interpret=interpret, compiler_params=params)(*args)
 
@@ -293,7 +332,7 @@ def step_range(t: int, keep, bounds):
     return jnp.stack([first, last]).astype(jnp.int32), (index >= first) & (index < last)
 
 
-def forward(xw, r, p, switches, keep, bounds, rdt):
+def forward(xw, r, p, switches, keep, bounds, rdt, rg=None):
     """The forward loop of one trial (vmap for many).
 
     Args:
@@ -303,38 +342,47 @@ def forward(xw, r, p, switches, keep, bounds, rdt):
       switches: float[6], the mixed cell's, or None for V's cell.
       keep: float[T] (0 at masked steps) or None; bounds: None or (lo, hi), the steps the layer runs.
       rdt: the recurrent products' operand dtype.
+      rg: FGR's float[3, N, 3, N] gate recurrence (rounded to `rdt` too), or None.
 
     Returns:
-      ((y, c), (z, i, f, o)), each float[T, N] in xw's dtype: a masked step keeps the state; every output is
-      0 outside the trial's range (`step_range`).
+      (states, acts): states (y, c), and for FGR also the gates (i, f, o) as float[T, 3, N], the state a
+      masked step keeps; acts (z, i, f, o) as computed; each float[T, N] in xw's dtype, every one 0 outside
+      the trial's range (`step_range`).
     """
     t, _, n = xw.shape
     width = _pow2(n)
     dtype = xw.dtype
+    fgr = rg is not None
     ranges, inside = step_range(t, keep, bounds)
     keep = jnp.ones((t,), dtype) if keep is None else keep.astype(dtype)
     sw = jnp.zeros((8,), dtype) if switches is None else _pad(switches.astype(dtype), (0,), 8)
     rt = jnp.transpose(_pad(r, (0, 2), width), (1, 2, 0)).astype(rdt)  # [g, j, k] = R[k, g, j]
-    if width <= HOIST_MAX:
+    args = [ranges, keep, sw, _pad(xw, (2,), width), rt, _pad(p.astype(dtype), (1,), width)]
+    shapes = [(t, width), (t, width), (t, GATES, width)]
+    held = width <= HOIST_MAX and not fgr
+    if held:
         kernel = functools.partial(_forward_held, n=n, mixed=switches is not None)
-    else:
+    else:  # FGR's Rg (9 blocks) never fits in registers
         kernel = functools.partial(_forward_chunked, n=n, chunk=min(CHUNK, width), barrier=_barrier(),
-                                   mixed=switches is not None)
-    y, c, a = _call(kernel, [(t, width), (t, width), (t, GATES, width)], dtype,
-                    [ranges, keep, sw, _pad(xw, (2,), width), rt, _pad(p.astype(dtype), (1,), width)], width)
+                                   mixed=switches is not None, fgr=fgr)
+    if fgr:
+        args.append(jnp.transpose(_pad(rg, (1, 3), width), (2, 0, 3, 1)).astype(rdt))  # [b, a, k, j] = Rg[a, j, b, k]
+        shapes.append((t, 3, width))
+    outs = _call(kernel, shapes, dtype, args, held)
     # Steps outside the range and units from N on were never written.
-    y, c, a = (jnp.where(inside.reshape((t,) + (1,) * (v.ndim - 1)), v[..., :n], 0.0) for v in (y, c, a))
-    return (y, c), tuple(a[:, g] for g in range(GATES))
+    outs = [jnp.where(inside.reshape((t,) + (1,) * (v.ndim - 1)), v[..., :n], 0.0) for v in outs]
+    y, c, a = outs[:3]
+    return (y, c) + tuple(outs[3:]), tuple(a[:, g] for g in range(GATES))
 
 
-def backward(coefficients, r, keep, bounds, rdt):
+def backward(coefficients, r, keep, bounds, rdt, rg=None):
     """The backward loop of one trial (vmap for many).
 
     Args:
-      coefficients: dict of float[T, N] by `COEFFICIENTS` (`fast_lstm`'s per-step coefficients of V's or the
-        mixed cell, with the outputs' cotangent as "dy_ext").
+      coefficients: dict of float[T, N] by `COEFFICIENTS` (and, for FGR, `FGR_COEFFICIENTS`): `fast_lstm`'s
+        per-step coefficients of V's cell, the mixed cell or FGR's, with the outputs' cotangent as "dy_ext".
       r: float[N, 4, N], R; rounded to `rdt` for the products.
-      keep, bounds, rdt: as in `forward`.
+      keep, bounds, rdt, rg: as in `forward`.
 
     Returns:
       float[T, 4N], the pre-activation deltas δā_t by gate (z, i, f, o), 0 at masked steps and outside the
@@ -343,16 +391,22 @@ def backward(coefficients, r, keep, bounds, rdt):
     t, n = coefficients["dy_ext"].shape
     width = _pow2(n)
     dtype = coefficients["dy_ext"].dtype
+    fgr = rg is not None
     ranges, inside = step_range(t, keep, bounds)
     keep = jnp.ones((t,), dtype) if keep is None else keep.astype(dtype)
-    co = _pad(jnp.stack([jnp.broadcast_to(coefficients[name], (t, n)).astype(dtype) for name in COEFFICIENTS],
-                        axis=1), (2,), width)
+    names = COEFFICIENTS + (FGR_COEFFICIENTS if fgr else ())
+    co = _pad(jnp.stack([jnp.broadcast_to(coefficients[name], (t, n)).astype(dtype) for name in names], axis=1),
+              (2,), width)
     rr = jnp.transpose(_pad(r, (0, 2), width), (1, 0, 2)).astype(rdt)  # [g, k, j] = R[k, g, j]
     args = [ranges, keep, co, rr]
-    if width <= HOIST_MAX:
-        (da,) = _call(functools.partial(_backward_held, n=n), [(t, GATES, width)], dtype, args, width)
+    if width <= HOIST_MAX and not fgr:
+        (da,) = _call(functools.partial(_backward_held, n=n), [(t, GATES, width)], dtype, args, True)
     else:
-        kernel = functools.partial(_backward_chunked, n=n, chunk=min(CHUNK, width), barrier=_barrier())
-        da, _ = _call(kernel, [(t, GATES, width), (t, width)], dtype, args, width)
+        kernel = functools.partial(_backward_chunked, n=n, chunk=min(CHUNK, width), barrier=_barrier(), fgr=fgr)
+        shapes = [(t, GATES, width), (t, width)]
+        if fgr:
+            args.append(jnp.transpose(_pad(rg, (1, 3), width), (0, 2, 1, 3)).astype(rdt))  # [a, b, j, k] = Rg[a, j, b, k]
+            shapes.append((t, 3, width))
+        da = _call(kernel, shapes, dtype, args, False)[0]
     da = jnp.where(inside[:, None, None], da[:, :, :n], 0.0)
     return da.reshape(t, GATES * n)

@@ -83,7 +83,7 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # "float32". See odyssey.train.train_trials(matmul_precision=...).
     config.train.matmul_precision = "float32"
     # How the LSTM layers' time loops run: "xla" (XLA loops, odyssey.fast_lstm) or "pallas" (one Pallas kernel
-    # per loop, each trial's program running its own steps; V's and the mixed cell's programs, FGR's stay
+    # per loop, each trial's program running its own steps; the mixed program's and FGR's, the others stay
     # XLA's; GPUs only in practice, as a CPU runs it in the slow interpret mode). The numbers agree to float
     # round-off, so it is not part of the study's identity. See odyssey.train.train_trials(lstm_loops=...).
     config.train.lstm_loops = "xla"

@@ -81,8 +81,8 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   loop one kernel, one program per trial running its own steps, instead of XLA loops that launch a few
   kernels per time step. Compiled for an H100 (bench/gpu_kernels.py), an update of the JSB study's first
   group launches 51 kernels instead of 68 plus 54 per 8 time steps (~500 at 60 steps); its speed on a GPU
-  is not measured yet. V's and the mixed cell's programs only (FGR's keep the XLA loops); on a CPU the
-  kernels are interpreted (slow).
+  is not measured yet. The mixed program's and FGR's (and V's); a variant's own program otherwise
+  (`mix_variants=False`) keeps the XLA loops. On a CPU the kernels are interpreted (slow).
 
 The trial axis is sharded over all local devices (`jax.sharding`, a 1-D mesh named "trials"); data are
 replicated. With several hosts, call `jax.distributed.initialize()` first (see `initialize_distributed`).
@@ -622,7 +622,7 @@ class _Group:
             cells.spec(variant)
         # The variant whose cell the program runs: the mixed cell is V's with per-trial switches.
         self.cell = "V" if self.mixed else variant
-        # The Pallas loops implement V's and the mixed cell; the other programs (FGR's) keep XLA's.
+        # The Pallas loops implement V's cell, the mixed cell and FGR's; other variants' own programs keep XLA's.
         self.loops = _group_loops(lstm_loops, self.cell, mesh.devices.flat[0].platform)
         self.arrays = arrays
         n_dev = mesh.devices.size
@@ -927,8 +927,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         call returns, when the saved states of all of `trials` are removed.
       lstm_loops: how the LSTM layers' time loops run in training and evaluation. "xla" (default): XLA
         loops (`odyssey.fast_lstm`). "pallas": one Pallas kernel per loop and layer, each trial's program
-        running its own steps (`odyssey.pallas_loops`), for the programs of V's and the mixed cell; FGR's
-        keep XLA's. On GPUs; on CPUs it runs in Pallas' interpret mode (exact, slow: for tests). The same
+        running its own steps (`odyssey.pallas_loops`), for the mixed program's, FGR's and V's; the other
+        variants' own programs (`mix_variants=False`) keep XLA's. On GPUs; on CPUs it runs in Pallas' interpret mode (exact, slow: for tests). The same
         numbers up to the order of the sums in the recurrent products. Speed only.
 
     Returns:
@@ -958,7 +958,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("trials",))
     _group_loops(lstm_loops, "V", mesh.devices.flat[0].platform)  # a bad setting fails before any group
     if lstm_loops == "pallas":
-        logging.info("LSTM loops: Pallas kernels for V's and the mixed cell's programs, XLA's for FGR's")
+        logging.info("LSTM loops: Pallas kernels for the programs of the mixed cell, V and FGR; XLA's for others")
     identity = {"task": spec.name, "dtype": np.dtype(dtype).name,
                 "recurrent_dtype": None if rdt is None else np.dtype(rdt).name,
                 "order_seed": None if order_seed is None else int(order_seed), "matmul_precision": matmul_precision}

@@ -2,7 +2,7 @@
 
 Here they run in Pallas' interpret mode (a CPU), which executes the kernels' own code step by step: each
 trial's step range, the masked loads of padded units, both forms (R held, R read in chunks with the state
-passed through the output arrays), the mixed cell's switches. Oracles: autodiff of the plain scan
+passed through the output arrays), the mixed cell's switches, FGR's gate recurrence. Oracles: autodiff of the plain scan
 `odyssey.nets.lstm_layer` (float64), a hand-stepped float64 loop, `fast_lstm`'s XLA loops at the same
 bfloat16 rounding, and the trainer against the paper's protocol stepped one sequence at a time
 (`tests/test_train.py`'s reference loop).
@@ -19,8 +19,8 @@ from odyssey import cells, fast_lstm, nets, pallas_loops, train
 T, M = 11, 5
 
 
-def _trials(k, n, seed, dtype=np.float64):
-    ps = [cells.init(key, "V", M, n) for key in jax.random.split(jax.random.PRNGKey(seed), k)]
+def _trials(k, n, seed, dtype=np.float64, variant="V"):
+    ps = [cells.init(key, variant, M, n) for key in jax.random.split(jax.random.PRNGKey(seed), k)]
     return {name: jnp.stack([p[name] for p in ps]).astype(dtype) for name in ps[0]}
 
 
@@ -56,21 +56,36 @@ CASES = [(8, None, None, False, None), (5, ("CIFG", "NIG", "NOAF"), "lengths", F
 def test_pallas_loops_equal_autodiff_of_the_plain_scan(n, variants, mask_kind, reverse, steps, x64):
     """Outputs and the gradients of all parameters and inputs, float64, trials vmapped, against autodiff of
     `nets.lstm_layer` (with the mask also zero from `steps` on, which is what `steps` promises)."""
+    sw = None if variants is None else jnp.asarray(np.stack([cells.switches(v, np.float64) for v in variants]))
+    _compare_with_the_plain_scan("V", n, sw, mask_kind, reverse, steps)
+
+
+# FGR always reads R and Rg in chunks: N = 6 and 13 in P = 8 and 16, N = 40 in two chunks of 32, N = 70 in
+# P = 128 (its last chunks partly and wholly past N).
+@pytest.mark.parametrize("n,mask_kind,reverse,steps", [(6, None, False, None), (13, "holes", True, None),
+                                                       (40, "lengths", False, 9), (70, "holes", True, 10)])
+def test_pallas_loops_of_fgr_equal_autodiff_of_the_plain_scan(n, mask_kind, reverse, steps, x64):
+    """FGR (the gate recurrence Rg, scaled up 3x so that it matters): as above."""
+    _compare_with_the_plain_scan("FGR", n, None, mask_kind, reverse, steps)
+
+
+def _compare_with_the_plain_scan(variant, n, sw, mask_kind, reverse, steps):
     rng = np.random.default_rng(n)
     k = 3
-    params = _trials(k, n, seed=n)
+    params = _trials(k, n, seed=n, variant=variant)
+    if variant == "FGR":
+        params["Rg"] = 3.0 * params["Rg"]
     xs = jnp.asarray(rng.normal(size=(k, T, M)))
     cot = jnp.asarray(rng.normal(size=(k, T, n)))
     mask = _masks(mask_kind, k, rng)
     if steps is not None:  # the layer's promise: padding from step `steps` on (in either direction)
         mask = (np.ones((k, T)) if mask is None else mask) * (np.arange(T) < steps)[None]
-    sw = None if variants is None else jnp.asarray(np.stack([cells.switches(v, np.float64) for v in variants]))
 
     def pallas(p, x, m, s):
-        return fast_lstm.lstm_layer("V", p, x, m, reverse=reverse, steps=steps, switches=s, loops="pallas")
+        return fast_lstm.lstm_layer(variant, p, x, m, reverse=reverse, steps=steps, switches=s, loops="pallas")
 
     def plain(p, x, m, s):
-        return nets.lstm_layer("V", p, x, m, reverse=reverse, switches=s)
+        return nets.lstm_layer(variant, p, x, m, reverse=reverse, switches=s)
 
     got_y, got_g = _values_and_grads(pallas, params, xs, mask, sw, cot)
     want_y, want_g = _values_and_grads(plain, params, xs, mask, sw, cot)
@@ -82,7 +97,6 @@ def test_pallas_loops_equal_autodiff_of_the_plain_scan(n, variants, mask_kind, r
     np.testing.assert_allclose(got_g[1], want_g[1], rtol=0, atol=1e-12)
     # Not a vacuous comparison: the outputs and gradients are far from zero.
     assert float(jnp.abs(want_y).max()) > 1e-2 and float(jnp.abs(want_g[0]["R"]).max()) > 1e-3
-
 
 def test_pallas_forward_equals_a_hand_stepped_loop(x64):
     """V's cell, R read in chunks (N = 70): the outputs against DESIGN §1's step written out in numpy."""
@@ -154,12 +168,12 @@ def test_each_trial_runs_only_its_own_steps(x64):
     assert float(jnp.abs(clean).max()) > 1e-2
 
 def test_unsupported_settings_are_refused():
-    params = cells.init(jax.random.PRNGKey(0), "FGR", M, 4)
+    params = cells.init(jax.random.PRNGKey(0), "NIG", M, 4)
     xs = jnp.zeros((T, M))
-    with pytest.raises(ValueError, match="loops='pallas' implements V and the mixed cell only, not FGR"):
-        fast_lstm.lstm_layer("FGR", params, xs, loops="pallas")
+    with pytest.raises(ValueError, match="loops='pallas' implements V, the mixed cell and FGR only, not NIG"):
+        fast_lstm.lstm_layer("NIG", params, xs, loops="pallas")
     with pytest.raises(ValueError, match=r"loops must be one of \('xla', 'pallas'\), got 'triton'"):
-        fast_lstm.lstm_layer("FGR", params, xs, loops="triton")
+        fast_lstm.lstm_layer("NIG", params, xs, loops="triton")
     with pytest.raises(ValueError, match="not on tpu"):
         pallas_loops.check("pallas", "V", "tpu")
     with pytest.raises(ValueError, match="autodiff=True runs the reference layer's scan"):
@@ -170,16 +184,17 @@ def test_unsupported_settings_are_refused():
                            lstm_loops="cuda")
 
 
-@pytest.mark.parametrize("task,target", [("jsb", "NOAF"), ("timit", "V")])
+@pytest.mark.parametrize("task,target", [("jsb", "NOAF"), ("timit", "V"), ("jsb", "FGR")])
 def test_the_trainer_with_pallas_loops_follows_the_reference_protocol(task, target, x64):
-    """train_trials(lstm_loops="pallas"): the target trial, in the mixed program beside trials of other
-    variants and sizes (padded to the bucket) and FGR (its own program, XLA loops), on sequences of two lengths,
-    follows the paper's protocol stepped one sequence at a time through autodiff of the plain scan, to float64
-    round-off; the others agree with the same run on XLA's loops."""
+    """train_trials(lstm_loops="pallas"): the target trial, in its program (the mixed one, or FGR's) beside
+    trials of other variants and sizes (padded to the bucket), on sequences of two lengths, follows the paper's
+    protocol stepped one sequence at a time through autodiff of the plain scan, to float64 round-off; the
+    others agree with the same run on XLA's loops."""
     splits = make_splits(task, seed=5, lengths=(3, 6))
+    other = "NP" if target == "FGR" else "FGR"
     trials = [train.Trial(0, target, 4, 3e-2, 0.7, 0.3, True, task == "timit", seed=5),
               train.Trial(1, "CIFG", 6, 2e-2, 0.9, 0.1, False, False, seed=6),
-              train.Trial(2, "FGR", 3, 1e-2, 0.5, 0.2, True, False, seed=7)]
+              train.Trial(2, other, 3, 1e-2, 0.5, 0.2, True, False, seed=7)]
     kwargs = dict(max_epochs=3, patience=5, hidden_buckets=(6,), dtype=np.float64)
     results, curves = run_trainer(task, splits, trials, lstm_loops="pallas", **kwargs)
     ref_curve, ref_best_epoch, ref_best, ref_test = reference_run(task, target, trials[0], splits, 3, 5)

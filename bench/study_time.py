@@ -115,6 +115,8 @@ def _define_flags():
                          "odyssey.fast_lstm.DEFAULT_UNROLL for the device's platform).")
     flags.DEFINE_enum("recurrent_dtype", "float32", ["float32", "bfloat16"], "Operand dtype of the LSTM loops' "
                       "recurrent products in the measured programs (config.train.recurrent_dtype).")
+    flags.DEFINE_enum("lstm_loops", "xla", ["xla", "pallas"], "How the measured programs' LSTM loops run "
+                      "(config.train.lstm_loops; pallas: odyssey.pallas_loops' kernels, interpreted on a CPU).")
     flags.DEFINE_float("bound_bandwidth", None, "Measure nothing: project at the streamed-weight bound of this "
                        "memory bandwidth in bytes/s (e.g. 3.35e12, an H100 SXM), in the operand size of "
                        "--recurrent_dtype.")
@@ -247,7 +249,8 @@ def _measure(task, buckets, trial_counts, variants, device, scale):
                     seed=FLAGS.seed)
                 timers = {k: trainer_speed.TrainerTimer(task, variant, bucket, k, splits, device,
                                                         eval_chunk=FLAGS.eval_chunk, seed=FLAGS.seed,
-                                                        recurrent_dtype=FLAGS.recurrent_dtype)
+                                                        recurrent_dtype=FLAGS.recurrent_dtype,
+                                                        lstm_loops=FLAGS.lstm_loops)
                           for k in trial_counts}
                 fns = {("train", k): timer.train_epoch for k, timer in timers.items()}
                 if steps == lengths[-1]:
@@ -425,13 +428,15 @@ def main(argv):
         info = _load_measurements(FLAGS.measurements)["machine"]
     if not FLAGS.measurements:
         info["recurrent_dtype"] = FLAGS.recurrent_dtype
+        if bound is None:
+            info["lstm_loops"] = FLAGS.lstm_loops
     if bound is not None:
         # What is projected is a device of that bandwidth, not this one: no chunks, compiles or CPU.
         info["jax_device"] = f"bound: {bound:.3g} bytes/s, recurrent weights streamed at every step"
         info["bound_bandwidth"] = bound
     print(f"device {info['jax_device']}; host {info.get('cpu', info['host'])}, {info['cores']} cores; "
-          f"jax {info['jax']}; LSTM loops unrolled {info.get('unroll', 1)}; recurrent products in "
-          f"{info.get('recurrent_dtype', 'float32')}\nbefore: {info['load_before']}")
+          f"jax {info['jax']}; LSTM loops {info.get('lstm_loops', 'xla')}, unrolled {info.get('unroll', 1)}; "
+          f"recurrent products in {info.get('recurrent_dtype', 'float32')}\nbefore: {info['load_before']}")
     rules = _epoch_rules(FLAGS.max_epochs, FLAGS.seed)
     measured = _load_measurements(FLAGS.measurements) if FLAGS.measurements else None
 
@@ -523,7 +528,8 @@ def _print_tables(rows, projections, studies, rules, settings, info):
     print("\nepochs rules:")
     for name, (text, _) in rules.items():
         print(f"  {name}: {text}")
-    print(f"assumptions: recurrent products in {info.get('recurrent_dtype', 'float32')}; "
+    print(f"assumptions: recurrent products in {info.get('recurrent_dtype', 'float32')}, LSTM loops "
+          f"{info.get('lstm_loops', 'xla')}; "
           f"variants {', '.join(FLAGS.variants)} measured, others at V's cost; trial counts "
           f"{sorted({r['K'] for r in rows})} measured, other K interpolated (beyond the largest: time in proportion to K);")
     print(f"  tasks over {_WHOLE_STEPS} steps trained at 1/{settings['step_scale']} and 2/{settings['step_scale']} "

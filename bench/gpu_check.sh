@@ -32,55 +32,88 @@
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
 # 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision, arms and order;
-# LIMIT_PALLAS, default 150; LIMIT_LOOPS, default 120). STAGES picks stages (default "speed big project study";
-# "bf16", "precision", "arms", "order", "pallas", "loops" and "study_shared" run only when named); SPEED_LOOPS sets
-# the speed stage's --lstm_loops (default xla; "xla,pallas" for both); PROJECT_ARGS
-# adds flags to study_time (e.g. --buckets=40,120,200). A stage
-# stopped at its limit keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
-# (or with the repository on PYTHONPATH).
+# LIMIT_PALLAS, default 150; LIMIT_LOOPS, default 120). STAGES picks the stages and runs them in the order it
+# names them (default "speed big project study"; "bf16", "precision", "arms", "order", "pallas", "loops" and
+# "study_shared" run only when named; an unknown name stops the script before anything runs). BUDGET (seconds,
+# default 0: none) bounds the whole run: each stage's limit shrinks to what is left of it, and a stage with
+# under 30 s left is skipped, so a device call's time goes to the stages named first. SPEED_LOOPS sets the
+# speed stage's --lstm_loops (default xla; "xla,pallas" for both); PROJECT_ARGS adds flags to study_time (e.g.
+# --buckets=40,120,200); DEVICE (default gpu) is every script's --device (cpu rehearses the run here, with the
+# same shapes, each stage cut at its limit). A stage stopped at its limit keeps what it logged. Run from the
+# repository root, after `pip install -e '.[bench]'` (or with the repository on PYTHONPATH).
 set -u
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [JSB_FILE]}
 jsb=${2:-}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
-stage() {  # name limit command...
+device=${DEVICE:-gpu}
+budget=${BUDGET:-0}
+stages=${STAGES:-speed big project study}
+for name in $stages; do
+  case " speed big project bf16 precision arms pallas loops order study study_shared " in
+    *" $name "*) ;;
+    *) echo "unknown stage '$name' in STAGES"; exit 2 ;;
+  esac
+done
+stage() {  # name limit command...: the limit shrinks to what is left of BUDGET; under 30 s left, skipped (ran=0)
   local name=$1 limit=$2; shift 2
+  ran=0
+  if [ "$budget" -gt 0 ]; then
+    local left=$((budget - SECONDS))
+    if [ "$left" -lt 30 ]; then echo "== $name skipped: ${left}s of BUDGET left"; return; fi
+    [ "$left" -lt "$limit" ] && limit=$left
+  fi
   echo "== $name (limit ${limit}s) $(date -u +%FT%TZ)"
+  ran=1
   timeout "$limit" "$@" > "$out/$name.log" 2>&1
   echo "   exit $? after $SECONDS s in all"
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   $py -c "import jax; print('jax', jax.__version__, jax.devices())"; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
-stages=" ${STAGES:-speed big project study} "
-want() { [[ "$stages" == *" $1 "* ]]; }
-want speed && stage speed "${LIMIT_SPEED:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=1,32,200 \
-  --lstm_loops=${SPEED_LOOPS:-xla} --repeats=3 --min_time=0.3 --out="$out/speed.json"
-want big && stage big "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=40,200 --trials=64,512 \
-  --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/big.json"
-want big && stage onevmap "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=512 \
-  --shapes=jsb --trials_per_chunk=512 --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/onevmap.json"
-want project && stage project "${LIMIT_PROJECT:-400}" $py bench/study_time.py --device=gpu \
-  --tasks=jsb,timit,iam_online --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 \
-  --out="$out/project.json" ${PROJECT_ARGS:-}
-want bf16 && stage bf16 "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=1,32,200 \
-  --recurrent_dtypes=float32,bfloat16 --notorch --repeats=3 --min_time=0.3 --out="$out/bf16.json"
-want bf16 && stage project_bf16 "${LIMIT_BF16:-300}" $py bench/study_time.py --device=gpu --tasks=jsb,timit \
-  --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 --recurrent_dtype=bfloat16 \
-  --out="$out/project_bf16.json" ${PROJECT_ARGS:-}
-want precision && stage precision "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 \
-  --trials=1,200 --matmul_precisions=float32,tensorfloat32 --notorch --repeats=3 --min_time=0.3 \
-  --out="$out/precision.json"
-want arms && stage arms "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=gpu --hidden=200 --trials=200 \
-  --recurrent_dtypes=float32,bfloat16 --matmul_precisions=float32,tensorfloat32 --notorch --repeats=3 \
-  --min_time=0.3 --out="$out/arms.json"
-want pallas && stage pallas "${LIMIT_PALLAS:-150}" $py bench/pallas_lstm_speed.py --device=gpu \
-  --recurrent_dtypes=float32,bfloat16 --passes=grad --repeats=3 --out="$out/pallas.json"
-if want loops; then
-  stage loops "${LIMIT_LOOPS:-120}" $py bench/trainer_speed.py --device=gpu --shapes=jsb --hidden=40 --trials=487 \
+run_speed() {
+  stage speed "${LIMIT_SPEED:-300}" $py bench/trainer_speed.py --device=$device --hidden=200 --trials=1,32,200 \
+    --lstm_loops=${SPEED_LOOPS:-xla} --repeats=3 --min_time=0.3 --out="$out/speed.json"
+}
+run_big() {
+  stage big "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=$device --hidden=40,200 --trials=64,512 \
+    --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/big.json"
+  stage onevmap "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=$device --hidden=200 --trials=512 \
+    --shapes=jsb --trials_per_chunk=512 --variants=mixed --notorch --repeats=2 --min_time=0.2 --out="$out/onevmap.json"
+}
+run_project() {
+  stage project "${LIMIT_PROJECT:-400}" $py bench/study_time.py --device=$device \
+    --tasks=jsb,timit,iam_online --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 \
+    --out="$out/project.json" ${PROJECT_ARGS:-}
+}
+run_bf16() {
+  stage bf16 "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=$device --hidden=200 --trials=1,32,200 \
+    --recurrent_dtypes=float32,bfloat16 --notorch --repeats=3 --min_time=0.3 --out="$out/bf16.json"
+  stage project_bf16 "${LIMIT_BF16:-300}" $py bench/study_time.py --device=$device --tasks=jsb,timit \
+    --trials=64,512 --variants=mixed --repeats=2 --min_time=0.2 --epochs_estimate=60 --recurrent_dtype=bfloat16 \
+    --out="$out/project_bf16.json" ${PROJECT_ARGS:-}
+}
+run_precision() {
+  stage precision "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=$device --hidden=200 \
+    --trials=1,200 --matmul_precisions=float32,tensorfloat32 --notorch --repeats=3 --min_time=0.3 \
+    --out="$out/precision.json"
+}
+run_arms() {
+  stage arms "${LIMIT_BF16:-300}" $py bench/trainer_speed.py --device=$device --hidden=200 --trials=200 \
+    --recurrent_dtypes=float32,bfloat16 --matmul_precisions=float32,tensorfloat32 --notorch --repeats=3 \
+    --min_time=0.3 --out="$out/arms.json"
+}
+run_pallas() {
+  stage pallas "${LIMIT_PALLAS:-150}" $py bench/pallas_lstm_speed.py --device=$device \
+    --recurrent_dtypes=float32,bfloat16 --passes=grad --repeats=3 --out="$out/pallas.json"
+}
+run_loops() {
+  rm -f "$out/loops.json"  # a stage stopped at its limit writes none: no earlier run's rows then decide
+  stage loops "${LIMIT_LOOPS:-120}" $py bench/trainer_speed.py --device=$device --shapes=jsb --hidden=40 --trials=487 \
     --variants=mixed --lstm_loops=xla,pallas --notorch --repeats=3 --min_time=0.3 --out="$out/loops.json"
-  $py - "$out/loops.json" > "$out/study_loops" <<'PY' || echo xla > "$out/study_loops"
+  [ "$ran" = 1 ] || return 0  # skipped: an earlier run's choice, if any, stands
+  $py - "$out/loops.json" > "$out/study_loops" 2>/dev/null <<'PY' || echo xla > "$out/study_loops"
 import json, sys
 rows = {r["program"]: r for r in json.load(open(sys.argv[1]))["rows"]}
 pallas, xla = rows.get("mixed/pallas"), rows.get("mixed")
@@ -88,21 +121,26 @@ good = pallas and xla and pallas.get("max_rel_diff_vs_xla", 1.0) < 1e-4 and pall
 print("pallas" if good else "xla")
 PY
   echo "   the study's LSTM loops: $(cat "$out/study_loops")"
-fi
-study_loops=${STUDY_LOOPS:-$(cat "$out/study_loops" 2>/dev/null || echo xla)}
-want order && stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py --device=gpu ${jsb:+--data="$jsb"} \
-  --trials=64,487 --hidden=40 --repeats=3 --out="$out/order.json"
-if [ -n "$jsb" ] && want study; then
+}
+run_order() {
+  stage order "${LIMIT_BF16:-300}" $py bench/data_order_check.py --device=$device ${jsb:+--data="$jsb"} \
+    --trials=64,487 --hidden=40 --repeats=3 --out="$out/order.json"
+}
+run_study() {
+  [ -n "$jsb" ] || { echo "== study skipped: no JSB_FILE"; return; }
   rm -rf "$out/jsb_study"
   stage study "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
     --workdir="$out/jsb_study" --progress_seconds=30 --checkpoint_seconds=60
-fi
-# Not removed first: a study stopped at its limit resumes from its store when the stage runs again.
-if [ -n "$jsb" ] && want study_shared; then
+}
+run_study_shared() {  # not removed first: a study stopped at its limit resumes from its store when run again
+  [ -n "$jsb" ] || { echo "== study_shared skipped: no JSB_FILE"; return; }
+  local loops=${STUDY_LOOPS:-$(cat "$out/study_loops" 2>/dev/null || echo xla)}
   stage study_shared "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
-    --config.train.data_order=shared --config.train.lstm_loops="$study_loops" --workdir="$out/jsb_study_shared" \
+    --config.train.data_order=shared --config.train.lstm_loops="$loops" --workdir="$out/jsb_study_shared" \
     --progress_seconds=30 --checkpoint_seconds=60
-fi
+}
+for name in $stages; do "run_$name"; done
 for name in speed big onevmap project bf16 project_bf16 precision arms pallas loops order study study_shared; do
   [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study finished|differ from XLA|rror" "$out/$name.log" | tail -25; }
 done
+exit 0  # each stage says how it ended above

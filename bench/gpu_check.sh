@@ -29,6 +29,10 @@
 #      in training every 60 s (--checkpoint_seconds); study_shared, whose workdir is not removed first, run
 #      again after a stop at its limit (same OUT_DIR, same machine) goes on from its last checkpoint: its
 #      study.log then holds both runs, and the study's wall time is the sum of their training times.
+#      STUDY_STORE (a trials.sqlite an earlier machine's study_shared left, as gpu_session.sh copies it back)
+#      seeds a workdir that has no store yet: its finished trials stand, and its unfinished ones (whose
+#      checkpoints stayed on that machine) train again from their first epochs. bench/study_log_time.py sums
+#      the runs' times from their logs.
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
 # 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision, arms and order;
@@ -56,6 +60,7 @@ for name in $stages; do
     *) echo "unknown stage '$name' in STAGES"; exit 2 ;;
   esac
 done
+if [ -n "${STUDY_STORE:-}" ] && [ ! -f "$STUDY_STORE" ]; then echo "no STUDY_STORE file at $STUDY_STORE"; exit 2; fi
 stage() {  # name limit command...: the limit shrinks to what is left of BUDGET; under 30 s left, skipped (ran=0)
   local name=$1 limit=$2; shift 2
   ran=0
@@ -134,6 +139,11 @@ run_study() {
 }
 run_study_shared() {  # not removed first: a study stopped at its limit resumes from its store when run again
   [ -n "$jsb" ] || { echo "== study_shared skipped: no JSB_FILE"; return; }
+  if [ -n "${STUDY_STORE:-}" ] && [ ! -e "$out/jsb_study_shared/trials.sqlite" ]; then
+    # An earlier machine's store (what gpu_session.sh copied back): its finished trials stand, the rest train.
+    mkdir -p "$out/jsb_study_shared" && cp "$STUDY_STORE" "$out/jsb_study_shared/trials.sqlite"
+    echo "   the study goes on from $STUDY_STORE"
+  fi
   local loops=${STUDY_LOOPS:-$(cat "$out/study_loops" 2>/dev/null || echo xla)}
   stage study_shared "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
     --config.train.data_order=shared --config.train.lstm_loops="$loops" --workdir="$out/jsb_study_shared" \

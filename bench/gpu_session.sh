@@ -14,7 +14,11 @@
 # back): the machine, the stages' logs and JSON, the study's log and its trial store; gpu_check.sh's summary
 # is the call's output. Run again with the same WORK_DIR on the same machine (STAGES="study_shared" or
 # "speed", say), the study goes on from its last checkpoint with the loops the first run chose (its wall time
-# is then the sum of the runs' training times in study.log). WHEELS_DIR: wheels to install first into
+# is then the sum of the runs' training times in study.log). On a later machine, STUDY_STORE=<the
+# study_shared_trials.sqlite an earlier call copied back, carried> STAGES=study_shared goes on from that
+# store: its finished trials stand, its unfinished ones train from their first epochs (their checkpoints
+# stayed on the earlier machine); `python bench/study_log_time.py <the calls' study logs>` sums the study's
+# time over them. WHEELS_DIR: wheels to install first into
 # /tmp/site, for what the package imports and the machine lacks (on the H100/H200 image with Python 3.12:
 # ml-collections and rapidfuzz; here, beforehand:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -2,8 +2,8 @@
 
 The device sessions that run this script are short and rare, so its shell logic is checked here: stages run in
 the order STAGES names them, each stage's limit shrinks to what is left of BUDGET, a stage with under 30 s left
-is skipped, an unknown stage stops the script before anything runs, and the study trains with the loops the
-loops stage chose.
+is skipped, an unknown stage (or a missing STUDY_STORE) stops the script before anything runs, the study trains
+with the loops the loops stage chose, and an earlier machine's store seeds a workdir that has none.
 """
 
 import os
@@ -34,8 +34,8 @@ def _run(tmp_path, env, *args):
     stub.chmod(0o755)
     log = tmp_path / "calls.txt"
     log.write_text("")
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS") and not k.startswith("LIMIT_")}
+    ours = ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS", "STUDY_STORE")
+    full_env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("LIMIT_")}
     full_env.update(PYTHON=str(stub), STUB_LOG=str(log), **env)
     result = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), *args], cwd=ROOT, env=full_env,
                             capture_output=True, text=True, timeout=60)
@@ -94,4 +94,26 @@ def test_unknown_stage_is_refused_before_anything_runs(tmp_path):
     result, calls = _run(tmp_path, dict(STAGES="speed sped"))
     assert result.returncode == 2
     assert "unknown stage 'sped'" in result.stdout
+    assert calls == [] and not (tmp_path / "out" / "machine.txt").exists()
+
+
+def test_study_store_seeds_a_workdir_without_one(tmp_path):
+    store = tmp_path / "earlier.sqlite"
+    store.write_bytes(b"an earlier machine's store")
+    result, calls = _run(tmp_path, dict(STAGES="study_shared", STUDY_STORE=str(store)), "jsb.pickle")
+    assert result.returncode == 0, result.stdout + result.stderr
+    seeded = tmp_path / "out" / "jsb_study_shared" / "trials.sqlite"
+    assert seeded.read_bytes() == b"an earlier machine's store"
+    assert len(calls) == 1 and f"--workdir={tmp_path / 'out'}/jsb_study_shared" in calls[0]
+    # A workdir that has a store (this machine's, newer) keeps it.
+    seeded.write_bytes(b"this machine's store")
+    result, calls = _run(tmp_path, dict(STAGES="study_shared", STUDY_STORE=str(store)), "jsb.pickle")
+    assert result.returncode == 0 and seeded.read_bytes() == b"this machine's store"
+    assert "goes on from" not in result.stdout and len(calls) == 1
+
+
+def test_missing_study_store_is_refused_before_anything_runs(tmp_path):
+    result, calls = _run(tmp_path, dict(STAGES="loops study_shared", STUDY_STORE=str(tmp_path / "nothing")),
+                         "jsb.pickle")
+    assert result.returncode == 2 and "no STUDY_STORE file" in result.stdout
     assert calls == [] and not (tmp_path / "out" / "machine.txt").exists()

@@ -247,6 +247,45 @@ def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_pa
 
 
 @needs_trainer
+def test_a_store_alone_goes_on_in_a_new_workdir(env, reference, tmp_path):
+    """What a later machine does with the store an earlier one copied back (bench/gpu_check.sh, STUDY_STORE): the
+    study killed while it trains, its log folded into the store file, that file alone copied to a new workdir
+    (no checkpoints, no compiled programs, no log) ends there with the uninterrupted study's trials and epoch
+    rows, the trials it had finished kept as they were and the interrupted ones trained from their first
+    epochs."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    finished = "SELECT COUNT(*) FROM trials WHERE status IN ('done', 'diverged')"
+    running = "SELECT COUNT(*) FROM trials WHERE status = 'running'"
+    both = f"SELECT ({finished}) > 0 AND ({running}) > 0"
+    proc = subprocess.Popen(study_command(first, "--report=false", "--checkpoint_seconds=0"), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not _count(first, both):
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    kept, interrupted = _count(first, finished), _count(first, running)
+    assert kept > 0 and interrupted > 0, "the kill should land while some trials had finished and others ran"
+    conn = sqlite3.connect(first / store.FILENAME)  # as gpu_session.sh does before it copies the store
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    before = {r["trial_id"]: r for r in read(first) if r["status"] in ("done", "diverged")}
+    before_epochs = [e for e in read(first, "epochs") if e["trial_id"] in before]
+    second.mkdir()
+    (second / store.FILENAME).write_bytes((first / store.FILENAME).read_bytes())
+    final = run_study(env, second, "--report=false")
+    assert final.returncode == 0, final.stderr[-3000:]
+    log = (second / "study.log").read_text()
+    assert re.search(rf"Resuming: \d+ done, \d+ diverged kept; {interrupted} interrupted trials run again \(0 from "
+                     rf"their checkpoints\)", log), log[-2000:]
+    rows, epochs = read(second), read(second, "epochs")
+    assert {r["trial_id"]: r for r in rows if r["trial_id"] in before} == before  # times and all
+    assert [e for e in epochs if e["trial_id"] in before] == before_epochs
+    assert_same_results(rows, read(reference[0]))
+    assert_same_epochs(epochs, read(reference[0], "epochs"))
+
+
+@needs_trainer
 def test_a_study_keeps_its_compiled_programs_in_its_workdir(reference, tmp_path):
     """Without a cache named by the environment, the study command points JAX's compilation cache at
     workdir/jax_cache, so a resumed study loads its programs; the numbers are the reference's."""

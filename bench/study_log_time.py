@@ -51,21 +51,19 @@ def runs(lines, source=""):
         start = _START.match(message)
         if start:
             run = dict(source=source, study=start.group(1), task=start.group(2), start=when, end=when,
-                       finished=False, trials_finished=None, trials=None, closed=False)
+                       finished=False, trials_finished=None, trials=None)
             out.append(run)
-            continue
-        if run is None or run["closed"]:
-            continue
-        if when < run["end"]:  # past New Year within a run
-            when = when.replace(year=run["end"].year + 1)
-        run["end"] = when
-        if _FINISHED.match(message):
-            run["finished"] = run["closed"] = True  # the report's lines after this are not training
-        progress = _PROGRESS.search(line)
-        if progress:
-            run["trials_finished"], run["trials"] = int(progress.group(1)), int(progress.group(2))
+        elif run is not None:
+            if when < run["end"]:  # past New Year within a run
+                when = when.replace(year=run["end"].year + 1)
+            run["end"] = when
+            progress = _PROGRESS.search(message)
+            if progress:
+                run["trials_finished"], run["trials"] = int(progress.group(1)), int(progress.group(2))
+            if _FINISHED.match(message):
+                run["finished"] = True
+                run = None  # the report's lines after this are not training
     for run in out:
-        del run["closed"]
         run["seconds"] = (run["end"] - run["start"]).total_seconds()
     return out
 

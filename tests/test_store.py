@@ -198,8 +198,12 @@ def test_a_killed_writer_leaves_a_consistent_store_and_resumes(tmp_path):
     kills = 0
     for _ in range(100):
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # wait until it writes, then kill it at a random moment of its writing
-        time.sleep(rng.uniform(0.0, 0.1))
+        # Kill it at a random moment of its writing: a random number of trials in (counted by its lines, so that
+        # a fast disk cannot let it finish before the kill), then a random moment inside the next trial's rows.
+        for _ in range(int(rng.integers(1, 30))):
+            if not proc.stdout.readline():
+                break
+        time.sleep(rng.uniform(0.0, 0.005))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         kills += proc.returncode == -signal.SIGKILL

@@ -8,10 +8,10 @@ A study stopped at a limit and started again (on the same machine from its check
 its store, bench/gpu_check.sh's STUDY_STORE) logs each run from its "Study <id> of <task> in <dir>" line.
 A run's time is from that line to its "Study finished" line, or to its last line where it was stopped (the
 log does not say when the stop came: a stopped run counts short by the time since its last line, at most
-about an epoch or the study's --progress_seconds); the report written after "Study finished" is not counted. The study's time is the sum over its runs: the time
-the machines spent on it, work a stop threw away and each run's compilation included. The table gives each
-run's start, end, minutes and the trials finished at its end (its last progress line), and the sum per study
-id; logs of several study ids are summed apart.
+about an epoch or the study's --progress_seconds); the report written after "Study finished" is not counted.
+The study's time is the sum over its runs: the time the machines spent on it, work a stop threw away and each
+run's compilation included. The table gives each run's start, end, minutes and the trials finished at its end
+(its last progress line), and the sum per study id; logs of several study ids are summed apart.
 """
 
 import datetime

@@ -40,7 +40,8 @@ def test_runs_and_sums_by_hand(tmp_path):
     a, b = tmp_path / "a.log", tmp_path / "b.log"
     a.write_text("".join(first))
     b.write_text("".join(second))
-    runs = study_log_time.runs(a.open(), "a") + study_log_time.runs(b.open(), "b")
+    runs = (study_log_time.runs(a.read_text().splitlines(keepends=True), "a")
+            + study_log_time.runs(b.read_text().splitlines(keepends=True), "b"))
     assert [(r["study"], r["task"], r["finished"]) for r in runs] == [
         ("34b6f4fe5d8b8575", "jsb", False), ("34b6f4fe5d8b8575", "jsb", True), ("0123456789abcdef", "timit", False)]
     first_s = (datetime.datetime(2000, 11, 28, 4, 15, 57, 500000)
@@ -89,7 +90,7 @@ def test_reads_what_the_study_writes(tmp_path):
         logger.removeHandler(handler)
         logger.setLevel(old)
         handler.close()
-    runs = study_log_time.runs(path.open())
+    runs = study_log_time.runs(path.read_text().splitlines(keepends=True))
     assert len(runs) == 1 and runs[0]["study"] == "feedface" and runs[0]["finished"]
     assert runs[0]["trials_finished"] == 7 and 0 <= runs[0]["seconds"] < 5
 

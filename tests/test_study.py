@@ -198,6 +198,14 @@ def _count(workdir, query):
         return 0
 
 
+def _opened(workdir):
+    """How many of the study's runs in `workdir` have opened (or created) its store, from its log."""
+    try:
+        return len(re.findall(r"\] (?:New study|Resuming): ", (pathlib.Path(workdir) / "study.log").read_text()))
+    except FileNotFoundError:
+        return 0
+
+
 @needs_trainer
 def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_path):
     """SIGKILLed four times at random moments while it saves checkpoints after every epoch, the study resumes
@@ -205,9 +213,9 @@ def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_pa
     between a checkpoint and the store's rows) and ends with the uninterrupted study's trials and epoch rows."""
     rng = np.random.default_rng(0)
     total = len(read(reference[0], "epochs"))
-    kept = "SELECT COUNT(*) FROM epochs JOIN trials USING (trial_id) WHERE status IN ('done', 'diverged')"
     interrupted = 0
     for kill in range(4):
+        opened = _opened(tmp_path)
         proc = subprocess.Popen(study_command(tmp_path, "--report=false", "--checkpoint_seconds=0"), cwd=ROOT, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if kill == 0:
@@ -215,13 +223,17 @@ def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_pa
             # compilation cache warm, the whole study takes ~1.5 s after ~1 s of imports on 2 cores).
             time.sleep(rng.uniform(0.0, 1.5))
         else:
-            # The moment the study has written a random number of the epoch rows it still owes, give or take
-            # the polling delay: between two epochs, inside a write, between trials.
-            low = _count(tmp_path, kept) + 1
+            # Once this run has opened the store (and dropped the rows of the trials the last kill interrupted
+            # that it cannot resume, which count until then: a target below them killed a run in its imports),
+            # the moment it has written a random number of the epoch rows it still owes, give or take the
+            # polling delay: between two epochs, inside a write, between trials.
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline and _opened(tmp_path) == opened:
+                time.sleep(0.002)
+            low = _count(tmp_path, "SELECT COUNT(*) FROM epochs") + 1
             if low >= total:  # finished before a kill could land: the assertion below counts the kills that did
                 break
             target = int(rng.integers(low, total))
-            deadline = time.monotonic() + 120
             while (proc.poll() is None and time.monotonic() < deadline
                    and _count(tmp_path, "SELECT COUNT(*) FROM epochs") < target):
                 time.sleep(0.002)

@@ -30,7 +30,7 @@ setup(
     ],
     extras_require={
         # python_speech_features is only the independent MFCC oracle of the tests; pytest-xdist runs the
-        # suite's files on every core (setup.cfg), as its time is mostly single-threaded XLA compiling.
+        # suite's files on up to 4 cores (setup.cfg), as its time is mostly single-threaded XLA compiling.
         "test": ["pytest", "pytest-xdist>=3", "python_speech_features"],
         # A CPU build of torch that installs quickly; an unpinned torch pulls a GPU build.
         "bench": ["torch==2.13.0"],

@@ -69,7 +69,10 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   H100, in the JSB study of 9 × 200 trials, the next group's program (12-22 s to compile) was ready before
   the group before it ended, and the first epoch of a group took what the others took. Not on CPUs: the
   README's quick study (then 9 groups, 2 cores) took 101.7 s without and 110.2 s with it, the compiler and
-  the training sharing the two cores.
+  the training sharing the two cores. Within a process, groups of one setting (task, program, slots,
+  padded size, options) share their jitted functions (`_programs`, the 32 last settings): a second
+  `train_trials` call of that setting compiles nothing (2 CPU cores: a test that stops and resumes the
+  trainer's 8 trials took 21.2 s with its own programs, 0.7 s with those of an earlier run).
 * Recurrent products in bfloat16 (`recurrent_dtype`, off by default): at N = 200 a step of many trials
   on a GPU is bound by streaming every trial's recurrent weights (bench/README.md), which 2-byte weights
   halve. What it changes, measured on CPU (bench/recurrent_dtype_check.py, 54 JSB trials of all nine
@@ -377,6 +380,8 @@ def _traced_under(fn, matmul_precision):
     def traced(*args):
         with jax.default_matmul_precision(matmul_precision):
             return fn(*args)
+    if isinstance(fn, functools.partial):  # named after its function in JAX's logs and profiles
+        traced.__name__ = traced.__qualname__ = fn.func.__name__
     return traced
 
 
@@ -607,6 +612,22 @@ def _eval_splits(arrays, chunk):
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _programs(task, cell, chunk, trim, recurrent_dtype, branch_past_end, loops, mesh, matmul_precision, options):
+    """A group's jitted training-epoch and evaluation functions, one pair per setting in a process: groups and
+    `train_trials` calls of the same setting share them, and with them JAX's compiled programs for each shape
+    (a second call of the same trials compiles nothing). `options`: the compiler options as sorted items."""
+    trials, whole = PartitionSpec("trials"), PartitionSpec()
+    epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, cell, chunk, trim, recurrent_dtype,
+                                               branch_past_end, loops), mesh=mesh,
+                             in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
+    epoch_jit = jax.jit(_traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),
+                        compiler_options=dict(options))
+    eval_fn = functools.partial(_eval_chunk, task, cell, recurrent_dtype, loops)
+    eval_jit = jax.jit(_traced_under(eval_fn, matmul_precision), compiler_options=dict(options))
+    return epoch_jit, eval_jit
+
+
 class _Group:
     """K slots of one program (a variant, or `MIXED`) and one padded hidden size, trained in lock-step epochs."""
 
@@ -640,7 +661,6 @@ class _Group:
         self.eval_chunk = eval_sequences_per_step(eval_chunk, self.k, t_eval, n_max, layers, dtype.itemsize)
         self.train = jax.device_put(arrays["train"], self.replicated)
         self.eval_splits = _eval_splits(arrays, self.eval_chunk)
-        trials, whole = PartitionSpec("trials"), PartitionSpec()
         # Trim the loops to each update's sequences when lengths differ; with equal lengths the plain scan
         # is ~5-10 % faster than the while loop that trimming needs (bench: fast_lstm, CPU).
         trim = not bool(np.all(arrays["train"].mask > 0))
@@ -652,14 +672,9 @@ class _Group:
         # run over the padded length; 13 JSB-like sequences, 8 trials at N = 100: 77-90 ms an epoch against
         # 66-71), and the branch cost nothing measurable (16 sequences: 85-88 ms either way).
         branch_past_end = mesh.devices.flat[0].platform == "cpu"
-        epoch_fn = jax.shard_map(functools.partial(_local_epoch, task, self.cell, self.chunk, trim,
-                                                   recurrent_dtype, branch_past_end, self.loops), mesh=mesh,
-                                 in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
-        options = compiler_options(mesh.devices.flat[0])
-        self._epoch_fn = jax.jit(_traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),
-                                 compiler_options=options)
-        eval_fn = functools.partial(_eval_chunk, task, self.cell, recurrent_dtype, self.loops)
-        self._eval_fn = jax.jit(_traced_under(eval_fn, matmul_precision), compiler_options=options)
+        options = tuple(sorted(compiler_options(mesh.devices.flat[0]).items()))
+        self._epoch_fn, self._eval_fn = _programs(task, self.cell, self.chunk, trim, recurrent_dtype,
+                                                  branch_past_end, self.loops, mesh, matmul_precision, options)
         self._empty = self._slot_values(None)
         self.fill([])
 

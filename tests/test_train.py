@@ -454,6 +454,7 @@ def test_compile_ahead_compiles_each_group_beside_the_one_before_and_changes_not
     programs = {"jit(_local_epoch)", "jit(_eval_chunk)", "jit(_set_slot)", "jit(_select)"}
     runs = {}
     for ahead in (False, True):
+        train._programs.cache_clear()  # pylint: disable=protected-access  # else the second run compiles nothing
         before = len(compiles())
         runs[ahead] = run_trainer("jsb", splits, trials, compile_ahead=ahead, **kwargs)
         threads = {thread for thread, name in compiles()[before:] if name in programs}
@@ -468,6 +469,37 @@ def test_compile_ahead_compiles_each_group_beside_the_one_before_and_changes_not
                                                                            ahead[i].status)
         np.testing.assert_array_equal([plain[i].val_metric, plain[i].test_metric],
                                       [ahead[i].val_metric, ahead[i].test_metric])
+
+
+def test_a_second_call_of_the_same_setting_reuses_the_compiled_programs(compiles):
+    """train_trials again with the same task, program, padded size and slots (other trials, another learning
+    rate) compiles no epoch or evaluation program and gives the numbers of a run whose programs were compiled
+    afresh; a setting that changes the program (chunks of one slot) compiles its own."""
+    splits = make_splits("jsb", seed=8)
+    trials = [train.Trial(i, "V", n, lr, 0.9, 0.1, True, False, seed=i) for i, (n, lr) in enumerate(
+        [(3, 1e-2), (4, 2e-2)])]
+    others = [dataclasses.replace(t, learning_rate=t.learning_rate * 3, seed=t.seed + 5) for t in trials]
+    kwargs = dict(max_epochs=2, patience=2, trials_per_batch=2, hidden_buckets=(4,))
+    group_programs = {"jit(_local_epoch)", "jit(_eval_chunk)"}
+
+    def run(ts, **extra):
+        before = len(compiles())
+        out = run_trainer("jsb", splits, ts, **kwargs, **extra)
+        return out, sorted(name for _, name in compiles()[before:] if name in group_programs)
+
+    train._programs.cache_clear()  # pylint: disable=protected-access
+    _, compiled = run(trials)
+    assert compiled == ["jit(_eval_chunk)", "jit(_local_epoch)"], compiled
+    (again, again_curves), compiled = run(others)
+    assert compiled == [], compiled
+    train._programs.cache_clear()  # pylint: disable=protected-access
+    (fresh, fresh_curves), compiled = run(others)
+    assert compiled == ["jit(_eval_chunk)", "jit(_local_epoch)"], compiled
+    assert again_curves == fresh_curves and set(again_curves) == {0, 1}
+    assert ({i: dataclasses.replace(r, train_seconds=0) for i, r in again.items()}
+            == {i: dataclasses.replace(r, train_seconds=0) for i, r in fresh.items()})
+    _, compiled = run(others, trials_per_chunk=1)
+    assert "jit(_local_epoch)" in compiled, compiled
 
 
 def test_early_stopping_on_a_scripted_metric():

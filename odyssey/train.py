@@ -69,9 +69,9 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   H100, in the JSB study of 9 × 200 trials, the next group's program (12-22 s to compile) was ready before
   the group before it ended, and the first epoch of a group took what the others took. Not on CPUs: the
   README's quick study (then 9 groups, 2 cores) took 101.7 s without and 110.2 s with it, the compiler and
-  the training sharing the two cores. Within a process, groups of one setting (task, program, slots,
-  padded size, options) share their jitted functions (`_programs`, the 32 last settings): a second
-  `train_trials` call of that setting compiles nothing (2 CPU cores: a test that stops and resumes the
+  the training sharing the two cores. Within a process, groups of one setting (task, program, slots per
+  chunk, loops, precision, options) share their jitted functions (`_programs`, the 32 last settings), which
+  keep one compiled program per shape: a second `train_trials` call of the same trials compiles nothing (2 CPU cores: a test that stops and resumes the
   trainer's 8 trials took 21.2 s with its own programs, 0.7 s with those of an earlier run).
 * Recurrent products in bfloat16 (`recurrent_dtype`, off by default): at N = 200 a step of many trials
   on a GPU is bound by streaming every trial's recurrent weights (bench/README.md), which 2-byte weights

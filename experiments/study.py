@@ -28,7 +28,8 @@ from odyssey.data import splits as data_splits
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<task>.py file, e.g. configs/jsb.py:quick.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The study's directory: config.json, trials.sqlite, study.log, report.")
-_PROGRESS_SECONDS = flags.DEFINE_float("progress_seconds", 30.0, "The most seconds between two progress lines.")
+_PROGRESS_SECONDS = flags.DEFINE_float("progress_seconds", 30.0, "A progress line at the end of the first epoch "
+                                        "after this many seconds, and after each epoch that ends trials.")
 _REPORT = flags.DEFINE_bool("report", True, "Write the report (odyssey.analysis.report) once every trial is finished.")
 _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", 0, "JAX CPU devices to shard the trials over where no accelerator is used (0: one per core "
@@ -155,7 +156,12 @@ def _open_store(path, config, fp, identity, ckpts):
 
 
 class _Progress:
-    """Trials done/running/pending, the best validation metric per variant, updates/s and an ETA, logged."""
+    """Trials done/running/pending, the best validation metric per variant, updates/s and an ETA, logged.
+
+    A line is logged only between two epochs of a group, never in the middle of an epoch's callbacks (where
+    its counts and rate would miss the epoch's other trials): after an epoch that ended trials, or when
+    `every_s` seconds have passed since the last line.
+    """
 
     def __init__(self, st, variants, n_train, max_epochs, every_s):
         self._counts = st.counts()
@@ -166,6 +172,7 @@ class _Progress:
         self._variant_of = {r["trial_id"]: r["variant"] for r in st.trials()}
         self._live = {}
         self._trial_epochs = 0
+        self._ended_since_line = self._epochs_since_line = 0
         self._start = self._last = time.monotonic()
 
     def started(self, trial_ids):
@@ -177,19 +184,26 @@ class _Progress:
     def epoch(self, trial_id, epoch):
         self._live[trial_id] = epoch
         self._trial_epochs += 1
-        self.maybe_log()
+        self._epochs_since_line += 1
 
     def finished(self, result):
         self._live.pop(result.trial_id, None)
         self._counts["running"] -= 1
         self._counts[result.status] += 1
         self._finished_epochs.append(result.epochs or 0)
+        self._ended_since_line += 1
         variant = self._variant_of[result.trial_id]
         if result.status == "done" and result.val_metric < self._best.get(variant, float("inf")):
             self._best[variant] = result.val_metric
 
-    def maybe_log(self):
-        if time.monotonic() - self._last >= self._every:
+    def group_epoch(self):
+        """A group's epoch is over, with its trials' epochs and results counted."""
+        if self._ended_since_line or time.monotonic() - self._last >= self._every:
+            self.log()
+
+    def flush(self):
+        """Logs a last line unless the last one already holds every epoch and result."""
+        if self._epochs_since_line or self._ended_since_line:
             self.log()
 
     def line(self):
@@ -211,6 +225,7 @@ class _Progress:
 
     def log(self):
         self._last = time.monotonic()
+        self._ended_since_line = self._epochs_since_line = 0
         logging.info("%s", self.line())
 
 
@@ -241,7 +256,6 @@ def _train_pending(st, config, splits, every_s, ckpts):
         start(result.trial_id)
         st.finish(result)
         progress.finished(result)
-        progress.log()
 
     if trials:
         mix = config.search.get("mix_variants", True)
@@ -262,12 +276,12 @@ def _train_pending(st, config, splits, every_s, ckpts):
                            patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
                            hidden_buckets=tuple(config.search.hidden_buckets),
                            trials_per_chunk=config.search.get("trials_per_chunk"), mix_variants=mix, on_epoch=on_epoch,
-                           on_result=on_result, recurrent_dtype=recurrent, order_seed=order_seed,
-                           matmul_precision=precision, checkpoints=ckpts, lstm_loops=loops)
+                           on_result=on_result, on_group_epoch=progress.group_epoch, recurrent_dtype=recurrent,
+                           order_seed=order_seed, matmul_precision=precision, checkpoints=ckpts, lstm_loops=loops)
     unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
     if unfinished:
         raise RuntimeError(f"the trainer returned without a result for trials {unfinished}")
-    progress.log()
+    progress.flush()
 
 
 def run_study(config, workdir, *, progress_seconds=30.0, report=True,
@@ -277,7 +291,8 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True,
     Args:
       config: the study's ConfigDict (configs/<task>.py).
       workdir: the study's directory; created if needed.
-      progress_seconds: the most seconds between two progress lines.
+      progress_seconds: a progress line is logged at the end of the first group epoch this many seconds after
+        the last one, and after each epoch that ends trials (never inside an epoch's bookkeeping).
       report: whether to write the report at the end (when odyssey.analysis.report exists).
       checkpoint_seconds: the most seconds between two saves of the trials in training (`odyssey.checkpoints`,
         in workdir/checkpoints; 0: after every epoch).

@@ -879,7 +879,8 @@ def _select(cond, a, b):
 def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs: int = 150, patience: int = 15,
                  trials_per_batch: int = 64, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS,
                  eval_chunk: int = 16, trials_per_chunk: int | None = None, on_epoch: Callable | None = None,
-                 on_result: Callable | None = None, devices=None, dtype=np.float32,
+                 on_result: Callable | None = None, on_group_epoch: Callable | None = None, devices=None,
+                 dtype=np.float32,
                  compile_ahead: bool | None = None, mix_variants: bool = True,
                  recurrent_dtype=None, order_seed: int | None = None,
                  matmul_precision: str | None = "float32",
@@ -904,6 +905,10 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         every live trial; train_loss is the mean over the epoch's sequences of the summed sequence loss,
         seconds the trial's share of the group's wall time for that epoch.
       on_result: called with each `TrialResult` as soon as its trial ends.
+      on_group_epoch: called with no arguments once after each epoch of the trials trained together (a group
+        of one program and hidden bucket), after that epoch's on_epoch calls, the on_result calls of the
+        trials it ended, and its checkpoint: where a caller's view of the study is whole epochs (the study's
+        progress lines are logged there).
       devices: the devices to shard the trial axis over (default: all devices, of every host).
       dtype: of parameters and data; float64 (with `jax.enable_x64`) serves tests of exactness.
       compile_ahead: compile each group's programs in a background thread while the group before it
@@ -1008,7 +1013,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     for key, group in _built_in_turn(keys, build, compile_ahead):
         logging.info("%s: %d trials of %s padded to N=%d", task, len(groups[key]), *key)
         saver = None if checkpoints is None else _Saver(checkpoints, f"{key[0]}_N{key[1]}", identity)
-        for res in _run_group(group, groups[key], max_epochs, patience, on_epoch, saved, saver):
+        for res in _run_group(group, groups[key], max_epochs, patience, on_epoch, saved, saver, on_group_epoch):
             results[res.trial_id] = res
             if on_result is not None:
                 on_result(res)
@@ -1083,10 +1088,12 @@ def _built_in_turn(keys, build, ahead):
         pool.shutdown(cancel_futures=True)
 
 
-def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver=None):
+def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver=None, on_group_epoch=None):
     """Runs a group's trials through their epochs, refilling slots as trials end; yields results.
 
     saved: trial_id -> `ckpt.SavedTrial`, the states those trials resume from. saver: a `_Saver` or None.
+    on_group_epoch: called at the end of each epoch's bookkeeping (a generator: after the consumer has taken
+    that epoch's results).
     """
     saved = saved or {}
     pending = list(members)
@@ -1171,5 +1178,7 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
                              group.k // group.chunk)
         if saver is not None and any(t is not None for t in group.slots):
             saver.maybe_save(group, best_val, best_epoch, seconds)
+        if on_group_epoch is not None:
+            on_group_epoch()
     if saver is not None:
         saver.done()

@@ -94,6 +94,42 @@ def reference(env, tmp_path_factory):
     return workdir, time.monotonic() - start, proc
 
 
+_STAMP = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) ")
+_EPOCH = re.compile(r"N<=\d+: (\d+) live trials, epoch took ")
+_PROGRESS = re.compile(r"\] (\d+)/(\d+) finished \((\d+) done, (\d+) diverged\), (\d+) running, (\d+) pending "
+                       r"\| best val: .* \| (\d+) updates/s \| ETA ")
+
+
+def assert_progress_lines_count_whole_epochs(log, n_trials, n_train):
+    """With --progress_seconds=0, one progress line after each group epoch (the trainer's "epoch took" line),
+    none inside one: each line's counts follow from the epoch lines alone. Groups train one after another, so
+    after an epoch of L live trials that ended E of them, L - E run and E more have finished; the rate is the
+    trial epochs so far times the training sequences over the time since the first line (log stamps)."""
+    events = []
+    for line in log.splitlines():
+        stamp = _STAMP.match(line)
+        if stamp is None:
+            continue
+        seconds = 3600 * int(stamp.group(1)) + 60 * int(stamp.group(2)) + float(stamp.group(3))
+        if (m := _EPOCH.search(line)) is not None:
+            events.append(("epoch", seconds, int(m.group(1))))
+        elif (m := _PROGRESS.search(line)) is not None:
+            events.append(("progress", seconds, tuple(int(g) for g in m.groups())))
+    kinds = [e[0] for e in events]
+    assert len(kinds) >= 3 and kinds == ["progress"] + ["epoch", "progress"] * ((len(kinds) - 1) // 2), kinds
+    start, (ended, total, _, _, running, pending, _) = events[0][1], events[0][2]
+    assert (ended, total, running, pending) == (0, n_trials, 0, n_trials)
+    trial_epochs = 0
+    for (_, _, live), (_, when, counts) in zip(events[1::2], events[2::2]):
+        now_ended, total, done, diverged, running, pending, rate = counts
+        assert total == n_trials and now_ended == done + diverged and now_ended + running + pending == n_trials
+        assert running + (now_ended - ended) == live, (live, counts)
+        ended, trial_epochs = now_ended, trial_epochs + live
+        want = trial_epochs * n_train / (when - start)
+        assert abs(rate - want) <= 1 + 0.05 * want, (rate, want)
+    assert ended == n_trials
+
+
 @needs_trainer
 def test_pipeline_end_to_end(reference):
     workdir, _, proc = reference
@@ -125,6 +161,7 @@ def test_pipeline_end_to_end(reference):
     log = (workdir / "study.log").read_text()
     assert f"[{'#' * 20}] {len(rows)}/{len(rows)} finished" in log and "updates/s | ETA" in log
     assert "best val: V " in log
+    assert_progress_lines_count_whole_epochs(log, len(rows), config.data.sizes[0])
     if importlib.util.find_spec("odyssey.analysis.report") is not None:
         assert (workdir / "report.md").is_file() and (workdir / "report.html").is_file()
     # A finished study started again changes nothing.

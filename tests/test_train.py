@@ -674,17 +674,22 @@ class _Stop(Exception):
     pass
 
 
-def run_stopping(splits, trials=CKPT_TRIALS, stop_after=None, record=None, **kwargs):
+def run_stopping(splits, trials=CKPT_TRIALS, stop_after=None, record=None, events=None, **kwargs):
     """train_trials with an on_epoch that records (trial, epoch, loss, val) and raises _Stop after `stop_after`
-    calls (a crash at the end of an epoch's bookkeeping, before that epoch's checkpoint)."""
+    calls (a crash at the end of an epoch's bookkeeping, before that epoch's checkpoint). events, a list: every
+    callback in the order made, as ("epoch", trial, epoch), ("result", trial, epochs) and ("group_epoch",)."""
     record = [] if record is None else record
+    events = [] if events is None else events
 
     def on_epoch(trial_id, epoch, loss, val, seconds):
         record.append((trial_id, epoch, loss, val))
+        events.append(("epoch", trial_id, epoch))
         if stop_after is not None and len(record) >= stop_after:
             raise _Stop
 
-    results = train.train_trials("jsb", splits, trials, on_epoch=on_epoch, **{**CKPT_RUN, **kwargs})
+    results = train.train_trials("jsb", splits, trials, on_epoch=on_epoch,
+                                 on_result=lambda r: events.append(("result", r.trial_id, r.epochs)),
+                                 on_group_epoch=lambda: events.append(("group_epoch",)), **{**CKPT_RUN, **kwargs})
     return {r.trial_id: r for r in results}, record
 
 
@@ -697,8 +702,43 @@ def _by_trial(record):
 
 @pytest.fixture(scope="module")
 def uninterrupted_run():
+    """(splits, results by trial, on_epoch rows, every callback in order) of CKPT_TRIALS run without a stop."""
     splits = make_splits("jsb", seed=4, sizes=(6, 3, 3))
-    return splits, *run_stopping(splits)
+    events = []
+    return splits, *run_stopping(splits, events=events), events
+
+
+def test_on_group_epoch_closes_each_epoch_of_a_group_after_its_rows_and_results(uninterrupted_run):
+    """The callbacks of the uninterrupted run (4 groups of 3 slots, trials ending early and refilled), cut at
+    each on_group_epoch: every piece holds one epoch of one group, its on_epoch rows (each live trial once)
+    then the results of the trials that epoch ended; a trial's epochs fall in consecutive pieces (a live trial
+    trains in every epoch of its group) and its result in the piece of its last epoch."""
+    _, results, _, events = uninterrupted_run
+    assert events[-1] == ("group_epoch",)
+    pieces, piece = [], []
+    for event in events:
+        if event == ("group_epoch",):
+            pieces.append(piece)
+            piece = []
+        else:
+            piece.append(event)
+    at = {}  # (trial, epoch) -> piece index
+    ended = {}
+    for index, piece in enumerate(pieces):
+        kinds = [e[0] for e in piece]
+        assert kinds and kinds == sorted(kinds), piece  # "epoch" rows, then "result"s
+        rows = [e[1:] for e in piece if e[0] == "epoch"]
+        assert rows and len({t for t, _ in rows}) == len(rows) <= CKPT_RUN["trials_per_batch"], piece
+        keys = {(CKPT_TRIALS[t].variant == "FGR", min(b for b in CKPT_RUN["hidden_buckets"]
+                                                         if b >= CKPT_TRIALS[t].hidden_size)) for t, _ in rows}
+        assert len(keys) == 1, piece  # one program and bucket
+        at.update({row: index for row in rows})
+        for _, trial, epochs in (e for e in piece if e[0] == "result"):
+            assert (trial, epochs) in rows and trial not in ended, piece
+            ended[trial] = index
+    assert sorted(ended) == sorted(results) == [t.trial_id for t in CKPT_TRIALS]
+    for trial, r in results.items():
+        assert [at[(trial, e)] for e in range(1, r.epochs + 1)] == list(range(at[(trial, 1)], ended[trial] + 1))
 
 
 @pytest.mark.parametrize("stop_after", [2, 17])
@@ -709,7 +749,7 @@ def test_a_stopped_trainer_resumes_its_trials_to_the_uninterrupted_numbers(unint
     every trial ends with the uninterrupted run's epochs and numbers, bitwise (CPU, float32), and the epoch
     rows of the first run up to each trial's checkpoint and those of the second together are the
     uninterrupted run's rows."""
-    splits, want, want_record = uninterrupted_run
+    splits, want, want_record, _ = uninterrupted_run
     ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)
     first = []
     with pytest.raises(_Stop):
@@ -739,7 +779,7 @@ def test_checkpoints_resume_in_other_buckets_batches_and_programs(uninterrupted_
     """A trial's saved state is in its own layout, so it resumes in a group of another padded size, batch size
     and program (each variant its own instead of the mixed one), or one slot at a time (saved trials wait for
     a slot like pending ones): the same numbers up to float round-off."""
-    splits, want, want_record = uninterrupted_run
+    splits, want, want_record, _ = uninterrupted_run
     ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)
     first = []
     with pytest.raises(_Stop):
@@ -759,7 +799,7 @@ def test_checkpoints_resume_in_other_buckets_batches_and_programs(uninterrupted_
 
 
 def test_checkpoints_of_other_settings_or_other_trials_are_refused(uninterrupted_run, tmp_path):
-    splits, _, _ = uninterrupted_run
+    splits, _, _, _ = uninterrupted_run
     ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)
     with pytest.raises(_Stop):
         run_stopping(splits, stop_after=17, checkpoints=ck)

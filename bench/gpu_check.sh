@@ -150,7 +150,13 @@ run_study_shared() {  # not removed first: a study stopped at its limit resumes 
     --progress_seconds=30 --checkpoint_seconds=60
 }
 for name in $stages; do "run_$name"; done
+summary() {  # a stage log's result rows and errors, each once (a row is printed as measured, then in the table),
+  # and a study's last progress line: how far it got, when it was stopped at its limit
+  grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study finished|differ from XLA|rror" "$1" \
+    | awk '!seen[$0]++' | tail -25
+  grep -E "\] [0-9]+/[0-9]+ finished \(" "$1" | tail -1 | sed -E 's/^[^]]*\] //'
+}
 for name in speed big onevmap project bf16 project_bf16 precision arms pallas loops order study study_shared; do
-  [ -f "$out/$name.log" ] && { echo "-- $name"; grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study finished|differ from XLA|rror" "$out/$name.log" | tail -25; }
+  [ -f "$out/$name.log" ] && { echo "-- $name"; summary "$out/$name.log"; }
 done
 exit 0  # each stage says how it ended above

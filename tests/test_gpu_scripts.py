@@ -3,7 +3,8 @@
 The device sessions that run this script are short and rare, so its shell logic is checked here: stages run in
 the order STAGES names them, each stage's limit shrinks to what is left of BUDGET, a stage with under 30 s left
 is skipped, an unknown stage (or a missing STUDY_STORE) stops the script before anything runs, the study trains
-with the loops the loops stage chose, and an earlier machine's store seeds a workdir that has none.
+with the loops the loops stage chose, an earlier machine's store seeds a workdir that has none, and the summary
+prints each result row once and a stopped study's last progress line.
 """
 
 import os
@@ -117,3 +118,33 @@ def test_missing_study_store_is_refused_before_anything_runs(tmp_path):
                          "jsb.pickle")
     assert result.returncode == 2 and "no STUDY_STORE file" in result.stdout
     assert calls == [] and not (tmp_path / "out" / "machine.txt").exists()
+
+
+def test_the_summary_prints_each_row_once_and_a_studys_last_progress_line(tmp_path):
+    """What the call prints of the stages' logs (here written beforehand, no stage run): a benchmark row printed
+    as measured and again in the table appears once, in its order; of a stopped study, its last progress line,
+    the absl prefix cut."""
+    out = tmp_path / "out"
+    out.mkdir()
+    row_a = "jsb      60   40 odyssey mixed                         487    10      3918.8            -"
+    row_b = "jsb      60   40 odyssey mixed/pallas                  487    10       634.0            -"
+    (out / "loops.log").write_text("\n".join([
+        "I1129 13:49:34.357166 140606340615040 xla_bridge.py:849] Unable to initialize backend 'tpu'",
+        "mixed/pallas K=487: weights after one epoch differ from XLA's loops' by at most 1.3e-07 (relative)",
+        row_a, row_b, "", "shape     T    N program", "-" * 20, row_a, row_b, "-" * 20, "wrote loops.json"]) + "\n")
+    progress = "[{}] {}/1800 finished ({} done, 0 diverged), {} running, {} pending | best val: V {} | {} updates/s"
+    first = progress.format(" " * 20, 0, 0, 487, 1313, "-", 1739)
+    last = progress.format("#" * 6 + " " * 14, 549, 549, 0, 1251, "8.692", 48265)
+    (out / "study_shared.log").write_text("\n".join([
+        "I1129 13:51:32.532921 140651637644160 study.py:123] New study: 1800 trials (9 variants x 200)",
+        f"I1129 13:52:40.433914 140651637644160 study.py:222] {first}",
+        "I1129 13:52:41.007445 140651637644160 train.py:1059] jsb mixed N<=40: checkpoint of 487 live trials",
+        f"I1129 13:55:40.433914 140651637644160 study.py:222] {last}",
+        "I1129 13:55:41.007445 140651637644160 train.py:1122] jsb mixed N<=40: 9 live trials, epoch took 0.2s"]) + "\n")
+    result, calls = _run(tmp_path, dict(STAGES="speed", BUDGET="29"), "jsb.pickle")
+    assert result.returncode == 0 and calls == []
+    summary = result.stdout[result.stdout.index("-- loops"):].splitlines()
+    assert summary == ["-- loops",
+                       "mixed/pallas K=487: weights after one epoch differ from XLA's loops' by at most 1.3e-07 "
+                       "(relative)", row_a, row_b,
+                       "-- study_shared", last]

@@ -880,8 +880,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  trials_per_batch: int = 64, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS,
                  eval_chunk: int = 16, trials_per_chunk: int | None = None, on_epoch: Callable | None = None,
                  on_result: Callable | None = None, on_group_epoch: Callable | None = None, devices=None,
-                 dtype=np.float32,
-                 compile_ahead: bool | None = None, mix_variants: bool = True,
+                 dtype=np.float32, compile_ahead: bool | None = None, mix_variants: bool = True,
                  recurrent_dtype=None, order_seed: int | None = None,
                  matmul_precision: str | None = "float32",
                  checkpoints: ckpt.Checkpoints | None = None, lstm_loops: str = "xla") -> list[TrialResult]:

@@ -17,6 +17,9 @@ import pytest
 
 from odyssey import search, store
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
+import study_log_time  # noqa: E402  (bench/, not a package)
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Trials of one config differ between runs only by float round-off: other batch neighbours, other padding.
 RTOL = 1e-5
@@ -94,7 +97,6 @@ def reference(env, tmp_path_factory):
     return workdir, time.monotonic() - start, proc
 
 
-_STAMP = re.compile(r"^I\d{4} (\d\d):(\d\d):(\d\d\.\d+) ")
 _EPOCH = re.compile(r"N<=\d+: (\d+) live trials, epoch took ")
 _PROGRESS = re.compile(r"\] (\d+)/(\d+) finished \((\d+) done, (\d+) diverged\), (\d+) running, (\d+) pending "
                        r"\| best val: .* \| (\d+) updates/s \| ETA ")
@@ -107,14 +109,14 @@ def assert_progress_lines_count_whole_epochs(log, n_trials, n_train):
     trial epochs so far times the training sequences over the time since the first line (log stamps)."""
     events = []
     for line in log.splitlines():
-        stamp = _STAMP.match(line)
+        stamp = study_log_time._LINE.match(line)  # absl's prefix, read as the study-time script reads it
         if stamp is None:
             continue
-        seconds = 3600 * int(stamp.group(1)) + 60 * int(stamp.group(2)) + float(stamp.group(3))
+        when = study_log_time._stamp(stamp)
         if (m := _EPOCH.search(line)) is not None:
-            events.append(("epoch", seconds, int(m.group(1))))
+            events.append(("epoch", when, int(m.group(1))))
         elif (m := _PROGRESS.search(line)) is not None:
-            events.append(("progress", seconds, tuple(int(g) for g in m.groups())))
+            events.append(("progress", when, tuple(int(g) for g in m.groups())))
     kinds = [e[0] for e in events]
     assert len(kinds) >= 3 and kinds == ["progress"] + ["epoch", "progress"] * ((len(kinds) - 1) // 2), kinds
     start, (ended, total, _, _, running, pending, _) = events[0][1], events[0][2]
@@ -125,7 +127,7 @@ def assert_progress_lines_count_whole_epochs(log, n_trials, n_train):
         assert total == n_trials and now_ended == done + diverged and now_ended + running + pending == n_trials
         assert running + (now_ended - ended) == live, (live, counts)
         ended, trial_epochs = now_ended, trial_epochs + live
-        want = trial_epochs * n_train / (when - start)
+        want = trial_epochs * n_train / (when - start).total_seconds()
         assert abs(rate - want) <= 1 + 0.05 * want, (rate, want)
     assert ended == n_trials
 

@@ -237,6 +237,37 @@ def _count(workdir, query):
         return 0
 
 
+def _stopped(pid):
+    """Whether every thread of process `pid` has stopped (Linux's /proc; elsewhere a pause stands in)."""
+    tasks = pathlib.Path(f"/proc/{pid}/task")
+    if not tasks.is_dir():
+        time.sleep(0.1)
+        return True
+    try:
+        # The state follows the name in parentheses, which may itself hold spaces or parentheses.
+        return all((t / "stat").read_text().rpartition(")")[2].split()[0] in "tT" for t in tasks.iterdir())
+    except (FileNotFoundError, ProcessLookupError):
+        return True  # gone: nothing will write
+
+
+def _stop_when(proc, workdir, query, timeout=120):
+    """Stops `proc` (SIGSTOP) at a moment its store answers `query` true: polls until it does, stops the process,
+    and asks again of the frozen store, for the study may have moved on between the answer and the stop (a 2-core
+    machine under load: all running trials finished in that gap once). Where it has, the process goes on and the
+    polling with it. Returns whether the process is stopped with the query true."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if _count(workdir, query):
+            proc.send_signal(signal.SIGSTOP)
+            while not _stopped(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if _count(workdir, query):
+                return True
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.001)
+    return False
+
+
 def _opened(workdir):
     """How many of the study's runs in `workdir` have opened (or created) its store, from its log."""
     try:
@@ -310,11 +341,10 @@ def test_a_store_alone_goes_on_in_a_new_workdir(env, reference, tmp_path):
     both = f"SELECT ({finished}) > 0 AND ({running}) > 0"
     proc = subprocess.Popen(study_command(first, "--report=false", "--checkpoint_seconds=0"), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while proc.poll() is None and time.monotonic() < deadline and not _count(first, both):
-        time.sleep(0.001)
+    stopped = _stop_when(proc, first, both)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert stopped, "the study should stop while some trials had finished and others ran"
     kept, interrupted = _count(first, finished), _count(first, running)
     assert kept > 0 and interrupted > 0, "the kill should land while some trials had finished and others ran"
     conn = sqlite3.connect(first / store.FILENAME)  # as gpu_session.sh does before it copies the store

@@ -238,14 +238,15 @@ def _count(workdir, query):
 
 
 def _stopped(pid):
-    """Whether every thread of process `pid` has stopped (Linux's /proc; elsewhere a pause stands in)."""
+    """Whether every thread of process `pid` has stopped, or it has exited (Linux's /proc; elsewhere a pause
+    stands in)."""
     tasks = pathlib.Path(f"/proc/{pid}/task")
     if not tasks.is_dir():
         time.sleep(0.1)
         return True
     try:
         # The state follows the name in parentheses, which may itself hold spaces or parentheses.
-        return all((t / "stat").read_text().rpartition(")")[2].split()[0] in "tT" for t in tasks.iterdir())
+        return all((t / "stat").read_text().rpartition(")")[2].split()[0] in "tTZX" for t in tasks.iterdir())
     except (FileNotFoundError, ProcessLookupError):
         return True  # gone: nothing will write
 

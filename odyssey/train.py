@@ -71,8 +71,9 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   README's quick study (then 9 groups, 2 cores) took 101.7 s without and 110.2 s with it, the compiler and
   the training sharing the two cores. Within a process, groups of one setting (task, program, slots per
   chunk, loops, precision, options) share their jitted functions (`_programs`, the 32 last settings), which
-  keep one compiled program per shape: a second `train_trials` call of the same trials compiles nothing (2 CPU cores: a test that stops and resumes the
-  trainer's 8 trials took 21.2 s with its own programs, 0.7 s with those of an earlier run).
+  keep one compiled program per shape: a second `train_trials` call of the same trials compiles nothing
+  (2 CPU cores: a test that stops and resumes the trainer's 8 trials took 21.2 s with its own programs,
+  0.7 s with those of an earlier run).
 * Recurrent products in bfloat16 (`recurrent_dtype`, off by default): at N = 200 a step of many trials
   on a GPU is bound by streaming every trial's recurrent weights (bench/README.md), which 2-byte weights
   halve. What it changes, measured on CPU (bench/recurrent_dtype_check.py, 54 JSB trials of all nine
@@ -947,8 +948,9 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
       lstm_loops: how the LSTM layers' time loops run in training and evaluation. "xla" (default): XLA
         loops (`odyssey.fast_lstm`). "pallas": one Pallas kernel per loop and layer, each trial's program
         running its own steps (`odyssey.pallas_loops`), for the mixed program's, FGR's and V's; the other
-        variants' own programs (`mix_variants=False`) keep XLA's. On GPUs; on CPUs it runs in Pallas' interpret mode (exact, slow: for tests). The same
-        numbers up to the order of the sums in the recurrent products. Speed only.
+        variants' own programs (`mix_variants=False`) keep XLA's. On GPUs; on CPUs it runs in Pallas'
+        interpret mode (exact, slow: for tests). The same numbers up to the order of the sums in the
+        recurrent products. Speed only.
 
     Returns:
       The results, in the order of `trials`.

@@ -15,6 +15,7 @@ import datetime
 import fcntl
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import sys
@@ -161,15 +162,31 @@ class _Progress:
     A line is logged only between two epochs of a group, never in the middle of an epoch's callbacks (where
     its counts and rate would miss the epoch's other trials): after an epoch that ended trials, or when
     `every_s` seconds have passed since the last line.
+
+    The ETA prices each trial's epochs left at the seconds a trial epoch took in its own group (program and
+    hidden bucket) after the group's first epoch, which holds its compiling. A group not yet so measured is
+    priced from the nearest one that is, of the same program where there is one, scaled by the square of the
+    bucket ratio (the recurrent weights' size); each group yet to start adds the compiling time the started
+    ones took on average. Groups run smallest bucket first, so one rate for the whole run would price the large
+    buckets at the small ones' speed: on an H100 it read 2 minutes for a JSB study estimated at 16-19.
+    Unfinished trials are assumed to last as many epochs as the finished ones did on average (`max_epochs`
+    before any has finished). There is no ETA ("?") until some group has trained its second epoch.
     """
 
-    def __init__(self, st, variants, n_train, max_epochs, every_s):
+    def __init__(self, st, variants, n_train, max_epochs, every_s, groups=None):
+        """groups: (program, bucket) -> the trials left to train (`odyssey.train.group_trials`); None: no ETA."""
         self._counts = st.counts()
         self._best = st.best_by_variant()
         finished = [r["epochs"] for r in st.trials() if r["status"] in ("done", "diverged") and r["epochs"]]
         self._finished_epochs = finished
         self._variants, self._n_train, self._max_epochs, self._every = variants, n_train, max_epochs, every_s
         self._variant_of = {r["trial_id"]: r["variant"] for r in st.trials()}
+        self._group_of = {t.trial_id: key for key, members in (groups or {}).items() for t in members}
+        self._pending_in = dict.fromkeys(groups or (), 0)
+        for key in self._group_of.values():
+            self._pending_in[key] += 1
+        self._priced = groups is not None
+        self._first, self._later, self._open = {}, {}, {}  # group -> [seconds, trial epochs]
         self._live = {}
         self._trial_epochs = 0
         self._ended_since_line = self._epochs_since_line = 0
@@ -178,13 +195,20 @@ class _Progress:
     def started(self, trial_ids):
         for i in trial_ids:
             self._live[i] = 0
+            if i in self._group_of:
+                self._pending_in[self._group_of[i]] -= 1
         self._counts["pending"] -= len(trial_ids)
         self._counts["running"] += len(trial_ids)
 
-    def epoch(self, trial_id, epoch):
+    def epoch(self, trial_id, epoch, seconds=0.0):
+        """seconds: the trial's share of the epoch's time (the trainer's on_epoch gives it)."""
         self._live[trial_id] = epoch
         self._trial_epochs += 1
         self._epochs_since_line += 1
+        if trial_id in self._group_of:
+            spent = self._open.setdefault(self._group_of[trial_id], [0.0, 0])
+            spent[0] += seconds
+            spent[1] += 1
 
     def finished(self, result):
         self._live.pop(result.trial_id, None)
@@ -198,6 +222,12 @@ class _Progress:
 
     def group_epoch(self):
         """A group's epoch is over, with its trials' epochs and results counted."""
+        for key, (seconds, count) in self._open.items():
+            table = self._later if key in self._first else self._first
+            spent = table.setdefault(key, [0.0, 0])
+            spent[0] += seconds
+            spent[1] += count
+        self._open = {}
         if self._ended_since_line or time.monotonic() - self._last >= self._every:
             self.log()
 
@@ -205,6 +235,42 @@ class _Progress:
         """Logs a last line unless the last one already holds every epoch and result."""
         if self._epochs_since_line or self._ended_since_line:
             self.log()
+
+    @staticmethod
+    def _price(key, steady):
+        """Seconds per trial epoch of group `key`: its own epochs after the first, else the nearest group's,
+        scaled; None before any group has trained a second epoch."""
+        if key in steady or not steady:
+            return steady.get(key)
+        program, bucket = key
+        near = min(steady, key=lambda k: (k[0] != program, abs(math.log(k[1] / bucket)), k))
+        return steady[near] * (bucket / near[1]) ** 2
+
+    def eta_seconds(self):
+        """The seconds the unfinished trials are expected to take, or None before a group's second epoch."""
+        if not self._priced:
+            return None
+        steady = {k: seconds / count for k, (seconds, count) in self._later.items() if count}
+        mean_epochs = (sum(self._finished_epochs) / len(self._finished_epochs)) if self._finished_epochs \
+            else self._max_epochs
+        epochs_left = {key: n * mean_epochs for key, n in self._pending_in.items()}
+        for trial_id, epoch in self._live.items():
+            key = self._group_of[trial_id]
+            epochs_left[key] = epochs_left.get(key, 0) + max(mean_epochs - epoch, 1)
+        left = 0.0
+        for key, epochs in epochs_left.items():
+            if epochs:
+                price = self._price(key, steady)
+                if price is None:
+                    return None
+                left += epochs * price
+        # A group's first epoch took longer than its later ones by its compiling (none where the trainer compiled
+        # it ahead): each group yet to start is expected to take as much more as the measured ones did on average.
+        extra = [max(self._first[k][0] - self._first[k][1] * steady[k], 0.0) for k in steady if k in self._first]
+        to_start = [k for k, n in self._pending_in.items() if n and k not in self._first and k not in self._open]
+        if extra:
+            left += len(to_start) * sum(extra) / len(extra)
+        return left
 
     def line(self):
         c = self._counts
@@ -214,11 +280,8 @@ class _Progress:
         best = " ".join(f"{v} {self._best[v]:.4g}" if v in self._best else f"{v} -" for v in self._variants)
         elapsed = time.monotonic() - self._start
         rate = self._trial_epochs / elapsed if elapsed > 0 else 0.0
-        # Unfinished trials are assumed to last as long as the finished ones did on average.
-        mean_epochs = (sum(self._finished_epochs) / len(self._finished_epochs)) if self._finished_epochs \
-            else self._max_epochs
-        left = c["pending"] * mean_epochs + sum(max(mean_epochs - e, 1) for e in self._live.values())
-        eta = str(datetime.timedelta(seconds=round(left / rate))) if rate > 0 else "?"
+        left = self.eta_seconds()
+        eta = "?" if left is None else str(datetime.timedelta(seconds=round(left)))
         return (f"[{bar:<20}] {ended}/{total} finished ({c['done']} done, {c['diverged']} diverged), "
                 f"{c['running']} running, {c['pending']} pending | best val: {best} | "
                 f"{rate * self._n_train:.0f} updates/s | ETA {eta}")
@@ -236,7 +299,10 @@ def _train_pending(st, config, splits, every_s, ckpts):
     trials = [train.Trial(**{k: (bool(r[k]) if k in ("nesterov", "clip") else r[k]) for k in store.TRIAL_FIELDS})
               for r in st.trials("pending")]
     groups = search.schedule(trials, tuple(config.search.hidden_buckets))
-    progress = _Progress(st, tuple(config.search.variants), len(splits["train"]), config.train.max_epochs, every_s)
+    mix = config.search.get("mix_variants", True)
+    programs = train.group_trials([t for g in groups for t in g], tuple(config.search.hidden_buckets), mix)
+    progress = _Progress(st, tuple(config.search.variants), len(splits["train"]), config.train.max_epochs, every_s,
+                         programs)
     progress.log()
     started = set()
 
@@ -250,7 +316,7 @@ def _train_pending(st, config, splits, every_s, ckpts):
     def on_epoch(trial_id, epoch, train_loss, val_metric, seconds):
         start(trial_id)
         st.add_epoch(trial_id, epoch, train_loss, val_metric, seconds)
-        progress.epoch(trial_id, epoch)
+        progress.epoch(trial_id, epoch, seconds)
 
     def on_result(result):
         start(result.trial_id)
@@ -258,8 +324,6 @@ def _train_pending(st, config, splits, every_s, ckpts):
         progress.finished(result)
 
     if trials:
-        mix = config.search.get("mix_variants", True)
-        programs = train.group_trials([t for g in groups for t in g], tuple(config.search.hidden_buckets), mix)
         devices = jax.devices()
         recurrent = config.train.get("recurrent_dtype", "float32")
         order_seed = search.order_seed(config)

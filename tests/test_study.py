@@ -164,6 +164,10 @@ def test_pipeline_end_to_end(reference):
     assert f"[{'#' * 20}] {len(rows)}/{len(rows)} finished" in log and "updates/s | ETA" in log
     assert "best val: V " in log
     assert_progress_lines_count_whole_epochs(log, len(rows), config.data.sizes[0])
+    # No ETA until a group's second epoch is timed (the third line), one from then on; nothing left at the end.
+    etas = [line.rsplit("| ETA ", 1)[1] for line in log.splitlines() if "updates/s | ETA " in line]
+    assert etas[:2] == ["?", "?"] and etas[-1] == "0:00:00", etas
+    assert all(re.fullmatch(r"\d+:\d\d:\d\d", eta) for eta in etas[2:]), etas
     if importlib.util.find_spec("odyssey.analysis.report") is not None:
         assert (workdir / "report.md").is_file() and (workdir / "report.html").is_file()
     # A finished study started again changes nothing.
@@ -451,6 +455,134 @@ def test_a_second_study_on_a_busy_workdir_is_refused(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"study: error: another study is running in {tmp_path}"), proc.stderr[-2000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.lock"]
+
+
+# The progress line's ETA (experiments.study._Progress), against sums worked by hand.
+
+class _FakeStore:
+    """What _Progress reads of a store: the trials' rows, their counts and the best metric per variant."""
+
+    def __init__(self, variants):
+        self._rows = [{"trial_id": i, "variant": v, "status": "pending", "epochs": None}
+                      for i, v in enumerate(variants)]
+
+    def trials(self):
+        return self._rows
+
+    def counts(self):
+        return {"pending": len(self._rows), "running": 0, "done": 0, "diverged": 0}
+
+    def best_by_variant(self):
+        return {}
+
+
+def _study_module():
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))  # experiments/ is the repository's, not installed
+    from experiments import study
+
+    return study
+
+
+def _progress(groups, max_epochs=10):
+    from types import SimpleNamespace
+
+    ids = sorted(i for members in groups.values() for i in members)
+    variant = {i: ("FGR" if program == "FGR" else "V") for (program, _), members in groups.items() for i in members}
+    trials = {key: [SimpleNamespace(trial_id=i) for i in members] for key, members in groups.items()}
+    return _study_module()._Progress(_FakeStore([variant[i] for i in ids]), ("V", "FGR"), 1, max_epochs, 1e9,
+                                     trials)
+
+
+def _done(trial_id, epochs):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(trial_id=trial_id, status="done", epochs=epochs, val_metric=1.0)
+
+
+def test_the_eta_prices_each_group_at_its_own_measured_rate():
+    mixed20, fgr20, mixed40, fgr40 = ("mixed", 20), ("FGR", 20), ("mixed", 40), ("FGR", 40)
+    p = _progress({mixed20: [0, 1, 2, 3], fgr20: [4], mixed40: [5, 6], fgr40: [7]})
+    assert p.eta_seconds() is None and p.line().endswith("| ETA ?")
+    # A first epoch (5 s per trial, its compiling in it) prices nothing.
+    p.started([0, 1])
+    p.epoch(0, 1, 5.0)
+    p.epoch(1, 1, 5.0)
+    p.group_epoch()
+    assert p.eta_seconds() is None and p.line().endswith("| ETA ?")
+    # mixed20's second epoch: (1.0 + 1.5) / 2 = 1.25 s per trial epoch. No trial has finished, so each is priced
+    # at max_epochs = 10. mixed20: 2 pending x 10 + 2 live x 8 left = 36 epochs x 1.25 = 45. fgr20 takes the
+    # nearest group's price, mixed20's: 10 x 1.25 = 12.5; mixed40 and fgr40 take it x (40 / 20)^2 = 5 s:
+    # 30 x 5 = 150. The first epoch took 10 - 2 x 1.25 = 7.5 s more than a later one: 3 groups to start, 22.5.
+    p.epoch(0, 2, 1.0)
+    p.epoch(1, 2, 1.5)
+    p.group_epoch()
+    assert p.eta_seconds() == pytest.approx(230.0)
+    assert p.line().endswith("| ETA 0:03:50")
+    # Trial 0 ends after 2 epochs, so every trial is now priced at 2 epochs; trial 2 takes its slot. mixed20:
+    # 1 pending x 2 + trial 1 (2 done, at least 1 left) + trial 2 (2 left) = 5 x 1.25 = 6.25; fgr20: 2 x 1.25 =
+    # 2.5; mixed40 and fgr40: 3 x 2 epochs x 5 = 30; compiling 22.5. In all 61.25 s.
+    p.finished(_done(0, 2))
+    p.started([2])
+    p.group_epoch()
+    assert p.eta_seconds() == pytest.approx(61.25)
+
+
+def test_an_unmeasured_group_is_priced_from_its_own_program_first():
+    fgr20, mixed40, fgr40 = ("FGR", 20), ("mixed", 40), ("FGR", 40)
+    p = _progress({fgr20: [0], mixed40: [1], fgr40: [2]})
+    p.started([0])
+    p.epoch(0, 1, 9.0)
+    p.group_epoch()
+    p.epoch(0, 2, 3.0)
+    p.group_epoch()
+    # fgr20 at 3 s (6 s more in its first epoch): its trial has 8 epochs left, 24 s; the two groups at bucket
+    # 40 cost 3 x 4 = 12 s per epoch for 10 epochs each, 240 s, and 6 s each of compiling. In all 276 s.
+    assert p.eta_seconds() == pytest.approx(276.0)
+    p.epoch(0, 3, 3.0)
+    p.finished(_done(0, 3))
+    p.group_epoch()
+    p.started([1])
+    p.epoch(1, 1, 4.0)
+    p.group_epoch()
+    p.epoch(1, 2, 1.0)
+    p.group_epoch()
+    # Trials now last 3 epochs. mixed40 costs 1 s: its trial has 1 epoch left. fgr40 is priced from fgr20:
+    # 3 epochs x 12 s = 36 (mixed40, in its own bucket, would give 3 s), and the mean compiling of the two
+    # groups measured, (6 + 3) / 2 = 4.5. In all 41.5 s.
+    assert p.eta_seconds() == pytest.approx(41.5)
+
+
+def test_a_groups_first_epoch_does_not_price_it_once_another_is_measured():
+    mixed20, mixed40 = ("mixed", 20), ("mixed", 40)
+    p = _progress({mixed20: [0], mixed40: [1]})
+    p.started([0])
+    p.epoch(0, 1, 8.0)
+    p.group_epoch()
+    p.epoch(0, 2, 2.0)
+    p.finished(_done(0, 2))
+    p.group_epoch()
+    # mixed20 costs 2 s per trial epoch after its first, which took 6 s more. mixed40, yet to start: 2 epochs x
+    # 2 x (40 / 20)^2 = 16 s, and 6 s of compiling.
+    assert p.eta_seconds() == pytest.approx(22.0)
+    # mixed40's first epoch (50 s, its compiling in it) does not price its last epoch: mixed20's price, scaled,
+    # does (8 s); then its own second epoch (3 s). No group is left to start.
+    p.started([1])
+    p.epoch(1, 1, 50.0)
+    p.group_epoch()
+    assert p.eta_seconds() == pytest.approx(8.0)
+    p.epoch(1, 2, 3.0)
+    p.group_epoch()
+    assert p.eta_seconds() == pytest.approx(3.0)
+
+
+def test_without_its_groups_the_progress_gives_no_eta():
+    p = _study_module()._Progress(_FakeStore(["V"]), ("V",), 1, 10, 1e9)
+    p.started([0])
+    for epoch in (1, 2):
+        p.epoch(0, epoch, 2.0)
+        p.group_epoch()
+    assert p.eta_seconds() is None and p.line().endswith("| ETA ?")
 
 
 # The data entry of the study (odyssey.data.splits).

@@ -14,6 +14,7 @@ import contextlib
 import datetime
 import fcntl
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -156,6 +157,32 @@ def _open_store(path, config, fp, identity, ckpts):
     return st
 
 
+def _epochs_survival(finished, live, max_epochs):
+    """P(a trial trains more than e epochs), e = 0..max_epochs, estimated from the trials so far.
+
+    The Kaplan-Meier estimate: `finished` holds the epochs of the trials that ended, `live` those so far of the
+    trials still training, each of which is known to last longer (a mean over the finished trials alone would
+    count the early stops first). Past the last epoch any trial reached, the estimate holds; at max_epochs it
+    is 0, where every trial ends.
+    """
+    reached = [0] * (max_epochs + 2)  # trials that trained at least e epochs
+    ended = [0] * (max_epochs + 1)
+    for epochs in finished:
+        if epochs >= 1:
+            reached[min(epochs, max_epochs)] += 1
+            ended[min(epochs, max_epochs)] += 1
+    for epochs in live:
+        if epochs >= 1:
+            reached[min(epochs, max_epochs)] += 1
+    for e in range(max_epochs - 1, 0, -1):
+        reached[e] += reached[e + 1]
+    survival = [1.0] * (max_epochs + 1)
+    for e in range(1, max_epochs + 1):
+        survival[e] = survival[e - 1] * (1.0 - ended[e] / reached[e]) if reached[e] else survival[e - 1]
+    survival[max_epochs] = 0.0
+    return survival
+
+
 class _Progress:
     """Trials done/running/pending, the best validation metric per variant, updates/s and an ETA, logged.
 
@@ -169,8 +196,9 @@ class _Progress:
     bucket ratio (the recurrent weights' size); each group yet to start adds the compiling time the started
     ones took on average. Groups run smallest bucket first, so one rate for the whole run would price the large
     buckets at the small ones' speed: on an H100 it read 2 minutes for a JSB study estimated at 16-19.
-    Unfinished trials are assumed to last as many epochs as the finished ones did on average (`max_epochs`
-    before any has finished). There is no ETA ("?") until some group has trained its second epoch.
+    The epochs each unfinished trial has left follow from how long the trials so far lasted
+    (`_epochs_survival`); before any has ended, every trial is expected to run to `max_epochs`. There is no
+    ETA ("?") until some group has trained its second epoch.
     """
 
     def __init__(self, st, variants, n_train, max_epochs, every_s, groups=None):
@@ -251,12 +279,13 @@ class _Progress:
         if not self._priced:
             return None
         steady = {k: seconds / count for k, (seconds, count) in self._later.items() if count}
-        mean_epochs = (sum(self._finished_epochs) / len(self._finished_epochs)) if self._finished_epochs \
-            else self._max_epochs
-        epochs_left = {key: n * mean_epochs for key, n in self._pending_in.items()}
+        survival = _epochs_survival(self._finished_epochs, self._live.values(), self._max_epochs)
+        beyond = list(itertools.accumulate(reversed(survival)))[::-1]  # beyond[e] = sum of survival[e:]
+        epochs_left = {key: n * beyond[0] for key, n in self._pending_in.items()}
         for trial_id, epoch in self._live.items():
-            key = self._group_of[trial_id]
-            epochs_left[key] = epochs_left.get(key, 0) + max(mean_epochs - epoch, 1)
+            key, epoch = self._group_of[trial_id], min(epoch, self._max_epochs)
+            left = beyond[epoch] / survival[epoch] if survival[epoch] > 0 else 1.0  # more epochs, given this many
+            epochs_left[key] = epochs_left.get(key, 0) + max(left, 1.0)
         left = 0.0
         for key, epochs in epochs_left.items():
             if epochs:

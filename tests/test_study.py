@@ -519,13 +519,14 @@ def test_the_eta_prices_each_group_at_its_own_measured_rate():
     p.group_epoch()
     assert p.eta_seconds() == pytest.approx(230.0)
     assert p.line().endswith("| ETA 0:03:50")
-    # Trial 0 ends after 2 epochs, so every trial is now priced at 2 epochs; trial 2 takes its slot. mixed20:
-    # 1 pending x 2 + trial 1 (2 done, at least 1 left) + trial 2 (2 left) = 5 x 1.25 = 6.25; fgr20: 2 x 1.25 =
-    # 2.5; mixed40 and fgr40: 3 x 2 epochs x 5 = 30; compiling 22.5. In all 61.25 s.
+    # Trial 0 ends after 2 epochs and trial 1 goes on, so half the trials end at 2 epochs and half, for all
+    # that is known, run to 10: a trial not started takes 6 epochs, trial 1 8 more. Trial 2 takes trial 0's
+    # slot. mixed20: 1 pending x 6 + trial 1's 8 + trial 2's 6 = 20 x 1.25 = 25; fgr20: 6 x 1.25 = 7.5; mixed40
+    # and fgr40: 3 x 6 epochs x 5 = 90; compiling 22.5. In all 145 s.
     p.finished(_done(0, 2))
     p.started([2])
     p.group_epoch()
-    assert p.eta_seconds() == pytest.approx(61.25)
+    assert p.eta_seconds() == pytest.approx(145.0)
 
 
 def test_an_unmeasured_group_is_priced_from_its_own_program_first():
@@ -547,7 +548,8 @@ def test_an_unmeasured_group_is_priced_from_its_own_program_first():
     p.group_epoch()
     p.epoch(1, 2, 1.0)
     p.group_epoch()
-    # Trials now last 3 epochs. mixed40 costs 1 s: its trial has 1 epoch left. fgr40 is priced from fgr20:
+    # Trial 0 ended at 3 epochs and trial 1 has trained 2: trials last 3 epochs (mixed40's has 1 left, at
+    # 1 s). fgr40 is priced from fgr20:
     # 3 epochs x 12 s = 36 (mixed40, in its own bucket, would give 3 s), and the mean compiling of the two
     # groups measured, (6 + 3) / 2 = 4.5. In all 41.5 s.
     assert p.eta_seconds() == pytest.approx(41.5)
@@ -566,14 +568,52 @@ def test_a_groups_first_epoch_does_not_price_it_once_another_is_measured():
     # 2 x (40 / 20)^2 = 16 s, and 6 s of compiling.
     assert p.eta_seconds() == pytest.approx(22.0)
     # mixed40's first epoch (50 s, its compiling in it) does not price its last epoch: mixed20's price, scaled,
-    # does (8 s); then its own second epoch (3 s). No group is left to start.
+    # does (8 s); then its own second epoch (3 s). No group is left to start. Having outlasted trial 0, its
+    # trial is expected, for all that is known, to run to max_epochs = 10: 8 more epochs x 3 s.
     p.started([1])
     p.epoch(1, 1, 50.0)
     p.group_epoch()
     assert p.eta_seconds() == pytest.approx(8.0)
     p.epoch(1, 2, 3.0)
     p.group_epoch()
-    assert p.eta_seconds() == pytest.approx(3.0)
+    assert p.eta_seconds() == pytest.approx(24.0)
+
+
+def _mean_epochs_redistributed(finished, live, max_epochs):
+    """Expected epochs of a trial by Efron's redistribution to the right, a construction of the Kaplan-Meier
+    estimate independent of its product form: each trial starts with an equal mass; in epoch order (an end
+    before a trial that went on past the same epoch), a trial still training hands its mass in equal parts to
+    every trial after it; mass no one is left to take ends at max_epochs."""
+    order = sorted([(e, 0) for e in finished] + [(e, 1) for e in live])
+    mass = [1.0 / len(order)] * len(order)
+    expected = 0.0
+    for i, (epochs, still_training) in enumerate(order):
+        if not still_training:
+            expected += mass[i] * epochs
+        elif i + 1 < len(order):
+            for j in range(i + 1, len(order)):
+                mass[j] += mass[i] / (len(order) - i - 1)
+        else:
+            expected += mass[i] * max_epochs
+    return expected
+
+
+def test_the_epochs_left_are_the_kaplan_meier_estimate():
+    survival = _study_module()._epochs_survival
+    # Nothing known: every trial runs to max_epochs; with no trial still training, the mean of the finished.
+    assert survival([], [], 6) == [1, 1, 1, 1, 1, 1, 0]
+    assert survival([], [3], 6) == [1, 1, 1, 1, 1, 1, 0]
+    assert sum(survival([2, 5, 5, 7], [], 10)) == pytest.approx(19 / 4)
+    # Ended at 1 and 3, one trial at 2 epochs so far: 1/3 end at 1; of the two past 2, the one at risk at 3
+    # ends there.
+    assert survival([1, 3], [2], 4) == pytest.approx([1, 2 / 3, 2 / 3, 0, 0])
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        max_epochs = int(rng.integers(3, 30))
+        finished = [int(e) for e in rng.integers(1, max_epochs + 1, rng.integers(1, 12))]
+        live = [int(e) for e in rng.integers(1, max_epochs, rng.integers(0, 12))]
+        got = sum(survival(finished, live, max_epochs))
+        assert got == pytest.approx(_mean_epochs_redistributed(finished, live, max_epochs)), (finished, live)
 
 
 def test_without_its_groups_the_progress_gives_no_eta():

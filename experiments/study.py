@@ -165,7 +165,7 @@ def _epochs_survival(finished, live, max_epochs):
     count the early stops first). Past the last epoch any trial reached, the estimate holds; at max_epochs it
     is 0, where every trial ends.
     """
-    reached = [0] * (max_epochs + 2)  # trials that trained at least e epochs
+    reached = [0] * (max_epochs + 1)  # trials that trained at least e epochs
     ended = [0] * (max_epochs + 1)
     for epochs in finished:
         if epochs >= 1:
@@ -210,9 +210,7 @@ class _Progress:
         self._variants, self._n_train, self._max_epochs, self._every = variants, n_train, max_epochs, every_s
         self._variant_of = {r["trial_id"]: r["variant"] for r in st.trials()}
         self._group_of = {t.trial_id: key for key, members in (groups or {}).items() for t in members}
-        self._pending_in = dict.fromkeys(groups or (), 0)
-        for key in self._group_of.values():
-            self._pending_in[key] += 1
+        self._pending_in = {key: len(members) for key, members in (groups or {}).items()}
         self._priced = groups is not None
         self._first, self._later, self._open = {}, {}, {}  # group -> [seconds, trial epochs]
         self._live = {}

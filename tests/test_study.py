@@ -494,6 +494,13 @@ def _progress(groups, max_epochs=10):
                                      trials)
 
 
+def _train_alone(p, trial_id, seconds, first_epoch=1):
+    """Epochs of one trial training alone in its group, each a group epoch of the given seconds."""
+    for epoch, spent in enumerate(seconds, first_epoch):
+        p.epoch(trial_id, epoch, spent)
+        p.group_epoch()
+
+
 def _done(trial_id, epochs):
     from types import SimpleNamespace
 
@@ -533,10 +540,7 @@ def test_an_unmeasured_group_is_priced_from_its_own_program_first():
     fgr20, mixed40, fgr40 = ("FGR", 20), ("mixed", 40), ("FGR", 40)
     p = _progress({fgr20: [0], mixed40: [1], fgr40: [2]})
     p.started([0])
-    p.epoch(0, 1, 9.0)
-    p.group_epoch()
-    p.epoch(0, 2, 3.0)
-    p.group_epoch()
+    _train_alone(p, 0, [9.0, 3.0])
     # fgr20 at 3 s (6 s more in its first epoch): its trial has 8 epochs left, 24 s; the two groups at bucket
     # 40 cost 3 x 4 = 12 s per epoch for 10 epochs each, 240 s, and 6 s each of compiling. In all 276 s.
     assert p.eta_seconds() == pytest.approx(276.0)
@@ -544,14 +548,10 @@ def test_an_unmeasured_group_is_priced_from_its_own_program_first():
     p.finished(_done(0, 3))
     p.group_epoch()
     p.started([1])
-    p.epoch(1, 1, 4.0)
-    p.group_epoch()
-    p.epoch(1, 2, 1.0)
-    p.group_epoch()
+    _train_alone(p, 1, [4.0, 1.0])
     # Trial 0 ended at 3 epochs and trial 1 has trained 2: trials last 3 epochs (mixed40's has 1 left, at
-    # 1 s). fgr40 is priced from fgr20:
-    # 3 epochs x 12 s = 36 (mixed40, in its own bucket, would give 3 s), and the mean compiling of the two
-    # groups measured, (6 + 3) / 2 = 4.5. In all 41.5 s.
+    # 1 s). fgr40 is priced from fgr20: 3 epochs x 12 s = 36 (mixed40, in its own bucket, would give 3 s), and
+    # the mean compiling of the two groups measured, (6 + 3) / 2 = 4.5. In all 41.5 s.
     assert p.eta_seconds() == pytest.approx(41.5)
 
 
@@ -559,8 +559,7 @@ def test_a_groups_first_epoch_does_not_price_it_once_another_is_measured():
     mixed20, mixed40 = ("mixed", 20), ("mixed", 40)
     p = _progress({mixed20: [0], mixed40: [1]})
     p.started([0])
-    p.epoch(0, 1, 8.0)
-    p.group_epoch()
+    _train_alone(p, 0, [8.0])
     p.epoch(0, 2, 2.0)
     p.finished(_done(0, 2))
     p.group_epoch()
@@ -571,11 +570,9 @@ def test_a_groups_first_epoch_does_not_price_it_once_another_is_measured():
     # does (8 s); then its own second epoch (3 s). No group is left to start. Having outlasted trial 0, its
     # trial is expected, for all that is known, to run to max_epochs = 10: 8 more epochs x 3 s.
     p.started([1])
-    p.epoch(1, 1, 50.0)
-    p.group_epoch()
+    _train_alone(p, 1, [50.0])
     assert p.eta_seconds() == pytest.approx(8.0)
-    p.epoch(1, 2, 3.0)
-    p.group_epoch()
+    _train_alone(p, 1, [3.0], first_epoch=2)
     assert p.eta_seconds() == pytest.approx(24.0)
 
 
@@ -619,9 +616,7 @@ def test_the_epochs_left_are_the_kaplan_meier_estimate():
 def test_without_its_groups_the_progress_gives_no_eta():
     p = _study_module()._Progress(_FakeStore(["V"]), ("V",), 1, 10, 1e9)
     p.started([0])
-    for epoch in (1, 2):
-        p.epoch(0, epoch, 2.0)
-        p.group_epoch()
+    _train_alone(p, 0, [2.0, 2.0])
     assert p.eta_seconds() is None and p.line().endswith("| ETA ?")
 
 

@@ -1,7 +1,7 @@
 """Benchmark: compile time and epoch time of the trainer's CPU programs under XLA's two fused-kernel code
 generators and two LLVM optimisation levels.
 
-Run (from the repository root; a few minutes on 2 cores):
+Run (from the repository root; ~8 minutes on 2 cores):
 
     python bench/cpu_codegen.py --out=/tmp/cpu_codegen.json
 
@@ -13,7 +13,8 @@ by jax.jit compiler options on top of the trainer's own (`train.COMPILER_OPTIONS
   default/0, older/0   the same at `xla_backend_optimization_level=0` (what the suite compiles with).
 "compile s" is the build of the group plus its first epoch and validation pass, after clearing JAX's and the
 trainer's caches (the median of --repeats, the four ways in turn inside each repeat); "epoch s" the median of
---epochs later epochs, the four ways in turn. Ratios are against `default`.
+--epochs later epochs after one untimed one (clearing the caches for the next build drops the earlier
+builds' compiled programs), the four ways in turn. Ratios are against `default`.
 """
 
 import json
@@ -47,16 +48,11 @@ STEPS = {"jsb": 60, "timit": 100}
 def _build(task, variant, hidden, k, splits, device, options):
     """A TrainerTimer whose programs compile with the trainer's options plus `options`, and the seconds of its
     build, first epoch and first validation pass."""
-    saved = train.COMPILER_OPTIONS
-    train.COMPILER_OPTIONS = {**saved, "cpu": {**saved.get("cpu", {}), **options}}
-    try:
-        start = time.perf_counter()
-        timer = trainer_speed.TrainerTimer(task, variant, hidden, k, splits, device)
-        timer.train_epoch()
-        timer.evaluate()
-        return timer, time.perf_counter() - start
-    finally:
-        train.COMPILER_OPTIONS = saved
+    start = time.perf_counter()
+    timer = trainer_speed.TrainerTimer(task, variant, hidden, k, splits, device, options=options)
+    timer.train_epoch()
+    timer.evaluate()
+    return timer, time.perf_counter() - start
 
 
 def main(argv):
@@ -75,6 +71,8 @@ def main(argv):
                 jax.clear_caches()
                 timers[way], seconds = _build(task, variant, hidden, k, splits, device, options)
                 compiles[way].append(seconds)
+        for timer in timers.values():
+            timer.train_epoch()  # the caches cleared after a group's build dropped its compiled programs
         epochs = {way: [] for way in WAYS}
         for _ in range(_EPOCHS.value):
             for way, timer in timers.items():

@@ -161,20 +161,24 @@ class TrainerTimer:
 
     def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
                  xla_defaults=False, recurrent_dtype="float32", matmul_precision="float32", order_seed=None,
-                 lstm_loops="xla"):
+                 lstm_loops="xla", options=None):
         """device: a JAX device, or a list of them to shard the K trials over; recurrent_dtype: the operand dtype
         of the LSTM loops' recurrent products; matmul_precision: of the float32 matrix products; order_seed:
         the data order (None: each trial's own); lstm_loops: how the LSTM loops run; all four as
-        train_trials' arguments."""
+        train_trials' arguments. options: XLA compiler options for the group's programs on top of the trainer's
+        (or of XLA's defaults with xla_defaults)."""
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
         mesh = Mesh(np.asarray(device if isinstance(device, (list, tuple)) else [device]), ("trials",))
-        # xla_defaults: the group's programs compiled without the trainer's `train.COMPILER_OPTIONS` (the
-        # options are bound when the group builds its programs).
+        # xla_defaults: the group's programs compiled without the trainer's `train.COMPILER_OPTIONS`; options:
+        # with these on top (the options are bound when the group builds its programs).
         saved = train.COMPILER_OPTIONS
-        if xla_defaults:
-            train.COMPILER_OPTIONS = {}
+        train.COMPILER_OPTIONS = {} if xla_defaults else saved
+        if options:
+            platform = mesh.devices.flat[0].platform
+            train.COMPILER_OPTIONS = {**train.COMPILER_OPTIONS,
+                                      platform: {**train.COMPILER_OPTIONS.get(platform, {}), **options}}
         try:
             self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                       np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype,

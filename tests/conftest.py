@@ -10,10 +10,10 @@ import sys
 # before any test runs JAX; pytest-xdist's workers inherit them):
 # - LLVM's optimisation level 0: ~20 % less time on the trainer's tests.
 # - XLA's older CPU code generator for fused kernels (`xla_cpu_use_fusion_emitters=false`), which the
-#   library does not use: at level 0 the trainer's programs compile in 0.40-0.51x the default's time
-#   (bench/cpu_codegen.py; 0.62-0.73x at level 0 alone), the mixed-program test in 18 s against 34 s
+#   library does not use: at level 0 the trainer's programs compile in 0.42-0.48x the default's time
+#   (bench/cpu_codegen.py; 0.63-0.73x at level 0 alone), the mixed-program test in 18 s against 34 s
 #   (three runs each), the whole suite in 418 s against 650-736 s on 2 cores. At XLA's default level
-#   its programs ran 0.81-1.17x the default's epoch time, so the library keeps the default. The values
+#   its programs ran 1.02-1.22x the default's epoch time, so the library keeps the default. The values
 #   are the same maths up to round-off: two different programs whose results are equal bit for bit under
 #   the default generator can differ in the last bit under this one (the branched and run epochs of
 #   test_train). A test that asserts such equality of the programs users run compiles them with the

@@ -59,7 +59,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from odyssey import nets, search, tasks, train
+from odyssey import search, train
 from odyssey.data import splits as data_splits
 
 import trainer_speed  # bench/ is the script's folder, so on sys.path
@@ -210,11 +210,9 @@ def simulate_group(epochs, k):
 
 
 def _chunk(task, bucket, k, device_kind):
-    """Trials per chunk of a group of k slots at `bucket`, as `odyssey.train._Group` sizes them by default."""
-    spec = tasks.get_task(task)
-    weight_bytes = nets.count_params("V", spec.kind, trainer_speed.N_INPUTS[task], bucket, spec.n_out) * 4
+    """Trials per chunk of a group of k slots at `bucket` on one device, as the trainer lays it out by default."""
     platform = "cpu" if device_kind.startswith("cpu") else "gpu"
-    return train.chunk_layout(k, train.default_trials_per_chunk(platform, weight_bytes, nets.LAYERS[spec.kind]))[0]
+    return train.group_layout(task, "V", bucket, k, trainer_speed.N_INPUTS[task], [platform])[1]
 
 
 def _extrapolate(short, long, steps_short, steps_long, steps):

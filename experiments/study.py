@@ -11,21 +11,17 @@ anything in the workdir is touched.
 """
 
 import contextlib
-import datetime
 import fcntl
 import importlib.util
-import itertools
 import json
-import math
 import os
 import pathlib
 import sys
-import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from odyssey import checkpoints, search, store
+from odyssey import checkpoints, progress as study_progress, search, store
 from odyssey.data import splits as data_splits
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A configs/<task>.py file, e.g. configs/jsb.py:quick.")
@@ -157,179 +153,28 @@ def _open_store(path, config, fp, identity, ckpts):
     return st
 
 
-def _epochs_survival(finished, live, max_epochs):
-    """P(a trial trains more than e epochs), e = 0..max_epochs, estimated from the trials so far.
-
-    The Kaplan-Meier estimate: `finished` holds the epochs of the trials that ended, `live` those so far of the
-    trials still training, each of which is known to last longer (a mean over the finished trials alone would
-    count the early stops first). Past the last epoch any trial reached, the estimate holds; at max_epochs it
-    is 0, where every trial ends.
-    """
-    reached = [0] * (max_epochs + 1)  # trials that trained at least e epochs
-    ended = [0] * (max_epochs + 1)
-    for epochs in finished:
-        if epochs >= 1:
-            reached[min(epochs, max_epochs)] += 1
-            ended[min(epochs, max_epochs)] += 1
-    for epochs in live:
-        if epochs >= 1:
-            reached[min(epochs, max_epochs)] += 1
-    for e in range(max_epochs - 1, 0, -1):
-        reached[e] += reached[e + 1]
-    survival = [1.0] * (max_epochs + 1)
-    for e in range(1, max_epochs + 1):
-        survival[e] = survival[e - 1] * (1.0 - ended[e] / reached[e]) if reached[e] else survival[e - 1]
-    survival[max_epochs] = 0.0
-    return survival
-
-
-class _Progress:
-    """Trials done/running/pending, the best validation metric per variant, updates/s and an ETA, logged.
-
-    A line is logged only between two epochs of a group, never in the middle of an epoch's callbacks (where
-    its counts and rate would miss the epoch's other trials): after an epoch that ended trials, or when
-    `every_s` seconds have passed since the last line.
-
-    The ETA prices each trial's epochs left at the seconds a trial epoch took in its own group (program and
-    hidden bucket) after the group's first epoch, which holds its compiling. A group not yet so measured is
-    priced from the nearest one that is, of the same program where there is one, scaled by the square of the
-    bucket ratio (the recurrent weights' size); each group yet to start adds the compiling time the started
-    ones took on average. Groups run smallest bucket first, so one rate for the whole run would price the large
-    buckets at the small ones' speed: on an H100 it read 2 minutes for a JSB study estimated at 16-19.
-    The epochs each unfinished trial has left follow from how long the trials so far lasted
-    (`_epochs_survival`); before any has ended, every trial is expected to run to `max_epochs`. There is no
-    ETA ("?") until some group has trained its second epoch.
-    """
-
-    def __init__(self, st, variants, n_train, max_epochs, every_s, groups=None):
-        """groups: (program, bucket) -> the trials left to train (`odyssey.train.group_trials`); None: no ETA."""
-        self._counts = st.counts()
-        self._best = st.best_by_variant()
-        finished = [r["epochs"] for r in st.trials() if r["status"] in ("done", "diverged") and r["epochs"]]
-        self._finished_epochs = finished
-        self._variants, self._n_train, self._max_epochs, self._every = variants, n_train, max_epochs, every_s
-        self._variant_of = {r["trial_id"]: r["variant"] for r in st.trials()}
-        self._group_of = {t.trial_id: key for key, members in (groups or {}).items() for t in members}
-        self._pending_in = {key: len(members) for key, members in (groups or {}).items()}
-        self._priced = groups is not None
-        self._first, self._later, self._open = {}, {}, {}  # group -> [seconds, trial epochs]
-        self._live = {}
-        self._trial_epochs = 0
-        self._ended_since_line = self._epochs_since_line = 0
-        self._start = self._last = time.monotonic()
-
-    def started(self, trial_ids):
-        for i in trial_ids:
-            self._live[i] = 0
-            if i in self._group_of:
-                self._pending_in[self._group_of[i]] -= 1
-        self._counts["pending"] -= len(trial_ids)
-        self._counts["running"] += len(trial_ids)
-
-    def epoch(self, trial_id, epoch, seconds=0.0):
-        """seconds: the trial's share of the epoch's time (the trainer's on_epoch gives it)."""
-        self._live[trial_id] = epoch
-        self._trial_epochs += 1
-        self._epochs_since_line += 1
-        if trial_id in self._group_of:
-            spent = self._open.setdefault(self._group_of[trial_id], [0.0, 0])
-            spent[0] += seconds
-            spent[1] += 1
-
-    def finished(self, result):
-        self._live.pop(result.trial_id, None)
-        self._counts["running"] -= 1
-        self._counts[result.status] += 1
-        self._finished_epochs.append(result.epochs or 0)
-        self._ended_since_line += 1
-        variant = self._variant_of[result.trial_id]
-        if result.status == "done" and result.val_metric < self._best.get(variant, float("inf")):
-            self._best[variant] = result.val_metric
-
-    def group_epoch(self):
-        """A group's epoch is over, with its trials' epochs and results counted."""
-        for key, (seconds, count) in self._open.items():
-            table = self._later if key in self._first else self._first
-            spent = table.setdefault(key, [0.0, 0])
-            spent[0] += seconds
-            spent[1] += count
-        self._open = {}
-        if self._ended_since_line or time.monotonic() - self._last >= self._every:
-            self.log()
-
-    def flush(self):
-        """Logs a last line unless the last one already holds every epoch and result."""
-        if self._epochs_since_line or self._ended_since_line:
-            self.log()
-
-    @staticmethod
-    def _price(key, steady):
-        """Seconds per trial epoch of group `key`: its own epochs after the first, else the nearest group's,
-        scaled; None before any group has trained a second epoch."""
-        if key in steady or not steady:
-            return steady.get(key)
-        program, bucket = key
-        near = min(steady, key=lambda k: (k[0] != program, abs(math.log(k[1] / bucket)), k))
-        return steady[near] * (bucket / near[1]) ** 2
-
-    def eta_seconds(self):
-        """The seconds the unfinished trials are expected to take, or None before a group's second epoch."""
-        if not self._priced:
-            return None
-        steady = {k: seconds / count for k, (seconds, count) in self._later.items() if count}
-        survival = _epochs_survival(self._finished_epochs, self._live.values(), self._max_epochs)
-        beyond = list(itertools.accumulate(reversed(survival)))[::-1]  # beyond[e] = sum of survival[e:]
-        epochs_left = {key: n * beyond[0] for key, n in self._pending_in.items()}
-        for trial_id, epoch in self._live.items():
-            key, epoch = self._group_of[trial_id], min(epoch, self._max_epochs)
-            left = beyond[epoch] / survival[epoch] if survival[epoch] > 0 else 1.0  # more epochs, given this many
-            epochs_left[key] = epochs_left.get(key, 0) + max(left, 1.0)
-        left = 0.0
-        for key, epochs in epochs_left.items():
-            if epochs:
-                price = self._price(key, steady)
-                if price is None:
-                    return None
-                left += epochs * price
-        # A group's first epoch took longer than its later ones by its compiling (none where the trainer compiled
-        # it ahead): each group yet to start is expected to take as much more as the measured ones did on average.
-        extra = [max(self._first[k][0] - self._first[k][1] * steady[k], 0.0) for k in steady if k in self._first]
-        to_start = [k for k, n in self._pending_in.items() if n and k not in self._first and k not in self._open]
-        if extra:
-            left += len(to_start) * sum(extra) / len(extra)
-        return left
-
-    def line(self):
-        c = self._counts
-        total = sum(c.values())
-        ended = c["done"] + c["diverged"]
-        bar = "#" * round(20 * ended / max(total, 1))
-        best = " ".join(f"{v} {self._best[v]:.4g}" if v in self._best else f"{v} -" for v in self._variants)
-        elapsed = time.monotonic() - self._start
-        rate = self._trial_epochs / elapsed if elapsed > 0 else 0.0
-        left = self.eta_seconds()
-        eta = "?" if left is None else str(datetime.timedelta(seconds=round(left)))
-        return (f"[{bar:<20}] {ended}/{total} finished ({c['done']} done, {c['diverged']} diverged), "
-                f"{c['running']} running, {c['pending']} pending | best val: {best} | "
-                f"{rate * self._n_train:.0f} updates/s | ETA {eta}")
-
-    def log(self):
-        self._last = time.monotonic()
-        self._ended_since_line = self._epochs_since_line = 0
-        logging.info("%s", self.line())
-
-
 def _train_pending(st, config, splits, every_s, ckpts):
     import jax
-    from odyssey import train  # the trainer pulls in the whole JAX stack; import it only to train
+    from odyssey import nets, tasks, train  # the trainer pulls in the whole JAX stack; import it only to train
 
     trials = [train.Trial(**{k: (bool(r[k]) if k in ("nesterov", "clip") else r[k]) for k in store.TRIAL_FIELDS})
               for r in st.trials("pending")]
     groups = search.schedule(trials, tuple(config.search.hidden_buckets))
     mix = config.search.get("mix_variants", True)
     programs = train.group_trials([t for g in groups for t in g], tuple(config.search.hidden_buckets), mix)
-    progress = _Progress(st, tuple(config.search.variants), len(splits["train"]), config.train.max_epochs, every_s,
-                         programs)
+    devices = jax.devices()
+    spec = tasks.get_task(config.task)
+    n_in = tasks.to_arrays(spec, splits["train"][:1]).xs.shape[-1]
+    layouts = {}
+    for (program, bucket), members in programs.items():  # as the trainer will lay the groups out (for the ETA)
+        k = min(config.search.trials_per_batch, len(members))
+        slots, chunk = train.group_layout(spec, program, bucket, k, n_in, devices,
+                                          config.search.get("trials_per_chunk"))
+        cell = "V" if program == train.MIXED else program
+        layouts[program, bucket] = study_progress.GroupLayout(
+            slots, chunk * len(devices), nets.count_params(cell, spec.kind, n_in, bucket, spec.n_out))
+    progress = study_progress.Progress(st, tuple(config.search.variants), len(splits["train"]),
+                                       config.train.max_epochs, every_s, programs, layouts)
     progress.log()
     started = set()
 
@@ -351,7 +196,6 @@ def _train_pending(st, config, splits, every_s, ckpts):
         progress.finished(result)
 
     if trials:
-        devices = jax.devices()
         recurrent = config.train.get("recurrent_dtype", "float32")
         order_seed = search.order_seed(config)
         precision = config.train.get("matmul_precision", "float32")

@@ -270,6 +270,28 @@ def chunk_layout(slots: int, chunk: int | None) -> tuple[int, int]:
     return int(math.ceil(slots / n_chunks)), n_chunks
 
 
+def group_layout(task, program: str, n_max: int, k: int, n_in: int, devices, trials_per_chunk: int | None = None,
+                 dtype=np.float32) -> tuple[int, int]:
+    """(slots, trials per chunk) of a group of `k` trials of `program` padded to `n_max`, as `train_trials` lays
+    it out on `devices` (the trial mesh's): each device takes its share of the slots in equal chunks of at most
+    `trials_per_chunk` (None: `default_trials_per_chunk`), so the slots are k rounded up to whole chunks on
+    every device. A device runs its chunks one after another, skipping those whose trials are all frozen.
+
+    Args:
+      task: a task name or `tasks.Task`. program: `MIXED` or a variant. n_in: the network's inputs.
+      devices: a sequence of JAX devices (or their platform names), the trial mesh's.
+    """
+    spec = tasks.get_task(task) if isinstance(task, str) else task
+    cell = "V" if program == MIXED else program
+    n_dev = len(devices)
+    local = int(math.ceil(k / n_dev))
+    if trials_per_chunk is None:
+        weight_bytes = nets.count_params(cell, spec.kind, n_in, n_max, spec.n_out) * np.dtype(dtype).itemsize
+        trials_per_chunk = default_trials_per_chunk(devices[0], weight_bytes, nets.LAYERS[spec.kind], n_dev)
+    chunk, n_chunks = chunk_layout(local, trials_per_chunk)
+    return chunk * n_chunks * n_dev, chunk
+
+
 # The most bytes one evaluation step's per-step arrays may take (see `eval_sequences_per_step`).
 EVAL_BYTES = 16 << 30
 
@@ -648,13 +670,8 @@ class _Group:
         self.loops = _group_loops(lstm_loops, self.cell, mesh.devices.flat[0].platform)
         self.arrays = arrays
         n_dev = mesh.devices.size
-        local = int(math.ceil(k / n_dev))
         layers = nets.LAYERS[task.kind]
-        if chunk is None:
-            weight_bytes = nets.count_params(self.cell, task.kind, n_in, n_max, task.n_out) * dtype.itemsize
-            chunk = default_trials_per_chunk(mesh.devices.flat[0], weight_bytes, layers, n_dev)
-        self.chunk, n_chunks = chunk_layout(local, chunk)
-        self.k = self.chunk * n_chunks * n_dev
+        self.k, self.chunk = group_layout(task, self.cell, n_max, k, n_in, list(mesh.devices.flat), chunk, dtype)
         self.n_dev = n_dev
         self.shard = NamedSharding(mesh, PartitionSpec("trials"))
         self.replicated = NamedSharding(mesh, PartitionSpec())

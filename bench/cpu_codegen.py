@@ -7,7 +7,7 @@ Run (from the repository root; ~8 minutes on 2 cores):
 
 Why: the test suite is bound by compiling (tests/conftest.py), the library by running. Each row is one of the
 trainer's group programs (`odyssey.train`'s K-slot group, as bench/trainer_speed.py times it) built four ways,
-by jax.jit compiler options on top of the trainer's own (`train.COMPILER_OPTIONS`):
+by jax.jit compiler options on top of the trainer's own (`programs.COMPILER_OPTIONS`):
   default   XLA's defaults (what the library runs);
   older     `xla_cpu_use_fusion_emitters=false`, XLA's older code generator for fused kernels;
   default/0, older/0   the same at `xla_backend_optimization_level=0` (what the suite compiles with).
@@ -25,7 +25,7 @@ from absl import app
 from absl import flags
 import jax
 
-from odyssey import train
+from odyssey import programs, train
 
 import trainer_speed  # bench/ is the script's folder, so on sys.path
 
@@ -67,7 +67,7 @@ def main(argv):
         for _ in range(_REPEATS.value):
             timers = {}
             for way, options in WAYS.items():
-                train._programs.cache_clear()  # pylint: disable=protected-access
+                programs.group_programs.cache_clear()
                 jax.clear_caches()
                 timers[way], seconds = _build(task, variant, hidden, k, splits, device, options)
                 compiles[way].append(seconds)

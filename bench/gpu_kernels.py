@@ -152,8 +152,9 @@ def abstract_gpu_mesh(topology, mesh=None):
 
 
 def compile_epoch(task, program, hidden, k, unroll, recurrent_dtype, lstm_loops="xla", programs=("epoch",)):
-    """The optimized HLO text of a group's training epoch (and of the other `programs` of `_Group.lowered`:
-    "eval"), compiled for the H100 described above; one text, or a dict by program where `programs` has more."""
+    """The optimized HLO text of a group's training epoch (and of the other `programs` of
+    `odyssey.group.Group.lowered`: "eval"), compiled for the H100 described above; one text, or a dict by program
+    where `programs` has more."""
     import jax
     from jax.sharding import Mesh
 
@@ -179,7 +180,7 @@ def compile_epoch(task, program, hidden, k, unroll, recurrent_dtype, lstm_loops=
     train.jax.device_put = abstract
     try:
         mesh = Mesh(np.asarray(topology.devices), ("trials",))
-        group = train._Group(spec, program, hidden, k, arrays, trainer_speed.N_INPUTS[task], mesh, 16,
+        group = train.Group(spec, program, hidden, k, arrays, trainer_speed.N_INPUTS[task], mesh, 16,
                              np.dtype(np.float32), recurrent_dtype=None if recurrent_dtype == "float32" else
                              recurrent_dtype, order_seed=1, matmul_precision="float32",
                              lstm_loops=lstm_loops)

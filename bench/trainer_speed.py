@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odyssey import cells, fast_lstm, nets, tasks, train
+from odyssey import cells, fast_lstm, nets, programs, tasks, train
 
 FLAGS = flags.FLAGS
 
@@ -98,7 +98,7 @@ def _define_flags():
     flags.DEFINE_integer("cpu_devices", 0, "With --device=cpu: JAX CPU devices (odyssey.train.use_cpu_cores; 0: one "
                          "per core). K > 1 trials are sharded over them as the trainer does; K = 1 runs on one.")
     flags.DEFINE_bool("xla_defaults", False, "Also measure each trainer program compiled with XLA's default "
-                      "options instead of odyssey.train.COMPILER_OPTIONS (rows '<variant>/xla-defaults'; "
+                      "options instead of odyssey.programs.COMPILER_OPTIONS (rows '<variant>/xla-defaults'; "
                       "only where the device's platform has such options).")
     flags.DEFINE_list("recurrent_dtypes", ["float32"], "Operand dtypes of the LSTM loops' recurrent products to "
                       "measure, each its own trainer rows (float32: the paper's numerics; bfloat16: rows "
@@ -171,21 +171,21 @@ class TrainerTimer:
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
         mesh = Mesh(np.asarray(device if isinstance(device, (list, tuple)) else [device]), ("trials",))
-        # xla_defaults: the group's programs compiled without the trainer's `train.COMPILER_OPTIONS`; options:
+        # xla_defaults: the group's programs compiled without the trainer's `programs.COMPILER_OPTIONS`; options:
         # with these on top (the options are bound when the group builds its programs).
-        saved = train.COMPILER_OPTIONS
-        train.COMPILER_OPTIONS = {} if xla_defaults else saved
+        saved = programs.COMPILER_OPTIONS
+        programs.COMPILER_OPTIONS = {} if xla_defaults else saved
         if options:
             platform = mesh.devices.flat[0].platform
-            train.COMPILER_OPTIONS = {**train.COMPILER_OPTIONS,
-                                      platform: {**train.COMPILER_OPTIONS.get(platform, {}), **options}}
+            programs.COMPILER_OPTIONS = {**programs.COMPILER_OPTIONS,
+                                         platform: {**programs.COMPILER_OPTIONS.get(platform, {}), **options}}
         try:
-            self.group = train._Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
+            self.group = train.Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                       np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype,
                                       order_seed=order_seed, matmul_precision=matmul_precision,
                                       lstm_loops=lstm_loops)
         finally:
-            train.COMPILER_OPTIONS = saved
+            programs.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk
         # The mixed program's slots hold its variants in turn.
         kinds = cells.MIXABLE if variant == train.MIXED else (variant,)
@@ -599,7 +599,7 @@ def _print_table(rows, info):
         print("vector rounded), summed in float32; everything else float32 (odyssey.train.train_trials).")
     if any(r["program"].endswith(XLA_DEFAULTS) for r in rows):
         print(f"'{XLA_DEFAULTS}': the same program compiled with XLA's default options instead of "
-              f"odyssey.train.COMPILER_OPTIONS.")
+              f"odyssey.programs.COMPILER_OPTIONS.")
     print_machine(info)
 
 

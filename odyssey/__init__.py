@@ -6,5 +6,5 @@ nothing and loads no JAX.
 
 __version__ = "0.1.0"
 
-__all__ = ["analysis", "cells", "ctc", "data", "losses", "metrics", "nets", "optim", "progress", "search",
-           "store", "tasks", "train"]
+__all__ = ["analysis", "cells", "ctc", "data", "group", "layout", "losses", "metrics", "nets", "optim", "programs",
+           "progress", "search", "store", "tasks", "train"]

@@ -15,7 +15,7 @@ import numpy as np
 import optax
 import pytest
 
-from odyssey import cells, checkpoints, nets, search, train
+from odyssey import cells, checkpoints, layout, nets, programs, search, train
 from odyssey import tasks as tasks_module
 
 N_OUT = {"jsb": 88, "timit": 61, "iam_online": 82}
@@ -237,13 +237,13 @@ def test_the_matmul_precision_reaches_every_product_of_the_programs(precision, c
     spec = tasks_module.get_task("timit")
     arrays = {n: tasks_module.to_arrays(spec, split) for n, split in make_splits("timit").items()}
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
-    group = train._Group(spec, train.MIXED, 4, 2, arrays, 5, mesh, 4, np.dtype(np.float32), matmul_precision=precision)
+    group = train.Group(spec, train.MIXED, 4, 2, arrays, 5, mesh, 4, np.dtype(np.float32), matmul_precision=precision)
     with jax.default_matmul_precision(caller):
-        programs = group.lowered()
-    for program in programs.values():
+        lowered = group.lowered()
+    for program in lowered.values():
         precisions, count = _product_precisions(program)
         assert precisions == {(name, name)}, (count, precisions)
-    assert _product_precisions(programs["epoch"])[1] >= 10  # the epoch's products: both directions, both passes
+    assert _product_precisions(lowered["epoch"])[1] >= 10  # the epoch's products: both directions, both passes
 
 
 @pytest.mark.parametrize("k, lengths", [(3, (4, 6)), (1, (4, 6)), (3, (5,))])
@@ -258,11 +258,11 @@ def test_updates_past_the_epochs_end_change_nothing_whether_branched_or_run(x64,
     arrays = {n: tasks_module.to_arrays(spec, split, np.float64)
               for n, split in make_splits("jsb", seed=8, sizes=(11, 2, 2), lengths=lengths).items()}
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
-    group = train._Group(spec, train.MIXED, 5, k, arrays, 88, mesh, 4, np.dtype(np.float64))
+    group = train.Group(spec, train.MIXED, 5, k, arrays, 88, mesh, 4, np.dtype(np.float64))
     group.fill([train.Trial(i, v, 5 - i, 3e-2, 0.9, 0.2, seed=i) for i, v in enumerate(["V", "CIFG", "NP"][:k])])
     trim = len(lengths) > 1
     epoch = jnp.asarray([2] * k, jnp.int32)
-    outs = [jax.jit(functools.partial(train._train_epoch, spec, "V", trim=trim, branch_past_end=branch),
+    outs = [jax.jit(functools.partial(programs.train_epoch, spec, "V", trim=trim, branch_past_end=branch),
                     compiler_options=default_codegen)(group.state, group.hp, group.train, epoch)
             for branch in (True, False)]
     leaves = [jax.tree_util.tree_leaves(out) for out in outs]
@@ -276,12 +276,12 @@ def test_updates_past_the_epochs_end_change_nothing_whether_branched_or_run(x64,
 def test_train_trials_builds_its_groups_at_float32_unless_told(monkeypatch):
     built = []
 
-    class Recording(train._Group):
+    class Recording(train.Group):
         def __init__(self, *args, **kwargs):
             built.append(kwargs["matmul_precision"])
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(train, "_Group", Recording)
+    monkeypatch.setattr(train, "Group", Recording)
     splits, trial = make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)]
     train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))
     train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,), matmul_precision="tensorfloat32")
@@ -410,7 +410,7 @@ def test_weights_that_overflow_from_finite_gradients_are_caught_after_the_epoch(
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
 
     def group_of(trials):
-        group = train._Group(spec, "V", 4, len(trials), arrays, 88, mesh, 4, np.dtype(np.float64))
+        group = train.Group(spec, "V", 4, len(trials), arrays, 88, mesh, 4, np.dtype(np.float64))
         for slot, trial in enumerate(trials):
             group.assign(slot, trial)
         return group
@@ -454,15 +454,15 @@ def test_compile_ahead_compiles_each_group_beside_the_one_before_and_changes_not
     trials = [train.Trial(i, v, n, 1e-2, 0.9, 0.1, True, False, seed=i) for i, (v, n) in enumerate(
         [("V", 3), ("V", 5), ("FGR", 4), ("V", 7), ("V", 4), ("V", 2)])]
     kwargs = dict(max_epochs=3, patience=1, trials_per_batch=3, hidden_buckets=(5, 8), dtype=np.float64)
-    programs = {"jit(_local_epoch)", "jit(_eval_chunk)", "jit(_set_slot)", "jit(_select)"}
+    group_jits = {"jit(local_epoch)", "jit(eval_chunk)", "jit(_set_slot)", "jit(_select)"}
     runs = {}
     for ahead in (False, True):
-        train._programs.cache_clear()  # pylint: disable=protected-access  # else the second run compiles nothing
+        programs.group_programs.cache_clear()  # else the second run compiles nothing
         before = len(compiles())
         runs[ahead] = run_trainer("jsb", splits, trials, compile_ahead=ahead, **kwargs)
-        threads = {thread for thread, name in compiles()[before:] if name in programs}
+        threads = {thread for thread, name in compiles()[before:] if name in group_jits}
         assert threads == ({"MainThread"} if not ahead else {"odyssey-compile_0"}), (ahead, threads)
-        epochs = sorted(name for _, name in compiles()[before:] if name == "jit(_local_epoch)")
+        epochs = sorted(name for _, name in compiles()[before:] if name == "jit(local_epoch)")
         # one epoch program per group, whether compiled ahead or not
         assert len(epochs) == 3, (ahead, epochs)
     (plain, plain_curves), (ahead, ahead_curves) = runs[False], runs[True]
@@ -483,26 +483,26 @@ def test_a_second_call_of_the_same_setting_reuses_the_compiled_programs(compiles
         [(3, 1e-2), (4, 2e-2)])]
     others = [dataclasses.replace(t, learning_rate=t.learning_rate * 3, seed=t.seed + 5) for t in trials]
     kwargs = dict(max_epochs=2, patience=2, trials_per_batch=2, hidden_buckets=(4,))
-    group_programs = {"jit(_local_epoch)", "jit(_eval_chunk)"}
+    group_programs = {"jit(local_epoch)", "jit(eval_chunk)"}
 
     def run(ts, **extra):
         before = len(compiles())
         out = run_trainer("jsb", splits, ts, **kwargs, **extra)
         return out, sorted(name for _, name in compiles()[before:] if name in group_programs)
 
-    train._programs.cache_clear()  # pylint: disable=protected-access
+    programs.group_programs.cache_clear()
     _, compiled = run(trials)
-    assert compiled == ["jit(_eval_chunk)", "jit(_local_epoch)"], compiled
+    assert compiled == ["jit(eval_chunk)", "jit(local_epoch)"], compiled
     (again, again_curves), compiled = run(others)
     assert compiled == [], compiled
-    train._programs.cache_clear()  # pylint: disable=protected-access
+    programs.group_programs.cache_clear()
     (fresh, fresh_curves), compiled = run(others)
-    assert compiled == ["jit(_eval_chunk)", "jit(_local_epoch)"], compiled
+    assert compiled == ["jit(eval_chunk)", "jit(local_epoch)"], compiled
     assert again_curves == fresh_curves and set(again_curves) == {0, 1}
     assert ({i: dataclasses.replace(r, train_seconds=0) for i, r in again.items()}
             == {i: dataclasses.replace(r, train_seconds=0) for i, r in fresh.items()})
     _, compiled = run(others, trials_per_chunk=1)
-    assert "jit(_local_epoch)" in compiled, compiled
+    assert "jit(local_epoch)" in compiled, compiled
 
 
 def test_early_stopping_on_a_scripted_metric():
@@ -583,7 +583,7 @@ def test_evaluation_split_into_smaller_steps_changes_nothing(x64, monkeypatch):
     """With EVAL_BYTES too small for more than one sequence per evaluation step, a study's curves and test
     metrics are those of 16 sequences per step; the halving rule itself, by hand."""
     # 4 trials x 300 steps x N = 50 x 8 bytes x 7 arrays x 2 layers = 6.72 MB per sequence
-    monkeypatch.setattr(train, "EVAL_BYTES", 30_000_000)
+    monkeypatch.setattr(layout, "EVAL_BYTES", 30_000_000)
     assert train.eval_sequences_per_step(16, 4, 300, 50, 2, 8) == 4      # 16 -> 8 -> 4 (26.9 MB)
     assert train.eval_sequences_per_step(3, 4, 300, 50, 2, 8) == 3
     assert train.eval_sequences_per_step(16, 400, 300, 50, 2, 8) == 1    # never fewer than one
@@ -592,7 +592,7 @@ def test_evaluation_split_into_smaller_steps_changes_nothing(x64, monkeypatch):
     trials = [train.Trial(i, v, 4, 1e-2, 0.9, 0.2, True, False, seed=30 + i) for i, v in enumerate(("V", "NOG"))]
     kwargs = dict(max_epochs=2, patience=5, hidden_buckets=(4,), dtype=np.float64)
     plain, plain_curves = run_trainer("timit", splits, trials, **kwargs)
-    monkeypatch.setattr(train, "EVAL_BYTES", 1)
+    monkeypatch.setattr(layout, "EVAL_BYTES", 1)
     small, small_curves = run_trainer("timit", splits, trials, **kwargs)
     for t in trials:
         assert len(plain_curves[t.trial_id]) == 2
@@ -667,7 +667,7 @@ def test_group_layout_by_hand():
     spec = tasks_module.get_task("jsb")
     arrays = {name: tasks_module.to_arrays(spec, split) for name, split in make_splits("jsb").items()}
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
-    group = train._Group(spec, train.MIXED, 40, 30, arrays, 88, mesh, 4, np.dtype(np.float32))
+    group = train.Group(spec, train.MIXED, 40, 30, arrays, 88, mesh, 4, np.dtype(np.float32))
     assert (group.k, group.chunk) == (30, 15) == train.group_layout("jsb", train.MIXED, 40, 30, 88, ["cpu"])
 
 
@@ -678,10 +678,10 @@ def test_compiler_options_reach_the_trainers_programs(monkeypatch):
     splits = make_splits("jsb")
     trial = [train.Trial(0, "V", 4, 1e-2, 0.9, 0.0)]
     # A value XLA refuses fails the trainer's compile: the options are those the programs are built with.
-    monkeypatch.setitem(train.COMPILER_OPTIONS, "cpu", {"xla_cpu_prefer_vector_width": "wide"})
+    monkeypatch.setitem(programs.COMPILER_OPTIONS, "cpu", {"xla_cpu_prefer_vector_width": "wide"})
     with pytest.raises(Exception, match="xla_cpu_prefer_vector_width"):
         train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))
-    monkeypatch.setitem(train.COMPILER_OPTIONS, "cpu", {})
+    monkeypatch.setitem(programs.COMPILER_OPTIONS, "cpu", {})
     assert train.train_trials("jsb", splits, trial, max_epochs=1, hidden_buckets=(4,))[0].epochs == 1
 
 

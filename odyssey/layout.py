@@ -16,8 +16,6 @@ from odyssey import cells, nets, tasks
 
 
 DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
-
-
 # The program that trains trials of the eight variants other than FGR together (`odyssey.cells`' mixed cell).
 MIXED = "mixed"
 
@@ -51,8 +49,6 @@ def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
 
 # On a CPU, a chunk of trials whose weights fill about this many bytes per layer runs fastest (see below).
 CPU_CHUNK_BYTES = 2 << 20
-
-
 # On an accelerator, a chunk holds about this many bytes of weights (see below; 512 trials of 1 MB).
 ACCELERATOR_CHUNK_BYTES = 512 << 20
 

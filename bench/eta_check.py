@@ -35,13 +35,13 @@ def eta_rows(lines):
     run = runs[-1]
     rows = []
     for line in lines:
-        m = study_log_time._LINE.match(line.rstrip("\n"))  # pylint: disable=protected-access
-        if not m:
+        parsed = study_log_time.parse_line(line)
+        if parsed is None:
             continue
-        when = study_log_time._stamp(m)  # pylint: disable=protected-access
+        when, message = parsed
         if when < run["start"] or when > run["end"]:
             continue
-        eta = _ETA.search(m.group(7))
+        eta = _ETA.search(message)
         if eta:
             days = int(eta.group(3).split()[0]) if eta.group(3) else 0
             seconds = days * 86400 + int(eta.group(4)) * 3600 + int(eta.group(5)) * 60 + int(eta.group(6))

@@ -37,6 +37,12 @@ def _stamp(m):
     return datetime.datetime(2000, month, day, hour, minute, second, micro)  # a leap year: 29 Feb parses
 
 
+def parse_line(line):
+    """(datetime in the year 2000, message) of a line with absl's prefix, else None."""
+    m = _LINE.match(line.rstrip("\n"))
+    return None if m is None else (_stamp(m), m.group(7))
+
+
 def runs(lines, source=""):
     """The runs in one log's lines: dicts of source, study, task, start and end (datetime, year 2000 or 2001),
     seconds, finished (whether it logged "Study finished") and trials_finished / trials (its last progress
@@ -44,10 +50,10 @@ def runs(lines, source=""):
     skipped."""
     out, run = [], None
     for line in lines:
-        m = _LINE.match(line.rstrip("\n"))
-        if not m:
+        parsed = parse_line(line)
+        if parsed is None:
             continue
-        when, message = _stamp(m), m.group(7)
+        when, message = parsed
         start = _START.match(message)
         if start:
             run = dict(source=source, study=start.group(1), task=start.group(2), start=when, end=when,

@@ -155,7 +155,7 @@ def _open_store(path, config, fp, identity, ckpts):
 
 def _train_pending(st, config, splits, every_s, ckpts):
     import jax
-    from odyssey import nets, tasks, train  # the trainer pulls in the whole JAX stack; import it only to train
+    from odyssey import layout, nets, tasks, train  # the trainer pulls in the whole JAX stack; import it only to train
 
     trials = [train.Trial(**{k: (bool(r[k]) if k in ("nesterov", "clip") else r[k]) for k in store.TRIAL_FIELDS})
               for r in st.trials("pending")]
@@ -170,9 +170,8 @@ def _train_pending(st, config, splits, every_s, ckpts):
         k = min(config.search.trials_per_batch, len(members))
         slots, chunk = train.group_layout(spec, program, bucket, k, n_in, devices,
                                           config.search.get("trials_per_chunk"))
-        cell = "V" if program == train.MIXED else program
-        layouts[program, bucket] = study_progress.GroupLayout(
-            slots, chunk * len(devices), nets.count_params(cell, spec.kind, n_in, bucket, spec.n_out))
+        params = nets.count_params(layout.cell_of(program), spec.kind, n_in, bucket, spec.n_out)
+        layouts[program, bucket] = study_progress.GroupLayout(slots, chunk * len(devices), params)
     progress = study_progress.Progress(st, tuple(config.search.variants), len(splits["train"]),
                                        config.train.max_epochs, every_s, programs, layouts)
     progress.log()

@@ -15,7 +15,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from odyssey import cells, checkpoints as ckpt, nets, tasks
-from odyssey.layout import MIXED, eval_sequences_per_step, group_layout
+from odyssey.layout import MIXED, cell_of, eval_sequences_per_step, group_layout
 from odyssey.programs import (check_precision, compiler_options, group_loops, group_programs, per_trial_where,
                               recurrent_setting)
 
@@ -78,7 +78,7 @@ class Group:
         if not self.mixed:
             cells.spec(variant)
         # The variant whose cell the program runs: the mixed cell is V's with per-trial switches.
-        self.cell = "V" if self.mixed else variant
+        self.cell = cell_of(variant)
         # The Pallas loops implement V's cell, the mixed cell and FGR's; other variants' own programs keep XLA's.
         self.loops = group_loops(lstm_loops, self.cell, mesh.devices.flat[0].platform)
         self.arrays = arrays

@@ -27,6 +27,11 @@ def program_of(variant: str, mix_variants: bool = True) -> str:
     return MIXED if mix_variants and variant in cells.MIXABLE else variant
 
 
+def cell_of(program: str) -> str:
+    """The variant whose cell a program runs: V's for `MIXED` (with per-trial switches), else the program's own."""
+    return "V" if program == MIXED else program
+
+
 def group_trials(trials, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS, mix_variants: bool = True) -> dict:
     """The trainer's groups: (program, bucket) -> the trials it trains in one program, in the order given.
 
@@ -120,7 +125,7 @@ def group_layout(task, program: str, n_max: int, k: int, n_in: int, devices, tri
       devices: a sequence of JAX devices (or their platform names), the trial mesh's.
     """
     spec = tasks.get_task(task) if isinstance(task, str) else task
-    cell = "V" if program == MIXED else program
+    cell = cell_of(program)
     n_dev = len(devices)
     local = int(math.ceil(k / n_dev))
     if trials_per_chunk is None:

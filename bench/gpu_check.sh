@@ -26,8 +26,9 @@
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
 #      same study with one data order for all trials (config.train.data_order=shared). Both save their trials
-#      in training every 60 s (--checkpoint_seconds); study_shared, whose workdir is not removed first, run
-#      again after a stop at its limit (same OUT_DIR, same machine) goes on from its last checkpoint: its
+#      in training every 60 s (--checkpoint_seconds), and at their limit's SIGTERM they end the epoch in training
+#      and save its trials before they exit (experiments/study.py); study_shared, whose workdir is not removed
+#      first, run again after a stop at its limit (same OUT_DIR, same machine) goes on from there: its
 #      study.log then holds both runs, and the study's wall time is the sum of their training times.
 #      STUDY_STORE (a trials.sqlite an earlier machine's study_shared left, as gpu_session.sh copies it back)
 #      seeds a workdir that has no store yet: its finished trials stand, and its unfinished ones (whose
@@ -43,7 +44,8 @@
 # under 30 s left is skipped, so a device call's time goes to the stages named first. SPEED_LOOPS sets the
 # speed stage's --lstm_loops (default xla; "xla,pallas" for both); PROJECT_ARGS adds flags to study_time (e.g.
 # --buckets=40,120,200); DEVICE (default gpu) is every script's --device (cpu rehearses the run here, with the
-# same shapes, each stage cut at its limit). A stage stopped at its limit keeps what it logged. Run from the
+# same shapes, each stage cut at its limit). A stage at its limit gets SIGTERM, and SIGKILL GRACE seconds later
+# (default 15: the time a study has to end its epoch and save its trials); it keeps what it logged. Run from the
 # repository root, after `pip install -e '.[bench]'` (or with the repository on PYTHONPATH).
 set -u
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [JSB_FILE]}
@@ -71,7 +73,7 @@ stage() {  # name limit command...: the limit shrinks to what is left of BUDGET;
   fi
   echo "== $name (limit ${limit}s) $(date -u +%FT%TZ)"
   ran=1
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  timeout -k "${GRACE:-15}" "$limit" "$@" > "$out/$name.log" 2>&1
   echo "   exit $? after $SECONDS s in all"
 }
 { date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1

@@ -6,9 +6,11 @@ Run (from the repository root):
 
 A study stopped at a limit and started again (on the same machine from its checkpoints, or on another from
 its store, bench/gpu_check.sh's STUDY_STORE) logs each run from its "Study <id> of <task> in <dir>" line.
-A run's time is from that line to its "Study finished" line, or to its last line where it was stopped (the
-log does not say when the stop came: a stopped run counts short by the time since its last line, at most
-about an epoch or the study's --progress_seconds); the report written after "Study finished" is not counted.
+A run's time is from that line to its "Study finished" line; to its "Study stopped on request" line where a
+SIGTERM or Ctrl-C stopped it (`stopped`: the study ended the epoch, saved its trials in training and said so);
+or to its last line where it was killed (`cut off`: the log does not say when the kill came, so the run counts
+short by the time since its last line, at most about an epoch or the study's --progress_seconds). The report
+written after "Study finished" is not counted.
 The study's time is the sum over its runs: the time the machines spent on it, work a stop threw away and each
 run's compilation included. The table gives each run's start, end, minutes and the trials finished at its end
 (its last progress line), and the sum per study id; logs of several study ids are summed apart.
@@ -29,6 +31,7 @@ _OUT = flags.DEFINE_string("out", None, "Also write the runs and the sums as JSO
 _LINE = re.compile(r"^[IWEF](\d{2})(\d{2}) (\d{2}):(\d{2}):(\d{2})\.(\d{6}) +\d+ +\S+\] (.*)$")
 _START = re.compile(r"^Study (\w+) of (\w+) in ")
 _FINISHED = re.compile(r"^Study finished: ")
+_STOPPED = re.compile(r"^Study stopped on request: ")
 _PROGRESS = re.compile(r"\] (\d+)/(\d+) finished ")
 
 
@@ -45,9 +48,9 @@ def parse_line(line):
 
 def runs(lines, source=""):
     """The runs in one log's lines: dicts of source, study, task, start and end (datetime, year 2000 or 2001),
-    seconds, finished (whether it logged "Study finished") and trials_finished / trials (its last progress
-    line's counts, or None). Lines before the first run's start line and lines without absl's prefix are
-    skipped."""
+    seconds, finished (whether it logged "Study finished"), stopped (whether it logged its stop on request)
+    and trials_finished / trials (its last progress line's counts, or None). Lines before the first run's start
+    line and lines without absl's prefix are skipped."""
     out, run = [], None
     for line in lines:
         parsed = parse_line(line)
@@ -57,7 +60,7 @@ def runs(lines, source=""):
         start = _START.match(message)
         if start:
             run = dict(source=source, study=start.group(1), task=start.group(2), start=when, end=when,
-                       finished=False, trials_finished=None, trials=None)
+                       finished=False, stopped=False, trials_finished=None, trials=None)
             out.append(run)
         elif run is not None:
             if when < run["end"]:  # past New Year within a run
@@ -66,8 +69,8 @@ def runs(lines, source=""):
             progress = _PROGRESS.search(message)
             if progress:
                 run["trials_finished"], run["trials"] = int(progress.group(1)), int(progress.group(2))
-            if _FINISHED.match(message):
-                run["finished"] = True
+            if _FINISHED.match(message) or _STOPPED.match(message):
+                run["finished" if _FINISHED.match(message) else "stopped"] = True
                 run = None  # the report's lines after this are not training
     for run in out:
         run["seconds"] = (run["end"] - run["start"]).total_seconds()
@@ -88,6 +91,10 @@ def totals(all_runs):
     return sums
 
 
+def _end(run):
+    return "finished" if run["finished"] else "stopped" if run["stopped"] else "cut off"
+
+
 def main(argv):
     paths = argv[1:]
     if not paths:
@@ -106,7 +113,7 @@ def main(argv):
     for r in all_runs:
         done = "-" if r["trials"] is None else f"{r['trials_finished']}/{r['trials']}"
         print(f"{r['source'][-40:]:<40} {r['study']:<17} {r['start']:%m-%d %H:%M:%S} {r['end']:%m-%d %H:%M:%S} "
-              f"{r['seconds'] / 60:>8.2f} {done:>16}  {'finished' if r['finished'] else 'stopped'}")
+              f"{r['seconds'] / 60:>8.2f} {done:>16}  {_end(r)}")
     sums = totals(all_runs)
     for study, s in sums.items():
         done = "" if s["trials"] is None else f", {s['trials_finished']}/{s['trials']} trials finished"

@@ -8,6 +8,12 @@ Started again on the same workdir, the study goes on where it stopped: finished 
 that were running resume from their last checkpoint with the numbers they would have had (or from their
 first epoch where none was saved). A config that would draw or train other trials is refused, before
 anything in the workdir is touched.
+
+SIGTERM (a time limit's, a scheduler's preemption) or Ctrl-C stops the study at the end of the epoch in
+training: it saves the trials in training whatever --checkpoint_seconds says, logs "Study stopped" and exits
+with status 128 + the signal's number (143, 130), so that the next run loses nothing but that epoch's rest.
+A second signal a second or more later stops it at once, as a kill does (the next run then goes on from the
+last checkpoint).
 """
 
 import contextlib
@@ -16,7 +22,9 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -153,7 +161,7 @@ def _open_store(path, config, fp, identity, ckpts):
     return st
 
 
-def _train_pending(st, config, splits, every_s, ckpts):
+def _train_pending(st, config, splits, every_s, ckpts, stop=None):
     import jax
     from odyssey import layout, nets, tasks, train  # the trainer pulls in the whole JAX stack; import it only to train
 
@@ -206,12 +214,22 @@ def _train_pending(st, config, splits, every_s, ckpts):
                      "" if order_seed is None else f", one data order for all trials (seed {order_seed})",
                      "" if precision == "float32" else f", matrix products at {precision} precision",
                      "" if loops == "xla" else f", LSTM loops as {loops} kernels")
-        train.train_trials(config.task, splits, [t for g in groups for t in g], max_epochs=config.train.max_epochs,
-                           patience=config.train.patience, trials_per_batch=config.search.trials_per_batch,
-                           hidden_buckets=tuple(config.search.hidden_buckets),
-                           trials_per_chunk=config.search.get("trials_per_chunk"), mix_variants=mix, on_epoch=on_epoch,
-                           on_result=on_result, on_group_epoch=progress.group_epoch, recurrent_dtype=recurrent,
-                           order_seed=order_seed, matmul_precision=precision, checkpoints=ckpts, lstm_loops=loops)
+        try:
+            train.train_trials(config.task, splits, [t for g in groups for t in g],
+                               max_epochs=config.train.max_epochs, patience=config.train.patience,
+                               trials_per_batch=config.search.trials_per_batch,
+                               hidden_buckets=tuple(config.search.hidden_buckets),
+                               trials_per_chunk=config.search.get("trials_per_chunk"), mix_variants=mix,
+                               on_epoch=on_epoch, on_result=on_result, on_group_epoch=progress.group_epoch,
+                               recurrent_dtype=recurrent, order_seed=order_seed, matmul_precision=precision,
+                               checkpoints=ckpts, lstm_loops=loops, stop=stop)
+        except train.Stopped as e:
+            progress.flush()
+            counts = st.counts()
+            logging.info("Study stopped on request: %d of %d trials finished, %d in training saved to %s; run the "
+                         "same command to go on", counts["done"] + counts["diverged"], sum(counts.values()), e.saved,
+                         ckpts.directory)
+            raise
     unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
     if unfinished:
         raise RuntimeError(f"the trainer returned without a result for trials {unfinished}")
@@ -219,7 +237,7 @@ def _train_pending(st, config, splits, every_s, ckpts):
 
 
 def run_study(config, workdir, *, progress_seconds=30.0, report=True,
-              checkpoint_seconds=checkpoints.DEFAULT_SECONDS):
+              checkpoint_seconds=checkpoints.DEFAULT_SECONDS, stop=None):
     """Runs or resumes the study of `config` in `workdir`, then writes its report.
 
     Args:
@@ -230,9 +248,12 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True,
       report: whether to write the report at the end (when odyssey.analysis.report exists).
       checkpoint_seconds: the most seconds between two saves of the trials in training (`odyssey.checkpoints`,
         in workdir/checkpoints; 0: after every epoch).
+      stop: None, or a callable with no arguments: once it returns True, the study saves its trials in
+        training at the end of their epoch and stops (`odyssey.train.train_trials`' stop).
 
     Raises:
       as `prepare`, before anything in workdir is touched.
+      odyssey.train.Stopped: `stop` asked to stop; run again to go on.
     """
     workdir = pathlib.Path(workdir)
     config, fp, identity = prepare(config, workdir)
@@ -247,7 +268,7 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True,
             splits = data_splits.load_splits(config.data)
             with _open_store(workdir / store.FILENAME, config, fp, identity, ckpts) as st:
                 _write_json(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
-                _train_pending(st, config, splits, progress_seconds, ckpts)
+                _train_pending(st, config, splits, progress_seconds, ckpts, stop)
                 counts = st.counts()
             ckpts.clear()  # every trial has finished: its checkpoints are gone, and so goes the empty directory
             logging.info("Study finished: %d done, %d diverged", counts["done"], counts["diverged"])
@@ -278,6 +299,46 @@ def _use_compilation_cache(flag, workdir):
                       else flag)
 
 
+class StopOnSignal:
+    """The study's stop request: the first SIGTERM or SIGINT (Ctrl-C) while `installed` sets it (the study then
+    stops at the end of the epoch in training, its trials saved); one that comes `SAME_REQUEST_SECONDS` or more
+    after it acts as it would without this (SIGTERM's default ends the process, SIGINT raises
+    KeyboardInterrupt). Signals closer together are one request: coreutils' `timeout` sends its SIGTERM to the
+    process and then to its process group, which holds the process too. Called, it says whether a stop was
+    asked for; `signum` is the first signal's number."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    SAME_REQUEST_SECONDS = 1.0
+
+    def __init__(self):
+        self.signum = None
+        self._first = None
+        self._previous = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if time.monotonic() - self._first >= self.SAME_REQUEST_SECONDS:
+                signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+                signal.raise_signal(signum)
+            return
+        self.signum, self._first = signum, time.monotonic()
+        # Straight to stderr: a handler runs between two bytecodes of the main thread, which may hold the log's lock.
+        os.write(2, f"study: {signal.Signals(signum).name}: stopping at the end of the epoch in training, once its "
+                    f"trials are saved (again, a second or more later, to stop at once)\n".encode())
+
+    @contextlib.contextmanager
+    def installed(self):
+        self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in self._previous.items():
+                signal.signal(s, handler)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -294,11 +355,15 @@ def main(argv):
     from odyssey import train
     train.use_cpu_cores(_CPU_DEVICES.value or None)
     _use_compilation_cache(_COMPILATION_CACHE.value, _WORKDIR.value)
+    stop = StopOnSignal()
     try:
-        run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value,
-                  checkpoint_seconds=_CHECKPOINT_SECONDS.value)
+        with stop.installed():
+            run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value,
+                      checkpoint_seconds=_CHECKPOINT_SECONDS.value, stop=stop)
     except WorkdirBusy as e:
         sys.exit(f"study: error: {e}")
+    except train.Stopped:
+        sys.exit(128 + stop.signum)
 
 
 if __name__ == "__main__":

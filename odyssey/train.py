@@ -188,6 +188,24 @@ def default_compile_ahead(device) -> bool:
     return device.platform != "cpu"
 
 
+class Stopped(Exception):
+    """`train_trials` stopped at the end of an epoch because its `stop` callable asked it to.
+
+    The trials that ended before the stop have had their on_result calls; those the stopped group was training
+    are saved in the call's checkpoints (where it has them), and the trials of later groups have not started.
+    Run again with the same checkpoints, every trial ends with the numbers it would have had without the stop.
+
+    Attributes:
+      saved: the trials saved to the checkpoints at the stop (0: none, or the stop came between two groups).
+      group: (program, bucket) of the group stopped in training, or None between two groups.
+    """
+
+    def __init__(self, saved: int = 0, group: tuple | None = None):
+        where = "between two groups" if group is None else f"in group {group[0]} N<={group[1]}"
+        super().__init__(f"training stopped on request {where}; {saved} trials in training saved")
+        self.saved, self.group = saved, group
+
+
 def early_stopping(best_val, best_epoch, epoch, val, max_epochs, patience):
     """The paper's stopping rule after one epoch, for arrays of trials (numpy, host side).
 
@@ -230,7 +248,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  dtype=np.float32, compile_ahead: bool | None = None, mix_variants: bool = True,
                  recurrent_dtype=None, order_seed: int | None = None,
                  matmul_precision: str | None = "float32",
-                 checkpoints: ckpt.Checkpoints | None = None, lstm_loops: str = "xla") -> list[TrialResult]:
+                 checkpoints: ckpt.Checkpoints | None = None, lstm_loops: str = "xla",
+                 stop: Callable[[], bool] | None = None) -> list[TrialResult]:
     """Trains trials to the end of the paper's protocol, many at once.
 
     Args:
@@ -297,11 +316,17 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         variants' own programs (`mix_variants=False`) keep XLA's. On GPUs; on CPUs it runs in Pallas'
         interpret mode (exact, slow: for tests). The same numbers up to the order of the sums in the
         recurrent products. Speed only.
+      stop: called with no arguments before each group starts and at the end of each of its epochs (after
+        on_group_epoch); once it returns True, the group in training saves its live trials to `checkpoints`
+        there and then, whatever `checkpoints.every_seconds` says, and `Stopped` is raised: a stop asked for
+        in the middle of an epoch loses nothing but the rest of that epoch. (The study command asks on
+        SIGTERM and Ctrl-C.) None (default): never.
 
     Returns:
       The results, in the order of `trials`.
 
     Raises:
+      Stopped: `stop` asked to stop.
       ValueError: bad arguments; or checkpoints saved by a run of other settings (task, dtypes, data-order
         seed, product precision), or a saved trial whose fields differ from the trial of that id here.
     """
@@ -358,9 +383,12 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
 
     results = {}
     for key, group in _built_in_turn(keys, build, compile_ahead):
+        if stop is not None and stop():
+            raise Stopped()
         logging.info("%s: %d trials of %s padded to N=%d", task, len(groups[key]), *key)
         saver = None if checkpoints is None else _Saver(checkpoints, f"{key[0]}_N{key[1]}", identity)
-        for res in _run_group(group, groups[key], max_epochs, patience, on_epoch, saved, saver, on_group_epoch):
+        for res in _run_group(group, groups[key], max_epochs, patience, on_epoch, saved, saver, on_group_epoch,
+                              stop):
             results[res.trial_id] = res
             if on_result is not None:
                 on_result(res)
@@ -399,18 +427,22 @@ class _Saver:
         self.last = time.monotonic()
 
     def maybe_save(self, group, best_val, best_epoch, seconds):
-        if time.monotonic() - self.last < self.checkpoints.every_seconds:
-            return
+        if time.monotonic() - self.last >= self.checkpoints.every_seconds:
+            self.save(group, best_val, best_epoch, seconds)
+
+    def save(self, group, best_val, best_epoch, seconds) -> int:
+        """Saves the group's live trials now; returns how many were saved."""
         start = time.perf_counter()
         entries = group.snapshot(best_val, best_epoch, seconds)
         self.last = time.monotonic()
         if not entries:  # every live trial is at its start: nothing to resume from
             self.checkpoints.remove(self.name)
-            return
+            return 0
         self.checkpoints.save(self.name, self.identity, entries)
         logging.info("%s %s N<=%d: checkpoint of %d live trials (%.1f MB) in %.2fs", group.task.name, group.variant,
                      group.n_max, len(entries), sum(e.state.nbytes for e in entries) / 1e6,
                      time.perf_counter() - start)
+        return len(entries)
 
     def done(self):
         self.checkpoints.remove(self.name)
@@ -419,7 +451,8 @@ class _Saver:
 def _built_in_turn(keys, build, ahead):
     """Yields (key, build(key)) for each key in turn. With `ahead`, the next key's build runs in a background
     thread while the caller works with the current one (the compiler runs on the host, the training on the
-    device), so only the first build is waited for."""
+    device), so only the first build is waited for. Closed early (the caller raised or was stopped), it does
+    not wait for a build in progress: that finishes in the background and is dropped."""
     if not ahead:
         for key in keys:
             yield key, build(key)
@@ -431,16 +464,19 @@ def _built_in_turn(keys, build, ahead):
             current = upcoming.result()
             upcoming = pool.submit(build, keys[i + 1]) if i + 1 < len(keys) else None
             yield key, current
-    finally:
-        pool.shutdown(cancel_futures=True)
+    except BaseException:  # GeneratorExit included
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
-def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver=None, on_group_epoch=None):
+def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver=None, on_group_epoch=None,
+               stop_requested=None):
     """Runs a group's trials through their epochs, refilling slots as trials end; yields results.
 
     saved: trial_id -> `ckpt.SavedTrial`, the states those trials resume from. saver: a `_Saver` or None.
     on_group_epoch: called at the end of each epoch's bookkeeping (a generator: after the consumer has taken
-    that epoch's results).
+    that epoch's results). stop_requested: `train_trials`' stop (checked after on_group_epoch).
     """
     saved = saved or {}
     pending = list(members)
@@ -527,5 +563,10 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
             saver.maybe_save(group, best_val, best_epoch, seconds)
         if on_group_epoch is not None:
             on_group_epoch()
+        if stop_requested is not None and any(t is not None for t in group.slots) and stop_requested():
+            n_saved = 0 if saver is None else saver.save(group, best_val, best_epoch, seconds)
+            logging.info("%s %s N<=%d: stopped on request at the end of an epoch, %d live trials saved", spec.name,
+                         group.variant, group.n_max, n_saved)
+            raise Stopped(n_saved, (group.variant, group.n_max))
     if saver is not None:
         saver.done()

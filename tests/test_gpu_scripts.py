@@ -12,6 +12,7 @@ import pathlib
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -148,3 +149,34 @@ def test_the_summary_prints_each_row_once_and_a_studys_last_progress_line(tmp_pa
                        "mixed/pallas K=487: weights after one epoch differ from XLA's loops' by at most 1.3e-07 "
                        "(relative)", row_a, row_b,
                        "-- study_shared", last]
+
+
+# A stage that outlasts its limit: as `python` it traps SIGTERM, sleeps on a little (a study ending its epoch and
+# saving its trials) or past any grace (TERM_SLEEP seconds), then exits.
+SLOW_STUB = """#!/bin/bash
+echo "$*" >> "$STUB_LOG"
+[ "$1" = "-c" ] && exit 0
+trap 'echo term >> "$STUB_LOG"; sleep "$TERM_SLEEP"; echo saved >> "$STUB_LOG"; exit 143' TERM
+sleep 30 & wait
+"""
+
+
+@pytest.mark.parametrize("term_sleep, code", [("0.5", 124), ("30", 137)])
+def test_a_stage_at_its_limit_gets_sigterm_then_sigkill_after_the_grace(tmp_path, term_sleep, code):
+    """At its limit a stage gets SIGTERM: a process that ends within GRACE seconds ends as it chooses (timeout's
+    status 124); one that does not is killed GRACE seconds later (137), and the script goes on to its summary."""
+    stub = tmp_path / "python_stub"
+    stub.write_text(SLOW_STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.txt"
+    env = {k: v for k, v in os.environ.items() if k not in ("STAGES", "BUDGET", "GRACE") and not k.startswith("LIMIT_")}
+    env.update(PYTHON=str(stub), STUB_LOG=str(log), STAGES="speed", LIMIT_SPEED="1", GRACE="2",
+               TERM_SLEEP=term_sleep)
+    start = time.monotonic()
+    result = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=60)
+    took = time.monotonic() - start
+    assert result.returncode == 0 and f"   exit {code} after" in result.stdout, result.stdout + result.stderr
+    calls = log.read_text().split()
+    assert "term" in calls and ("saved" in calls) == (code == 124), calls
+    assert took < (3 if code == 124 else 5) + 2, took

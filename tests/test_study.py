@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from odyssey import search, store
+from odyssey import checkpoints, search, store
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "bench"))
 import study_log_time  # noqa: E402  (bench/, not a package)
@@ -109,10 +109,10 @@ def assert_progress_lines_count_whole_epochs(log, n_trials, n_train):
     trial epochs so far times the training sequences over the time since the first line (log stamps)."""
     events = []
     for line in log.splitlines():
-        stamp = study_log_time._LINE.match(line)  # absl's prefix, read as the study-time script reads it
-        if stamp is None:
+        parsed = study_log_time.parse_line(line)  # absl's prefix, read as the study-time script reads it
+        if parsed is None:
             continue
-        when = study_log_time._stamp(stamp)
+        when = parsed[0]
         if (m := _EPOCH.search(line)) is not None:
             events.append(("epoch", when, int(m.group(1))))
         elif (m := _PROGRESS.search(line)) is not None:
@@ -331,6 +331,76 @@ def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_pa
     assert len(epochs) == len({(e["trial_id"], e["epoch"]) for e in epochs}), "an epoch recorded twice"
     assert_same_results(rows, read(reference[0]))
     assert_same_epochs(epochs, read(reference[0], "epochs"))
+
+
+@needs_trainer
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_study_at_an_epoch_end_with_nothing_lost(env, reference, tmp_path, signum):
+    """SIGTERM or Ctrl-C's SIGINT while trials train, with checkpoints that would never save on their schedule:
+    the study ends the epoch, saves its trials in training at the epoch each reached, logs its stop and exits
+    with 128 + the signal's number. Run again, it ends with the uninterrupted study's trials and epoch rows,
+    none trained twice (a resumed trial's first new row follows its last one)."""
+    proc = subprocess.Popen(study_command(tmp_path, "--report=false", "--checkpoint_seconds=1e9"), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert _stop_when(proc, tmp_path, "SELECT COUNT(*) FROM trials WHERE status = 'running'"), "no trial ran"
+    proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 128 + signum, stderr[-3000:]
+    assert f"study: {signal.Signals(signum).name}: stopping at the end of the epoch" in stderr
+    log = (tmp_path / "study.log").read_text()
+    stops = re.findall(r"\] Study stopped on request: (\d+) of (\d+) trials finished, (\d+) in training saved", log)
+    assert len(stops) == 1 and "Study finished" not in log, stops
+    finished, total, saved = (int(g) for g in stops[0])
+    rows = read(tmp_path)
+    assert total == len(rows) and finished == sum(r["status"] in ("done", "diverged") for r in rows) < total
+    at = checkpoints.Checkpoints(tmp_path / "checkpoints").epochs()
+    last = {}
+    for e in read(tmp_path, "epochs"):
+        last[e["trial_id"]] = max(last.get(e["trial_id"], 0), e["epoch"])
+    running = {r["trial_id"] for r in rows if r["status"] == "running"}
+    assert len(at) == saved and set(at) == running and all(at[t] == last[t] for t in running), (at, last, running)
+    final = run_study(env, tmp_path, "--report=false")
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert_same_results(read(tmp_path), read(reference[0]))
+    epochs = read(tmp_path, "epochs")
+    assert len(epochs) == len({(e["trial_id"], e["epoch"]) for e in epochs}), "an epoch recorded twice"
+    assert_same_epochs(epochs, read(reference[0], "epochs"))
+
+
+_SECOND_SIGNAL = """
+import signal, sys, time
+from experiments.study import StopOnSignal
+signum = getattr(signal, sys.argv[1])
+before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+stop = StopOnSignal()
+try:
+    with stop.installed():
+        assert not stop()
+        signal.raise_signal(signum)
+        assert stop() and stop.signum == signum
+        signal.raise_signal(signum)  # as timeout sends it: to the process, then to its process group
+        print("asked", flush=True)
+        time.sleep(StopOnSignal.SAME_REQUEST_SECONDS)
+        signal.raise_signal(signum)
+        print("survived", flush=True)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+print("restored", flush=True)
+"""
+
+
+@pytest.mark.parametrize("name, out, code", [("SIGINT", "asked KeyboardInterrupt restored", 0),
+                                             ("SIGTERM", "asked", -signal.SIGTERM)])
+def test_a_second_signal_acts_as_without_the_handler(env, name, out, code):
+    """StopOnSignal: the first signal only sets the request (and says so on stderr), and so does one right after
+    it; one a second later does what it would without the handler: SIGINT raises KeyboardInterrupt, SIGTERM ends
+    the process; the handlers before it are back afterwards."""
+    proc = subprocess.run([sys.executable, "-c", _SECOND_SIGNAL, name], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == code and proc.stdout.split() == out.split(), (proc.stdout, proc.stderr[-2000:])
+    assert proc.stderr.count(f"study: {name}: stopping at the end of the epoch") == 1, proc.stderr[-2000:]
 
 
 @needs_trainer

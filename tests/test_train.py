@@ -761,6 +761,68 @@ def test_a_stopped_trainer_resumes_its_trials_to_the_uninterrupted_numbers(unint
     assert ck.files() == [], "a finished run leaves no checkpoints"
 
 
+def _group_epochs(events):
+    """The uninterrupted run's callbacks cut at each on_group_epoch: per group epoch, its (program, bucket) and
+    the trials live in it."""
+    out, rows = [], []
+    for event in events:
+        if event == ("group_epoch",):
+            t = rows[0]
+            key = (CKPT_TRIALS[t].variant == "FGR", min(b for b in CKPT_RUN["hidden_buckets"]
+                                                       if b >= CKPT_TRIALS[t].hidden_size))
+            out.append((key, set(rows)))
+            rows = []
+        elif event[0] == "epoch":
+            rows.append(event[1])
+    return out
+
+
+@pytest.mark.parametrize("where", ["first epoch", "later epoch", "between groups"])
+def test_a_stop_request_saves_the_group_at_once_and_resumes_to_the_uninterrupted_numbers(uninterrupted_run, tmp_path,
+                                                                                        where):
+    """`stop` turns True after a group epoch, with checkpoints that would never save on their own schedule: the
+    trainer saves every trial live in that epoch at the epoch it reached (nothing trained is lost) and raises
+    Stopped; at the last epoch of the first group, nothing is left to save and Stopped comes before the next
+    group. Run again, every trial ends with the uninterrupted run's epochs and numbers, bitwise (CPU, float32),
+    and the two runs' epoch rows together are the uninterrupted run's, none trained twice."""
+    splits, want, want_record, events = uninterrupted_run
+    pieces = _group_epochs(events)
+    first_group = next(i for i, (key, _) in enumerate(pieces) if key != pieces[0][0])  # its group epochs
+    after = {"first epoch": 1, "later epoch": first_group - 1, "between groups": first_group}[where]
+    assert 1 <= after <= first_group and first_group >= 3, (after, first_group)
+    calls, seen = [], []  # group epochs seen when stop was asked; the first run's callbacks
+
+    def stop():
+        calls.append(seen.count(("group_epoch",)))
+        return calls[-1] >= after
+
+    ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=float("inf"))
+    first = []
+    with pytest.raises(train.Stopped) as stopped:
+        run_stopping(splits, record=first, events=seen, checkpoints=ck, stop=stop)
+    ended = {r[0] for r in first if (r[0], r[1]) in {(t, want[t].epochs) for t in want}}
+    live = pieces[after - 1][1] - ended if where != "between groups" else set()
+    at = ck.epochs()
+    assert sorted(at) == sorted(live) and stopped.value.saved == len(live)
+    fgr, bucket = pieces[0][0]
+    assert stopped.value.group == (None if where == "between groups" else ("FGR" if fgr else "mixed", bucket))
+    # each saved trial at its last epoch of the first run: nothing it trained is lost
+    last = {}
+    for trial, epoch, _, _ in first:
+        last[trial] = max(last.get(trial, 0), epoch)
+    assert all(at[t] == last[t] for t in live), (at, last)
+    # asked before the first group and after each of its group epochs, then once more before the second group
+    assert calls[0] == 0 and calls == sorted(calls) and calls[-1] == after
+    got, second = run_stopping(splits, checkpoints=ck)
+    for t in CKPT_TRIALS:
+        assert dataclasses.replace(got[t.trial_id], train_seconds=0) == dataclasses.replace(want[t.trial_id],
+                                                                                            train_seconds=0)
+    # (train_trials was given every trial again: those that ended in the first run train again from the start)
+    assert _by_trial([r for r in first if r[0] in at] + second) == _by_trial(want_record)
+    assert all(_by_trial(second)[t][0][0] == e + 1 for t, e in at.items())
+    assert ck.files() == []
+
+
 @pytest.mark.parametrize("settings", [dict(hidden_buckets=(8,), trials_per_batch=8, mix_variants=False),
                                       dict(trials_per_batch=1)])
 def test_checkpoints_resume_in_other_buckets_batches_and_programs(uninterrupted_run, tmp_path, settings):

@@ -420,11 +420,15 @@ def test_a_store_alone_goes_on_in_a_new_workdir(env, reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert stopped, "the study should stop while some trials had finished and others ran"
-    kept, interrupted = _count(first, finished), _count(first, running)
-    assert kept > 0 and interrupted > 0, "the kill should land while some trials had finished and others ran"
-    conn = sqlite3.connect(first / store.FILENAME)  # as gpu_session.sh does before it copies the store
+    # Folded first, as gpu_session.sh does before it copies the store, by a read-write connection, which recovers
+    # the log of a killed writer. Counted read-only right after the kill, the store once showed 2 trials finished
+    # and none running where the frozen one had shown trials running (once in ~20 runs, under load; 12 tries
+    # alone did not repeat it): the reader's error counts 0, or it read the main file without the log.
+    conn = sqlite3.connect(first / store.FILENAME)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
+    kept, interrupted = _count(first, finished), _count(first, running)
+    assert kept > 0 and interrupted > 0, "the kill should land while some trials had finished and others ran"
     before = {r["trial_id"]: r for r in read(first) if r["status"] in ("done", "diverged")}
     before_epochs = [e for e in read(first, "epochs") if e["trial_id"] in before]
     second.mkdir()

@@ -426,9 +426,11 @@ class _Saver:
         self.checkpoints, self.name, self.identity = checkpoints, name, identity
         self.last = time.monotonic()
 
-    def maybe_save(self, group, best_val, best_epoch, seconds):
+    def maybe_save(self, group, best_val, best_epoch, seconds) -> int | None:
+        """Saves the group's live trials if `every_seconds` have passed since the last save: how many, or None."""
         if time.monotonic() - self.last >= self.checkpoints.every_seconds:
-            self.save(group, best_val, best_epoch, seconds)
+            return self.save(group, best_val, best_epoch, seconds)
+        return None
 
     def save(self, group, best_val, best_epoch, seconds) -> int:
         """Saves the group's live trials now; returns how many were saved."""
@@ -559,12 +561,14 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
                              group.n_max, sum(t is not None for t in group.slots),
                              math.ceil(sum(t is not None for t in group.slots) / group.chunk),
                              group.k // group.chunk)
+        just_saved = None
         if saver is not None and any(t is not None for t in group.slots):
-            saver.maybe_save(group, best_val, best_epoch, seconds)
+            just_saved = saver.maybe_save(group, best_val, best_epoch, seconds)
         if on_group_epoch is not None:
             on_group_epoch()
         if stop_requested is not None and any(t is not None for t in group.slots) and stop_requested():
-            n_saved = 0 if saver is None else saver.save(group, best_val, best_epoch, seconds)
+            n_saved = just_saved if just_saved is not None else 0 if saver is None else saver.save(
+                group, best_val, best_epoch, seconds)
             logging.info("%s %s N<=%d: stopped on request at the end of an epoch, %d live trials saved", spec.name,
                          group.variant, group.n_max, n_saved)
             raise Stopped(n_saved, (group.variant, group.n_max))

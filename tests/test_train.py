@@ -777,12 +777,14 @@ def _group_epochs(events):
     return out
 
 
-@pytest.mark.parametrize("where", ["first epoch", "later epoch", "between groups"])
+@pytest.mark.parametrize("where, every, ahead", [("first epoch", float("inf"), False),
+                                                 ("later epoch", float("inf"), False),
+                                                 ("later epoch", 0.0, True), ("between groups", float("inf"), False)])
 def test_a_stop_request_saves_the_group_at_once_and_resumes_to_the_uninterrupted_numbers(uninterrupted_run, tmp_path,
-                                                                                        where):
-    """`stop` turns True after a group epoch, with checkpoints that would never save on their own schedule: the
-    trainer saves every trial live in that epoch at the epoch it reached (nothing trained is lost) and raises
-    Stopped; at the last epoch of the first group, nothing is left to save and Stopped comes before the next
+                                                                                        where, every, ahead):
+    """`stop` turns True after a group epoch, with checkpoints that would never save on their own schedule (or
+    that save after every epoch, the next group compiling in the background): the trainer saves every trial
+    live in that epoch at the epoch it reached (nothing trained is lost), once, and raises Stopped; at the last epoch of the first group, nothing is left to save and Stopped comes before the next
     group. Run again, every trial ends with the uninterrupted run's epochs and numbers, bitwise (CPU, float32),
     and the two runs' epoch rows together are the uninterrupted run's, none trained twice."""
     splits, want, want_record, events = uninterrupted_run
@@ -796,10 +798,16 @@ def test_a_stop_request_saves_the_group_at_once_and_resumes_to_the_uninterrupted
         calls.append(seen.count(("group_epoch",)))
         return calls[-1] >= after
 
-    ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=float("inf"))
+    ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=every)
     first = []
-    with pytest.raises(train.Stopped) as stopped:
-        run_stopping(splits, record=first, events=seen, checkpoints=ck, stop=stop)
+    saves = []
+    original = checkpoints.Checkpoints.save
+    with pytest.raises(train.Stopped) as stopped, pytest.MonkeyPatch.context() as mp:
+        # each save stamped with the epoch rows so far: two saves of one group epoch share a stamp
+        mp.setattr(ck, "save", lambda *a, **k: (saves.append(sum(e[0] == "epoch" for e in seen)),
+                                                original(ck, *a, **k)))
+        run_stopping(splits, record=first, events=seen, checkpoints=ck, stop=stop, compile_ahead=ahead)
+    assert len(saves) == len(set(saves)), "a group epoch saved twice"
     ended = {r[0] for r in first if (r[0], r[1]) in {(t, want[t].epochs) for t in want}}
     live = pieces[after - 1][1] - ended if where != "between groups" else set()
     at = ck.epochs()

@@ -784,9 +784,10 @@ def test_a_stop_request_saves_the_group_at_once_and_resumes_to_the_uninterrupted
                                                                                         where, every, ahead):
     """`stop` turns True after a group epoch, with checkpoints that would never save on their own schedule (or
     that save after every epoch, the next group compiling in the background): the trainer saves every trial
-    live in that epoch at the epoch it reached (nothing trained is lost), once, and raises Stopped; at the last epoch of the first group, nothing is left to save and Stopped comes before the next
-    group. Run again, every trial ends with the uninterrupted run's epochs and numbers, bitwise (CPU, float32),
-    and the two runs' epoch rows together are the uninterrupted run's, none trained twice."""
+    live in that epoch at the epoch it reached (nothing trained is lost), once, and raises Stopped; at the last
+    epoch of the first group, nothing is left to save and Stopped comes before the next group. Run again, every
+    trial ends with the uninterrupted run's epochs and numbers, bitwise (CPU, float32), and a saved trial's rows
+    of the two runs together are the uninterrupted run's, none trained twice."""
     splits, want, want_record, events = uninterrupted_run
     pieces = _group_epochs(events)
     first_group = next(i for i, (key, _) in enumerate(pieces) if key != pieces[0][0])  # its group epochs

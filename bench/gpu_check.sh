@@ -154,7 +154,7 @@ run_study_shared() {  # not removed first: a study stopped at its limit resumes 
 for name in $stages; do "run_$name"; done
 summary() {  # a stage log's result rows and errors, each once (a row is printed as measured, then in the table),
   # and a study's last progress line: how far it got, when it was stopped at its limit
-  grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study finished|differ from XLA|rror" "$1" \
+  grep -E "^(jsb|timit|iam_online|all) |^N=|^\| (jsb|timit) |Study (finished|stopped)|differ from XLA|rror" "$1" \
     | awk '!seen[$0]++' | tail -25
   grep -E "\] [0-9]+/[0-9]+ finished \(" "$1" | tail -1 | sed -E 's/^[^]]*\] //'
 }

@@ -12,8 +12,8 @@ or to its last line where it was killed (`cut off`: the log does not say when th
 short by the time since its last line, at most about an epoch or the study's --progress_seconds). The report
 written after "Study finished" is not counted.
 The study's time is the sum over its runs: the time the machines spent on it, work a stop threw away and each
-run's compilation included. The table gives each run's start, end, minutes and the trials finished at its end
-(its last progress line), and the sum per study id; logs of several study ids are summed apart.
+run's compilation included. The table gives each run's start, end, minutes, the trials finished at its end
+(its last progress line) and how it ended, and the sum per study id; logs of several study ids are summed apart.
 """
 
 import datetime
@@ -69,8 +69,9 @@ def runs(lines, source=""):
             progress = _PROGRESS.search(message)
             if progress:
                 run["trials_finished"], run["trials"] = int(progress.group(1)), int(progress.group(2))
-            if _FINISHED.match(message) or _STOPPED.match(message):
-                run["finished" if _FINISHED.match(message) else "stopped"] = True
+            ended = "finished" if _FINISHED.match(message) else "stopped" if _STOPPED.match(message) else None
+            if ended:
+                run[ended] = True
                 run = None  # the report's lines after this are not training
     for run in out:
         run["seconds"] = (run["end"] - run["start"]).total_seconds()

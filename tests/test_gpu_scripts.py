@@ -3,8 +3,9 @@
 The device sessions that run this script are short and rare, so its shell logic is checked here: stages run in
 the order STAGES names them, each stage's limit shrinks to what is left of BUDGET, a stage with under 30 s left
 is skipped, an unknown stage (or a missing STUDY_STORE) stops the script before anything runs, the study trains
-with the loops the loops stage chose, an earlier machine's store seeds a workdir that has none, and the summary
-prints each result row once and a stopped study's last progress line.
+with the loops the loops stage chose, an earlier machine's store seeds a workdir that has none, a stage at its
+limit gets SIGTERM and SIGKILL GRACE seconds later, and the summary prints each result row once, a study's stop
+line and a stopped study's last progress line.
 """
 
 import os

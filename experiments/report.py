@@ -4,6 +4,8 @@ Reads DIR/config.json and DIR/trials.sqlite and writes DIR/report.md,
 DIR/report.html (figures inline) and DIR/figures/*.png.
 """
 
+import sys
+
 from absl import app, flags
 
 from odyssey.analysis import report
@@ -17,7 +19,13 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.write_report(_WORKDIR.value, n_trees=_TREES.value, seed=_SEED.value)
+    if _TREES.value < 1:
+        sys.exit(f"report: error: --n_trees={_TREES.value}: give at least one tree per forest")
+    try:
+        path = report.write_report(_WORKDIR.value, n_trees=_TREES.value, seed=_SEED.value)
+    except (FileNotFoundError, ValueError) as e:  # no run there, or its files are not a run's
+        sys.exit(f"report: error: {e}")
+    print(path)
 
 
 if __name__ == "__main__":

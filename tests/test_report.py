@@ -202,6 +202,36 @@ def test_command_line_reports_a_tiny_study_without_fanova(tmp_path):
     assert (tiny / "report.html").read_text().count("data:image/png;base64,") == 4
 
 
+def _broken(case, tmp_path):
+    run = _make_store(tmp_path / "run", "jsb", 2, "learning_rate", "NFG", seed=4)
+    if case == "no run":
+        return tmp_path / "nothing", [], "nothing/config.json not found: is "
+    if case == "config not JSON":
+        (run / "config.json").write_text("{task: jsb")
+        return run, [], "run/config.json is not JSON ("
+    if case == "store not SQLite":
+        (run / "trials.sqlite").write_bytes(b"not a database, " * 64)
+        return run, [], "run/trials.sqlite is not a readable SQLite trial store (file is not a database)"
+    if case == "no trials table":
+        con = sqlite3.connect(run / "trials.sqlite")
+        con.execute("DROP TABLE trials")
+        con.commit()
+        con.close()
+        return run, [], "run/trials.sqlite has no `trials` table"
+    return run, ["--n_trees=0"], "--n_trees=0: give at least one tree per forest"
+
+
+@pytest.mark.parametrize("case", ["no run", "config not JSON", "store not SQLite", "no trials table", "no trees"])
+def test_command_line_says_in_one_line_why_it_cannot_report(case, tmp_path):
+    workdir, flags, why = _broken(case, tmp_path)
+    done = subprocess.run([sys.executable, "-m", "experiments.report", f"--workdir={workdir}", *flags],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("report: error: ") and why in last, done.stderr
+    assert "Traceback" not in done.stderr and not (workdir / "report.md").exists()
+
+
 @pytest.mark.parametrize("source,expected", [
     ("standard", "the standard JSB"),
     ("standin", "the offline stand-in for JSB"),

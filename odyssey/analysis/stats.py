@@ -44,12 +44,17 @@ def read_config(workdir):
 
     Raises:
         FileNotFoundError: when DIR/config.json is missing.
-        ValueError: when it lacks "task" or "data".
+        ValueError: when it is not a JSON object, or lacks "task" or "data".
     """
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {workdir} the directory of a run?")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds a {type(config).__name__}, not a run's config")
     for key in ("task", "data"):
         if key not in config:
             raise ValueError(f"{path} has no {key!r} entry; keys present: {sorted(config)}")
@@ -84,22 +89,25 @@ def load_trials(path):
 
     Raises:
         FileNotFoundError: when the file does not exist.
-        ValueError: when the table or one of its contract's columns is missing.
+        ValueError: when the file is not SQLite, or the table or one of its contract's columns is missing.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"trial store {path} not found")
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        have = [r[1] for r in con.execute("PRAGMA table_info(trials)")]
-        if not have:
-            raise ValueError(f"{path} has no `trials` table")
-        missing = [c for c in _COLUMNS if c not in have]
-        if missing:
-            raise ValueError(f"`trials` table of {path} lacks columns {missing}; it has {have}")
-        rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM trials ORDER BY trial_id").fetchall()
-    finally:
-        con.close()
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            have = [r[1] for r in con.execute("PRAGMA table_info(trials)")]
+            if not have:
+                raise ValueError(f"{path} has no `trials` table")
+            missing = [c for c in _COLUMNS if c not in have]
+            if missing:
+                raise ValueError(f"`trials` table of {path} lacks columns {missing}; it has {have}")
+            rows = con.execute(f"SELECT {', '.join(_COLUMNS)} FROM trials ORDER BY trial_id").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as e:
+        raise ValueError(f"{path} is not a readable SQLite trial store ({e})") from e
     cols = {}
     for n, name in enumerate(_COLUMNS):
         raw = [r[n] for r in rows]

@@ -6,5 +6,6 @@ nothing and loads no JAX.
 
 __version__ = "0.1.0"
 
-__all__ = ["analysis", "cells", "ctc", "data", "group", "layout", "losses", "metrics", "nets", "optim", "programs",
-           "progress", "search", "store", "tasks", "train"]
+__all__ = ["analysis", "cells", "checkpoints", "ctc", "data", "fast_lstm", "group", "layout", "losses", "metrics",
+           "nets", "optim", "pallas_loops", "programs", "progress", "search", "store", "study_config", "tasks",
+           "train"]

@@ -1,5 +1,5 @@
-"""The package's import contract: `odyssey.__all__` names every submodule, and importing the package (or a
-module that runs no JAX) loads no JAX."""
+"""The package's import contract: `odyssey.__all__` names every submodule; importing the package loads no JAX,
+nor does the analysis (a study's report can be written on a machine without JAX)."""
 
 import pathlib
 import pkgutil
@@ -32,3 +32,9 @@ def test_importing_the_package_loads_no_jax():
 def test_star_import_gives_every_submodule():
     loaded = _modules_after("from odyssey import *")
     assert {f"odyssey.{name}" for name in odyssey.__all__} <= loaded and "jax" in loaded
+
+
+def test_the_analysis_and_the_report_command_load_no_jax():
+    loaded = _modules_after("import experiments.report; from odyssey.analysis import fanova, paper, plots, "
+                            "plots_fanova, report, stats")
+    assert "odyssey.analysis.report" in loaded and not {"jax", "flax", "optax", "chex"} & loaded

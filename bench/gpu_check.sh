@@ -4,6 +4,8 @@
 #   bench/gpu_check.sh OUT_DIR [JSB_FILE]
 #
 #   1. trainer_speed at N = 200, K = 1, 32, 200, beside PyTorch eager and CUDA graph (JSB and TIMIT shapes);
+#   1b. (stage speed_bf16) trainer_speed at N = 200, K = 200 with bfloat16 recurrent products, the loops of
+#      SPEED_LOOPS (the issue's targets at K = 200 are past float32's streamed-weight bound; no PyTorch);
 #   2. trainer_speed of the mixed program (eight variants in one) at N = 40 and 200 with 64 and 512 trials (how
 #      much a bigger program buys), and at N = 200 with 512 trials in one vmap instead of the default chunks;
 #   3. study_time on all three tasks (the mixed program, 64 and 512 trials per bucket) and the projection of
@@ -36,17 +38,18 @@
 #      the runs' times from their logs.
 #
 # Limits (seconds) can be changed with LIMIT_SPEED, LIMIT_BIG, LIMIT_PROJECT, LIMIT_STUDY (defaults 300, 200,
-# 400, 900: about 30 minutes in all; LIMIT_BF16, default 300, for stages bf16, precision, arms and order;
-# LIMIT_PALLAS, default 150; LIMIT_LOOPS, default 120). STAGES picks the stages and runs them in the order it
-# names them (default "speed big project study"; "bf16", "precision", "arms", "order", "pallas", "loops" and
-# "study_shared" run only when named; an unknown name stops the script before anything runs). BUDGET (seconds,
-# default 0: none) bounds the whole run: each stage's limit shrinks to what is left of it, and a stage with
-# under 30 s left is skipped, so a device call's time goes to the stages named first. SPEED_LOOPS sets the
-# speed stage's --lstm_loops (default xla; "xla,pallas" for both); PROJECT_ARGS adds flags to study_time (e.g.
-# --buckets=40,120,200); DEVICE (default gpu) is every script's --device (cpu rehearses the run here, with the
-# same shapes, each stage cut at its limit). A stage at its limit gets SIGTERM, and SIGKILL GRACE seconds later
-# (default 15: the time a study has to end its epoch and save its trials); it keeps what it logged. Run from the
-# repository root, after `pip install -e '.[bench]'` (or with the repository on PYTHONPATH).
+# 400, 900: about 30 minutes in all; LIMIT_SPEED_BF16, default 120; LIMIT_BF16, default 300, for stages bf16,
+# precision, arms and order; LIMIT_PALLAS, default 150; LIMIT_LOOPS, default 120). STAGES picks the stages and
+# runs them in the order it names them (default "speed big project study"; "speed_bf16", "bf16", "precision",
+# "arms", "order", "pallas", "loops" and "study_shared" run only when named; an unknown name stops the script
+# before anything runs). BUDGET (seconds, default 0: none) bounds the whole run: each stage's limit shrinks to
+# what is left of it, and a stage with under 30 s left is skipped, so a device call's time goes to the stages
+# named first. SPEED_LOOPS sets the --lstm_loops of stages speed and speed_bf16 (default xla; "xla,pallas" for
+# both); PROJECT_ARGS adds flags to study_time (e.g. --buckets=40,120,200); DEVICE (default gpu) is every
+# script's --device (cpu rehearses the run here, with the same shapes, each stage cut at its limit). A stage at
+# its limit gets SIGTERM, and SIGKILL GRACE seconds later (default 15: the time a study has to end its epoch and
+# save its trials); it keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
+# (or with the repository on PYTHONPATH).
 set -u
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [JSB_FILE]}
 jsb=${2:-}
@@ -57,7 +60,7 @@ device=${DEVICE:-gpu}
 budget=${BUDGET:-0}
 stages=${STAGES:-speed big project study}
 for name in $stages; do
-  case " speed big project bf16 precision arms pallas loops order study study_shared " in
+  case " speed speed_bf16 big project bf16 precision arms pallas loops order study study_shared " in
     *" $name "*) ;;
     *) echo "unknown stage '$name' in STAGES"; exit 2 ;;
   esac
@@ -82,6 +85,11 @@ cat "$out/machine.txt"
 run_speed() {
   stage speed "${LIMIT_SPEED:-300}" $py bench/trainer_speed.py --device=$device --hidden=200 --trials=1,32,200 \
     --lstm_loops=${SPEED_LOOPS:-xla} --repeats=3 --min_time=0.3 --out="$out/speed.json"
+}
+run_speed_bf16() {
+  stage speed_bf16 "${LIMIT_SPEED_BF16:-120}" $py bench/trainer_speed.py --device=$device --hidden=200 --trials=200 \
+    --recurrent_dtypes=bfloat16 --lstm_loops=${SPEED_LOOPS:-xla} --notorch --repeats=3 --min_time=0.3 \
+    --out="$out/speed_bf16.json"
 }
 run_big() {
   stage big "${LIMIT_BIG:-200}" $py bench/trainer_speed.py --device=$device --hidden=40,200 --trials=64,512 \
@@ -158,7 +166,8 @@ summary() {  # a stage log's result rows and errors, each once (a row is printed
     | awk '!seen[$0]++' | tail -25
   grep -E "\] [0-9]+/[0-9]+ finished \(" "$1" | tail -1 | sed -E 's/^[^]]*\] //'
 }
-for name in speed big onevmap project bf16 project_bf16 precision arms pallas loops order study study_shared; do
+for name in speed speed_bf16 big onevmap project bf16 project_bf16 precision arms pallas loops order study \
+    study_shared; do
   [ -f "$out/$name.log" ] && { echo "-- $name"; summary "$out/$name.log"; }
 done
 exit 0  # each stage says how it ended above

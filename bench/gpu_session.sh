@@ -3,26 +3,33 @@
 #
 #   bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]
 #
-# Runs gpu_check.sh's stages, in this order by default: `loops` (the JSB study's first group, 487 trials of the mixed
-# program at N = 40, with XLA's and with the Pallas LSTM loops; it picks the loops of the study), `study_shared` (the
-# JSB study of 9 x 200 trials with one data order, checkpointed every 60 s) and `speed` (trainer_speed at N = 200, K =
-# 1, 32, 200, with both loops, beside PyTorch eager and CUDA graph, JSB and TIMIT shapes), all inside BUDGET seconds
-# (default 560: with a stage's 15 s of GRACE and the copying, inside a device call's 600): the study gets what the loops
-# stage leaves, up to LIMIT_STUDY, and the speed stage what the study leaves (skipped under 30 s). They run in WORK_DIR
-# (default .gpu/run, which must not be under RESULTS_DIR: a study's checkpoint files run to hundreds of MB); then what a
-# person reads is copied into RESULTS_DIR, 8 files at most (what a device call brings back): the machine, the stages'
-# logs and JSON, the study's log and its trial store; gpu_check.sh's summary is the call's output. Run again with the
-# same WORK_DIR on the same machine (STAGES="study_shared" or "speed", say), the study goes on from where its limit's
-# SIGTERM stopped it, with the loops the first run chose (its wall time is then the sum of the runs' training times in
-# study.log). On a later machine, STUDY_STORE=<the study_shared_trials.sqlite an earlier call copied back, carried>
-# STAGES=study_shared goes on from that store: its finished trials stand, its unfinished ones train from their first
-# epochs (their checkpoints stayed on the earlier machine); `python bench/study_log_time.py <the calls' study logs>`
-# sums the study's time over them. WHEELS_DIR: wheels to install first into /tmp/site, for what the package imports and
+# Runs gpu_check.sh's stages, in this order by default: `speed` (trainer_speed at N = 200, K = 1, 32, 200, with
+# XLA's and with the Pallas loops, beside PyTorch eager and CUDA graph, JSB and TIMIT shapes: the issue's
+# headline rows), `speed_bf16` (the same at K = 200 with bfloat16 recurrent products: the issue's targets there,
+# 4,300/s TIMIT and 40,000/s JSB, are at or past float32's streamed-weight bound; bfloat16 passed the first and
+# came 4 % short of the second on 2026-11-28), `loops` (the JSB study's first group, 487 trials of the mixed program at N =
+# 40, with both loops; it picks the loops of the study) and `study_shared` (the JSB study of 9 x 200 trials with
+# one data order, checkpointed every 60 s), all inside BUDGET seconds (default 560: with a stage's 15 s of GRACE
+# and the copying, inside a device call's 600). The speed rows come first because they take a few minutes and
+# are measured once, while the study (~16-19 minutes with XLA's loops, estimated from 2026-11-28) outlasts one
+# 15-minute device session unless the Pallas loops cut it by more than half, and goes on across calls and
+# machines: it gets what the stages before it leave, up to LIMIT_STUDY. They run in WORK_DIR (default .gpu/run,
+# which must not be under RESULTS_DIR: a study's checkpoint files run to hundreds of MB); then what a person
+# reads is copied into RESULTS_DIR, 8 files (what a device call brings back at most): the machine, the stages'
+# logs, the study's log and its trial store, and json.tar.gz with the stages' JSON and the call's output;
+# gpu_check.sh's summary is the call's output. Run again with the same WORK_DIR on the same machine
+# (STAGES="study_shared", say), the study goes on from where its limit's SIGTERM stopped it, with the loops the
+# first run chose (its wall time is then the sum of the runs' training times in study.log). On a later machine,
+# STUDY_STORE=<the study_shared_trials.sqlite an earlier call copied back, carried> STAGES="loops study_shared"
+# goes on from that store: its finished trials stand, its unfinished ones train from their first epochs (their
+# checkpoints stayed on the earlier machine); `python bench/study_log_time.py <the calls' study logs>` sums the
+# study's time over them. WHEELS_DIR: wheels to install first into /tmp/site, for what the package imports and
 # the machine lacks (on the H100/H200 image with Python 3.12: ml-collections and rapidfuzz; here, beforehand:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl ml-collections rapidfuzz
-# and carry .whl). Limits (seconds): LIMIT_LOOPS (default 120), LIMIT_STUDY (600), LIMIT_SPEED (300); STAGES
-# and BUDGET as gpu_check.sh's. DEVICE=cpu rehearses the whole call on a CPU (stages cut at their limits).
+# and carry .whl). Limits (seconds): LIMIT_SPEED (default 240), LIMIT_SPEED_BF16 (120), LIMIT_LOOPS (120),
+# LIMIT_STUDY (600); SPEED_LOOPS (default xla,pallas), STAGES and BUDGET as gpu_check.sh's. DEVICE=cpu rehearses
+# the whole call on a CPU (stages cut at their limits).
 set -u
 results=${1:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
 jsb=${2:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
@@ -42,16 +49,18 @@ for module in ml_collections rapidfuzz; do
 done
 [ -f "$jsb" ] || { echo "no JSB file at $jsb"; exit 2; }
 mkdir -p "$results" "$work"
-STAGES=${STAGES:-loops study_shared speed} BUDGET=${BUDGET:-560} LIMIT_LOOPS=${LIMIT_LOOPS:-120} \
-  LIMIT_STUDY=${LIMIT_STUDY:-600} LIMIT_SPEED=${LIMIT_SPEED:-300} SPEED_LOOPS=${SPEED_LOOPS:-xla,pallas} \
-  bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$work/gpu_check.out"  # its summary is the output itself
-for f in machine.txt speed.log speed.json loops.log loops.json study_shared.log; do
+STAGES=${STAGES:-speed speed_bf16 loops study_shared} BUDGET=${BUDGET:-560} LIMIT_LOOPS=${LIMIT_LOOPS:-120} \
+  LIMIT_STUDY=${LIMIT_STUDY:-600} LIMIT_SPEED=${LIMIT_SPEED:-240} LIMIT_SPEED_BF16=${LIMIT_SPEED_BF16:-120} \
+  SPEED_LOOPS=${SPEED_LOOPS:-xla,pallas} bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$work/gpu_check.out"
+for f in machine.txt speed.log speed_bf16.log loops.log study_shared.log; do
   [ -f "$work/$f" ] && cp "$work/$f" "$results/"
 done
 # The store is in WAL mode: fold its log into the file before copying it (the study may have been stopped).
 store=$work/jsb_study_shared/trials.sqlite
 [ -f "$store" ] && python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.close()" "$store"
-for f in study.log trials.sqlite; do  # 8 files with the 6 above
+for f in study.log trials.sqlite; do  # 7 files with the 5 above
   [ -f "$work/jsb_study_shared/$f" ] && cp "$work/jsb_study_shared/$f" "$results/study_shared_$f"
 done
+# The 8th: every stage's JSON (the rows as measured) and the call's output, in one archive.
+(cd "$work" && tar -czf - $(ls *.json gpu_check.out 2>/dev/null)) > "$results/json.tar.gz"
 ls -la "$results"

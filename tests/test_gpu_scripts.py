@@ -5,7 +5,8 @@ the order STAGES names them, each stage's limit shrinks to what is left of BUDGE
 is skipped, an unknown stage (or a missing STUDY_STORE) stops the script before anything runs, the study trains
 with the loops the loops stage chose, an earlier machine's store seeds a workdir that has none, a stage at its
 limit gets SIGTERM and SIGKILL GRACE seconds later, and the summary prints each result row once, a study's stop
-line and a stopped study's last progress line.
+line and a stopped study's last progress line; and bench/gpu_session.sh's default order (the speed rows, then
+the loops stage and the study) and the files it brings back.
 """
 
 import os
@@ -79,6 +80,45 @@ def test_study_loops_override_and_default_order(tmp_path):
     assert [name for name, _ in _limits(result.stdout)] == ["speed", "big", "onevmap", "project"]
     assert "study skipped: no JSB_FILE" in result.stdout
     assert len(calls) == 4
+
+
+def test_speed_bf16_measures_k_200_in_bfloat16_with_the_speed_loops(tmp_path):
+    result, calls = _run(tmp_path, dict(STAGES="speed_bf16", SPEED_LOOPS="xla,pallas", LIMIT_SPEED_BF16="77"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _limits(result.stdout) == [("speed_bf16", 77)]
+    assert calls == ["bench/trainer_speed.py --device=gpu --hidden=200 --trials=200 --recurrent_dtypes=bfloat16 "
+                     f"--lstm_loops=xla,pallas --notorch --repeats=3 --min_time=0.3 --out={tmp_path}/out/speed_bf16.json"]
+
+
+def test_the_session_measures_speed_first_and_brings_back_8_files(tmp_path):
+    """bench/gpu_session.sh with the stand-in for Python: by default the speed rows (both loops, then bfloat16 at K
+    = 200), the loops stage and the study, in that order within its budget; the results folder holds the 8 files
+    a device call brings back at most, the stages' JSON in one archive."""
+    stub = tmp_path / "python_stub"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.txt"
+    work, results, jsb = tmp_path / "work", tmp_path / "results", tmp_path / "jsb.pickle"
+    jsb.write_bytes(b"chorales")
+    work.mkdir()
+    (work / "speed.json").write_text("{}")  # as a stage leaves it
+    ours = ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS", "STUDY_STORE", "WORK_DIR")
+    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("LIMIT_")}
+    env.update(PYTHON=str(stub), STUB_LOG=str(log), WORK_DIR=str(work))
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), str(results), str(jsb)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    limits = _limits(done.stdout)
+    assert [name for name, _ in limits] == ["speed", "speed_bf16", "loops", "study_shared"]
+    assert [limit for _, limit in limits][:3] == [240, 120, 120] and 540 <= limits[3][1] <= 560
+    calls = [line for line in log.read_text().splitlines() if not line.startswith("-c ")]
+    assert "--trials=1,32,200 --lstm_loops=xla,pallas" in calls[0]
+    assert "--trials=200 --recurrent_dtypes=bfloat16 --lstm_loops=xla,pallas" in calls[1]
+    assert "--config.train.lstm_loops=pallas" in calls[-1]  # the stand-in's choice, as the loops stage's
+    files = sorted(p.name for p in results.iterdir())
+    assert files == ["json.tar.gz", "loops.log", "machine.txt", "speed.log", "speed_bf16.log", "study_shared.log"]
+    listed = subprocess.run(["tar", "-tzf", str(results / "json.tar.gz")], capture_output=True, text=True, check=True)
+    assert sorted(listed.stdout.split()) == ["gpu_check.out", "speed.json"]
 
 
 def test_budget_spent_skips_stages(tmp_path):

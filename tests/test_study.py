@@ -8,8 +8,10 @@ import pathlib
 import re
 import signal
 import sqlite3
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -241,6 +243,26 @@ def _count(workdir, query):
         return 0
 
 
+def _count_after_kill(workdir, query):
+    """`query`'s answer from a copy of a killed study's store (the file and its log), opened read-write in a
+    temporary folder, so that the copy recovers the killed writer's log and the store itself stays as the kill
+    left it for the study's own recovery; an unreadable copy raises instead of counting 0."""
+    with tempfile.TemporaryDirectory() as folder:
+        for suffix in ("", "-wal"):
+            source = pathlib.Path(workdir) / (store.FILENAME + suffix)
+            if source.exists():
+                shutil.copyfile(source, pathlib.Path(folder) / source.name)
+        if not (pathlib.Path(folder) / store.FILENAME).exists():
+            return 0  # killed before it made its store
+        conn = sqlite3.connect(pathlib.Path(folder) / store.FILENAME)
+        try:
+            if not conn.execute("SELECT COUNT(*) FROM sqlite_master WHERE name = 'trials'").fetchone()[0]:
+                return 0  # or before its first commit
+            return conn.execute(query).fetchone()[0]
+        finally:
+            conn.close()
+
+
 def _stopped(pid):
     """Whether every thread of process `pid` has stopped, or it has exited (Linux's /proc; elsewhere a pause
     stands in)."""
@@ -315,7 +337,7 @@ def test_killed_study_resumes_to_the_uninterrupted_result(env, reference, tmp_pa
             time.sleep(rng.uniform(0.0, 0.02))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        unfinished = _count(tmp_path, "SELECT COUNT(*) FROM trials WHERE status IN ('pending', 'running')")
+        unfinished = _count_after_kill(tmp_path, "SELECT COUNT(*) FROM trials WHERE status IN ('pending', 'running')")
         interrupted += proc.returncode == -signal.SIGKILL and unfinished > 0
     assert interrupted >= 3, "the kills should land in the middle of the study"
     final = run_study(env, tmp_path, "--report=false", "--checkpoint_seconds=0")

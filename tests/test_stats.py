@@ -145,6 +145,19 @@ def test_encoding_follows_the_paper_and_adds_flags_only_when_they_vary(tmp_path)
     np.testing.assert_allclose(X[1], [-2, 0, np.log10(20), 0, 0], atol=1e-12)
 
 
+def test_reading_a_wal_store_leaves_no_side_files(tmp_path):
+    """The study's store is in WAL mode; reading it (the report) leaves the file as it was and no -wal or -shm
+    files beside it, as after the study closed it."""
+    path = _store(tmp_path / "trials.sqlite", [_row(0, "V", 1, 1), _row(1, "NP", 2, 2)])
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
+    con.close()
+    before = path.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.sqlite"]
+    assert list(stats.load_trials(path)["variant"]) == ["V", "NP"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trials.sqlite"] and path.read_bytes() == before
+
+
 def test_bad_stores_say_what_is_wrong(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         stats.load_trials(tmp_path / "none.sqlite")

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import os
 import pathlib
 import sqlite3
 
@@ -82,7 +83,10 @@ class Trials:
 
 
 def load_trials(path):
-    """Reads the `trials` table of a store, opened read-only.
+    """Reads the `trials` table of a store.
+
+    It only reads, through a plain connection as `odyssey.store.read_meta` does: a read-only one (`mode=ro`)
+    leaves a WAL store's -wal and -shm side files behind, which a finished study's directory would then keep.
 
     Args:
         path: the SQLite file (DIR/trials.sqlite).
@@ -95,7 +99,7 @@ def load_trials(path):
     if not path.is_file():
         raise FileNotFoundError(f"trial store {path} not found")
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(os.fspath(path))
         try:
             have = [r[1] for r in con.execute("PRAGMA table_info(trials)")]
             if not have:

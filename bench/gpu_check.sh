@@ -20,7 +20,8 @@
 #      float32 and bfloat16, each at float32 and TF32 matmul precision (four programs per shape, no PyTorch);
 #   3f. (stage pallas) pallas_lstm_speed: one LSTM layer (the mixed cell) with its loops as Pallas kernels against
 #      XLA's loops, forward+grad, float32 and bfloat16 recurrent operands, equal and uneven lengths, JSB
-#      N = 40 (487 trials) and N = 200 (64 and 200 trials), TIMIT N = 200 (64 trials), values compared;
+#      N = 40 (487 trials), N = 120 (200) and N = 200 (64 and 200 trials), TIMIT N = 200 (64 trials), values
+#      compared;
 #   3g. (stage loops) trainer_speed of the JSB study's first group (487 trials of the mixed program at N = 40)
 #      with XLA's and with the Pallas loops (lstm_loops), weights compared after an epoch; it writes
 #      OUT_DIR/study_loops, the loops stage study_shared then trains with: "pallas" where its row was faster

@@ -48,17 +48,18 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Where to run; on a CPU the Pallas kernels are interpreted.")
 flags.DEFINE_bool("deviceless", False, "Compile every program for an H100 without a device, and stop.")
-flags.DEFINE_list("shapes", ["jsb:40:487", "jsb:200:64", "jsb:200:200", "timit:200:64"],
-                  "task:hidden:trials (the JSB study's first group; N = 200 with trials whose R fit / do not fit "
-                  "an H100's L2 cache); task jsb (T = 60, M = 88) or timit (T = 300, M = 39).")
+flags.DEFINE_list("shapes", ["jsb:40:487", "jsb:120:200", "jsb:200:64", "jsb:200:200", "timit:200:64"],
+                  "task:hidden:trials (the JSB study's first group; N = 120, whose bfloat16 R the kernels hold "
+                  "(P = 128); N = 200 with trials whose R fit / do not fit an H100's L2 cache); task jsb (T = 60, "
+                  "M = 88) or timit (T = 300, M = 39).")
 flags.DEFINE_enum("cell", "mixed", ["V", "mixed"], "V's cell, or the mixed cell with the eight mixable variants' "
                   "switches in turn over the trials (the trainer's mixed program).")
 flags.DEFINE_list("recurrent_dtypes", ["float32"], "float32 and/or bfloat16: R's dtype in the loops (both programs).")
 flags.DEFINE_list("passes", ["forward", "grad"], "forward and/or grad (forward+grad of the layer).")
 flags.DEFINE_list("lengths", ["equal", "uneven"], "equal (every trial T steps) and/or uneven (each trial's length "
                   "uniform in [T/2, 3T/2]: xla runs all to the longest, pallas each to its own).")
-flags.DEFINE_integer("hoist_max", 64, "Largest padded width P whose R a program holds for its whole loop "
-                     "(odyssey.pallas_loops.HOIST_MAX).")
+flags.DEFINE_integer("hoist_max", 64, "Largest padded width P whose float32 R a program holds for its whole loop "
+                     "(odyssey.pallas_loops.HOIST_MAX; bfloat16 R: pallas_loops.DOT_MAX, 128).")
 flags.DEFINE_integer("chunk", 32, "Rows of R a program reads at a time above --hoist_max (pallas_loops.CHUNK).")
 flags.DEFINE_integer("repeats", 5, "Timed measurements per program; the table shows the median.")
 flags.DEFINE_float("min_time", 0.2, "Seconds of whole calls each measurement runs at least.")

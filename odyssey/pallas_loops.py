@@ -20,7 +20,11 @@ and loads mask the units from N on (read as 0, never read from memory), so its w
 and the padded units stay exactly 0. For P ≤ `HOIST_MAX` a program loads its trial's R once, before the
 loop, and holds it in registers; above that it reads `CHUNK` rows of R at a time at every step, passes the
 state between steps through its output arrays and ends each step with a barrier (compiled for an H100: 163-207
-registers a thread held, 80-103 chunked, no spills; bench/pallas_lstm_speed.py --deviceless).
+registers a thread held, 80-103 chunked, no spills; bench/pallas_lstm_speed.py --deviceless). With bfloat16
+recurrent products a program holds R up to P = `DOT_MAX` (128) and computes its products as tensor-core
+dots with float32 accumulation (`holds`, `_matvec_dot`): Triton keeps a dot's operand in shared memory, 128
+KiB at P = 128, where the float32 copy of R that the elementwise products need would overflow the registers
+(compiled for an H100: 52-152 registers a thread, no spills, R loaded before the loop and none of it inside).
 
 Each trial runs only its own steps: from its first valid step to its last (by its mask, within the layer's
 `steps` bound), where the XLA loops run every trial of a vmapped call to the shared bound. Inside that range
@@ -49,7 +53,9 @@ LOOPS = ("xla", "pallas")
 GATES = 4  # V: z, i, f, o
 COEFFICIENTS = ("dy_ext", "c_y", "o_y", "z_c", "i_c", "f_c", "c_c")  # the backward kernel's per-step inputs
 FGR_COEFFICIENTS = ("so", "si", "sf", "c_go", "c_gi", "c_gf")  # and FGR's, after them
-HOIST_MAX = 64  # the widest P whose R a program holds in registers for its whole loop
+HOIST_MAX = 64  # the widest P whose float32 R a program holds in registers for its whole loop
+DOT_MAX = 128  # the widest P whose bfloat16 R a program holds, as its tensor-core products' operand
+DOT_COLUMNS = 16  # a tensor-core product's narrowest right-hand side: the vector, then zero columns
 CHUNK = 32  # rows of R a program reads at a time above HOIST_MAX
 # Whether the kernels run in Pallas' interpret mode. None (default): where JAX's default backend is a CPU.
 # Scripts that compile for a GPU from a CPU host (bench/gpu_kernels.py) set False.
@@ -114,6 +120,27 @@ def _matvec(block, vec):
     return jnp.sum(block.astype(vec.dtype) * vec[None, :], axis=1)
 
 
+def _matvec_dot(block, vec):
+    """`_matvec` of a bfloat16 block as a matrix product (a GPU's tensor cores, float32 accumulation): the
+    vector, rounded to bfloat16, is the first of `DOT_COLUMNS` columns, the others 0, so the product's row
+    sums are the first column's values exactly. Used by the held kernels with bfloat16 R: Triton keeps a
+    product's operand in shared memory, where R then stays for the whole loop (P ≤ `DOT_MAX`), whereas the
+    float32 copy `_matvec` makes of it fills the registers from P = 128 on (bench/README.md)."""
+    first = jnp.arange(DOT_COLUMNS)[None, :] == 0
+    columns = jnp.where(first, vec.astype(block.dtype)[:, None], jnp.zeros((), block.dtype))
+    return jnp.sum(jnp.dot(block, columns, preferred_element_type=vec.dtype), axis=1)
+
+
+def holds(width: int, rdt, fgr: bool = False) -> tuple[bool, bool]:
+    """Whether a trial's kernels of padded width P = `width` hold its R for the whole loop, and whether their
+    products are tensor-core dots: float32 R up to `HOIST_MAX` (in registers), bfloat16 R up to `DOT_MAX` (as
+    the dots' operand); FGR's kernels never hold theirs (the gate recurrence's nine blocks besides R)."""
+    if fgr:
+        return False, False
+    dot = jnp.dtype(rdt) == jnp.bfloat16
+    return width <= (DOT_MAX if dot else HOIST_MAX), dot
+
+
 def _switches(ref):
     """The mixed cell's switches (`cells.SWITCHES`) as scalar booleans by name, from a float[8] ref."""
     return {name: ref[k] > 0 for k, name in enumerate(cells.SWITCHES)}
@@ -155,18 +182,20 @@ def _deltas(co, dy_next, dc_next, dg_next=None):
     return deltas, dc * c_c + dgi * c_gi + dgf * c_gf
 
 
-def _forward_held(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref, *, n, mixed):
+def _forward_held(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref, *, n, mixed, dot):
     """One trial's forward loop over steps range_ref[0]..range_ref[1] − 1 (int32[2]), R held in registers.
     keep_ref float[T] (0: a masked step, which keeps the state), sw_ref float[8] (switches), xw_ref
     float[T, 4, P] (xs W + b), rt_ref float[4, P, P] (rt[g, j, k] = R[k, g, j]), p_ref float[3, P]; writes
-    y_t, c_t into y_ref, c_ref float[T, P] and the activations into a_ref float[T, 4, P]."""
+    y_t, c_t into y_ref, c_ref float[T, P] and the activations into a_ref float[T, 4, P]. `dot`: the products
+    as `_matvec_dot`'s."""
     weight = [_block(rt_ref, g, 0, rt_ref.shape[-1], n) for g in range(GATES)]
+    matvec = _matvec_dot if dot else _matvec
     peep = tuple(_row(p_ref, (g,), n) for g in range(3))
     on = _switches(sw_ref) if mixed else None
 
     def step(t, carry):
         y_prev, c_prev = carry
-        pre = [_matvec(weight[g], y_prev) + _row(xw_ref, (t, g), n) for g in range(GATES)]
+        pre = [matvec(weight[g], y_prev) + _row(xw_ref, (t, g), n) for g in range(GATES)]
         y, c, acts = _cell(pre, c_prev, peep, on)
         valid = keep_ref[t] > 0
         y, c = jnp.where(valid, y, y_prev), jnp.where(valid, c, c_prev)
@@ -180,11 +209,13 @@ def _forward_held(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, c_r
     jax.lax.fori_loop(range_ref[0], range_ref[1], step, (zero, zero))
 
 
-def _backward_held(range_ref, keep_ref, co_ref, r_ref, da_ref, *, n):
+def _backward_held(range_ref, keep_ref, co_ref, r_ref, da_ref, *, n, dot):
     """One trial's backward loop from step range_ref[1] − 1 down to range_ref[0], R held in registers.
     co_ref float[T, 7, P] (`COEFFICIENTS`), r_ref float[4, P, P] (r[g, k, j] = R[k, g, j]); writes the
-    pre-activation deltas into da_ref float[T, 4, P] (0 at masked steps, whose deltas pass through)."""
+    pre-activation deltas into da_ref float[T, 4, P] (0 at masked steps, whose deltas pass through). `dot`: as
+    `_forward_held`'s."""
     weight = [_block(r_ref, g, 0, r_ref.shape[-1], n) for g in range(GATES)]
+    matvec = _matvec_dot if dot else _matvec
     last = range_ref[1]
 
     def step(s, carry):
@@ -194,7 +225,7 @@ def _backward_held(range_ref, keep_ref, co_ref, r_ref, da_ref, *, n):
         valid = keep_ref[t] > 0
         for g, d in enumerate(deltas):
             da_ref[t, g, :] = jnp.where(valid, d, 0.0)
-        dy_prev = sum(_matvec(weight[g], d) for g, d in enumerate(deltas))
+        dy_prev = sum(matvec(weight[g], d) for g, d in enumerate(deltas))
         return jnp.where(valid, dy_prev, dy_next), jnp.where(valid, dc_prev, dc_next)
 
     zero = jnp.zeros(da_ref.shape[2:], da_ref.dtype)
@@ -359,9 +390,9 @@ def forward(xw, r, p, switches, keep, bounds, rdt, rg=None):
     rt = jnp.transpose(_pad(r, (0, 2), width), (1, 2, 0)).astype(rdt)  # [g, j, k] = R[k, g, j]
     args = [ranges, keep, sw, _pad(xw, (2,), width), rt, _pad(p.astype(dtype), (1,), width)]
     shapes = [(t, width), (t, width), (t, GATES, width)]
-    held = width <= HOIST_MAX and not fgr
+    held, dot = holds(width, rdt, fgr)
     if held:
-        kernel = functools.partial(_forward_held, n=n, mixed=switches is not None)
+        kernel = functools.partial(_forward_held, n=n, mixed=switches is not None, dot=dot)
     else:  # FGR's Rg (9 blocks) never fits in registers
         kernel = functools.partial(_forward_chunked, n=n, chunk=min(CHUNK, width), barrier=_barrier(),
                                    mixed=switches is not None, fgr=fgr)
@@ -399,8 +430,9 @@ def backward(coefficients, r, keep, bounds, rdt, rg=None):
               (2,), width)
     rr = jnp.transpose(_pad(r, (0, 2), width), (1, 0, 2)).astype(rdt)  # [g, k, j] = R[k, g, j]
     args = [ranges, keep, co, rr]
-    if width <= HOIST_MAX and not fgr:
-        (da,) = _call(functools.partial(_backward_held, n=n), [(t, GATES, width)], dtype, args, True)
+    held, dot = holds(width, rdt, fgr)
+    if held:
+        (da,) = _call(functools.partial(_backward_held, n=n, dot=dot), [(t, GATES, width)], dtype, args, True)
     else:
         kernel = functools.partial(_backward_chunked, n=n, chunk=min(CHUNK, width), barrier=_barrier(), fgr=fgr)
         shapes = [(t, GATES, width), (t, width)]

@@ -56,7 +56,7 @@ FGR_COEFFICIENTS = ("so", "si", "sf", "c_go", "c_gi", "c_gf")  # and FGR's, afte
 HOIST_MAX = 64  # the widest P whose float32 R a program holds in registers for its whole loop
 DOT_MAX = 128  # the widest P whose bfloat16 R a program holds, as its tensor-core products' operand
 DOT_COLUMNS = 16  # a tensor-core product's narrowest right-hand side: the vector, then zero columns
-CHUNK = 32  # rows of R a program reads at a time above HOIST_MAX
+CHUNK = 32  # rows of R a program reads at a time where it does not hold R
 # Whether the kernels run in Pallas' interpret mode. None (default): where JAX's default backend is a CPU.
 # Scripts that compile for a GPU from a CPU host (bench/gpu_kernels.py) set False.
 INTERPRET = None
@@ -183,7 +183,7 @@ def _deltas(co, dy_next, dc_next, dg_next=None):
 
 
 def _forward_held(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, c_ref, a_ref, *, n, mixed, dot):
-    """One trial's forward loop over steps range_ref[0]..range_ref[1] − 1 (int32[2]), R held in registers.
+    """One trial's forward loop over steps range_ref[0]..range_ref[1] − 1 (int32[2]), R held (`holds`).
     keep_ref float[T] (0: a masked step, which keeps the state), sw_ref float[8] (switches), xw_ref
     float[T, 4, P] (xs W + b), rt_ref float[4, P, P] (rt[g, j, k] = R[k, g, j]), p_ref float[3, P]; writes
     y_t, c_t into y_ref, c_ref float[T, P] and the activations into a_ref float[T, 4, P]. `dot`: the products
@@ -210,7 +210,7 @@ def _forward_held(range_ref, keep_ref, sw_ref, xw_ref, rt_ref, p_ref, y_ref, c_r
 
 
 def _backward_held(range_ref, keep_ref, co_ref, r_ref, da_ref, *, n, dot):
-    """One trial's backward loop from step range_ref[1] − 1 down to range_ref[0], R held in registers.
+    """One trial's backward loop from step range_ref[1] − 1 down to range_ref[0], R held (`holds`).
     co_ref float[T, 7, P] (`COEFFICIENTS`), r_ref float[4, P, P] (r[g, k, j] = R[k, g, j]); writes the
     pre-activation deltas into da_ref float[T, 4, P] (0 at masked steps, whose deltas pass through). `dot`: as
     `_forward_held`'s."""

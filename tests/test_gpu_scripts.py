@@ -32,17 +32,20 @@ exit 0
 """
 
 
-def _run(tmp_path, env, *args):
+def _run(tmp_path, env, *args, script=SCRIPT, argv=None):
+    """`script` (gpu_check.sh; OUT_DIR tmp_path/out, then `args`; or `argv` whole) with the stand-in for Python,
+    the environment's own settings of these scripts dropped and `env`'s added: its result and the calls."""
     stub = tmp_path / "python_stub"
     stub.write_text(STUB)
     stub.chmod(0o755)
     log = tmp_path / "calls.txt"
     log.write_text("")
-    ours = ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS", "STUDY_STORE")
+    ours = ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS", "STUDY_STORE", "WORK_DIR")
     full_env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("LIMIT_")}
     full_env.update(PYTHON=str(stub), STUB_LOG=str(log), **env)
-    result = subprocess.run(["bash", str(SCRIPT), str(tmp_path / "out"), *args], cwd=ROOT, env=full_env,
-                            capture_output=True, text=True, timeout=60)
+    argv = [str(tmp_path / "out"), *args] if argv is None else argv
+    result = subprocess.run(["bash", str(script), *argv], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                            timeout=60)
     calls = [line for line in log.read_text().splitlines() if not line.startswith("-c ")]  # machine.txt's jax line
     return result, calls
 
@@ -94,24 +97,16 @@ def test_the_session_measures_speed_first_and_brings_back_8_files(tmp_path):
     """bench/gpu_session.sh with the stand-in for Python: by default the speed rows (both loops, then bfloat16 at K
     = 200), the loops stage and the study, in that order within its budget; the results folder holds the 8 files
     a device call brings back at most, the stages' JSON in one archive."""
-    stub = tmp_path / "python_stub"
-    stub.write_text(STUB)
-    stub.chmod(0o755)
-    log = tmp_path / "calls.txt"
     work, results, jsb = tmp_path / "work", tmp_path / "results", tmp_path / "jsb.pickle"
     jsb.write_bytes(b"chorales")
     work.mkdir()
     (work / "speed.json").write_text("{}")  # as a stage leaves it
-    ours = ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS", "STUDY_STORE", "WORK_DIR")
-    env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("LIMIT_")}
-    env.update(PYTHON=str(stub), STUB_LOG=str(log), WORK_DIR=str(work))
-    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), str(results), str(jsb)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    done, calls = _run(tmp_path, dict(WORK_DIR=str(work)), script=ROOT / "bench" / "gpu_session.sh",
+                       argv=[str(results), str(jsb)])
     assert done.returncode == 0, done.stdout + done.stderr
     limits = _limits(done.stdout)
     assert [name for name, _ in limits] == ["speed", "speed_bf16", "loops", "study_shared"]
     assert [limit for _, limit in limits][:3] == [240, 120, 120] and 540 <= limits[3][1] <= 560
-    calls = [line for line in log.read_text().splitlines() if not line.startswith("-c ")]
     assert "--trials=1,32,200 --lstm_loops=xla,pallas" in calls[0]
     assert "--trials=200 --recurrent_dtypes=bfloat16 --lstm_loops=xla,pallas" in calls[1]
     assert "--config.train.lstm_loops=pallas" in calls[-1]  # the stand-in's choice, as the loops stage's

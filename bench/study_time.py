@@ -52,7 +52,6 @@ import json
 import math
 import os
 import pathlib
-import sqlite3
 import warnings
 
 from absl import app
@@ -60,6 +59,7 @@ from absl import flags
 import numpy as np
 
 from odyssey import search, train
+from odyssey.analysis import stats
 from odyssey.data import splits as data_splits
 
 import trainer_speed  # bench/ is the script's folder, so on sys.path
@@ -149,20 +149,20 @@ def load_jsb(path):
 
 
 def store_epochs(path) -> np.ndarray:
-    """Epochs used by the finished trials of a study store (table trials, column epochs)."""
+    """Epochs used by the finished trials of a study store (table trials, column epochs), read as the report
+    reads the store (`odyssey.analysis.stats.load_trials`: a plain connection, so a measured study's directory
+    keeps no -wal or -shm side files afterwards)."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--store={path}: no such file; give a run's trials.sqlite")
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
-        rows = conn.execute("SELECT epochs FROM trials WHERE epochs IS NOT NULL AND epochs > 0").fetchall()
-    except sqlite3.DatabaseError as err:
+        epochs = stats.load_trials(path)["epochs"]
+    except ValueError as err:
         raise ValueError(f"--store={path}: cannot read table trials, column epochs ({err})") from None
-    finally:
-        conn.close()
-    if not rows:
+    epochs = epochs[np.isfinite(epochs) & (epochs > 0)]
+    if not epochs.size:
         raise ValueError(f"--store={path}: no finished trial has its epochs recorded yet")
-    return np.array([r[0] for r in rows], float)
+    return epochs
 
 
 def interpolate(measured: dict, k: int) -> float:

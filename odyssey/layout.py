@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from odyssey import cells, nets, tasks
+from odyssey.search import bucket_of  # noqa: F401  (one definition, used here and re-exported)
 
 
 DEFAULT_BUCKETS = (40, 80, 120, 160, 200)
@@ -42,14 +43,6 @@ def group_trials(trials, hidden_buckets: Sequence[int] = DEFAULT_BUCKETS, mix_va
         groups.setdefault((program_of(t.variant, mix_variants), bucket_of(t.hidden_size, hidden_buckets)),
                           []).append(t)
     return groups
-
-
-def bucket_of(hidden_size: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket that holds `hidden_size`."""
-    for b in sorted(buckets):
-        if hidden_size <= b:
-            return b
-    raise ValueError(f"hidden size {hidden_size} exceeds the largest bucket {max(buckets)}")
 
 
 # On a CPU, a chunk of trials whose weights fill about this many bytes per layer runs fastest (see below).

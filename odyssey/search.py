@@ -297,11 +297,13 @@ def identity_diff(old, new, prefix="config"):
 
 
 def bucket_of(hidden_size, hidden_buckets):
-    """The smallest bucket that holds `hidden_size` (the width the trainer pads the trial to)."""
-    for b in hidden_buckets:
+    """The smallest bucket that holds `hidden_size` (the width the trainer pads the trial to); the buckets may
+    come in any order."""
+    buckets = sorted(hidden_buckets)
+    for b in buckets:
         if hidden_size <= b:
             return b
-    raise ValueError(f"hidden size {hidden_size} exceeds the largest hidden bucket {hidden_buckets[-1]}")
+    raise ValueError(f"hidden size {hidden_size} exceeds the largest hidden bucket {buckets[-1]}")
 
 
 def schedule(trials, hidden_buckets):

@@ -273,6 +273,10 @@ def test_bucket_of_is_the_smallest_bucket_that_holds_the_size():
         assert search.bucket_of(h, buckets) == min(b for b in buckets if b >= h)
     with pytest.raises(ValueError, match="exceeds the largest hidden bucket 200"):
         search.bucket_of(201, buckets)
+    shuffled = (160, 40, 200, 120, 80)  # a config may list its buckets in any order
+    assert [search.bucket_of(h, shuffled) for h in (1, 40, 41, 121, 200)] == [40, 40, 80, 160, 200]
+    with pytest.raises(ValueError, match="exceeds the largest hidden bucket 200"):
+        search.bucket_of(201, shuffled)
 
 
 def test_schedule_groups_every_trial_once_by_variant_and_bucket():

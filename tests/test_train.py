@@ -569,7 +569,7 @@ def test_bad_trials_are_named():
         train.train_trials("jsb", splits, [train.Trial(0, "LSTM", 4, 1e-3, 0.9, 0.0)])
     with pytest.raises(ValueError, match="trial 0: need learning_rate > 0"):
         train.train_trials("jsb", splits, [train.Trial(0, "V", 4, -1e-3, 0.9, 0.0)])
-    with pytest.raises(ValueError, match="exceeds the largest bucket 200"):
+    with pytest.raises(ValueError, match="exceeds the largest hidden bucket 200"):
         train.train_trials("jsb", splits, [train.Trial(0, "V", 201, 1e-3, 0.9, 0.0)])
     with pytest.raises(ValueError, match="unknown task 'speech'"):
         train.train_trials("speech", splits, [])

@@ -161,7 +161,10 @@ def validate_config(config):
         raise ConfigError(f"config.search.variants = {variants!r}: expected a non-empty tuple of variant names")
     for v in variants:
         if v not in VARIANTS:
-            raise ConfigError(f"config.search.variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+            # A flag --config.search.variants=V,NP reaches here as the one name 'V,NP'.
+            hint = (""" (to name several on the command line: --config.search.variants='("V","NP")')"""
+                    if isinstance(v, str) and any(c in v for c in ",()[] ") else "")
+            raise ConfigError(f"config.search.variants: unknown variant {v!r}; known: {', '.join(VARIANTS)}{hint}")
     if len(set(variants)) != len(variants):
         raise ConfigError(f"config.search.variants = {variants!r}: a variant is listed twice")
     for dotted, minimum in (("search.num_trials", 1), ("search.seed", 0), ("search.trials_per_batch", 1),

@@ -159,6 +159,9 @@ def _set(config, dotted, value):
 @pytest.mark.parametrize("field,value,message", [
     ("search.variants", ("V", "LSTM2"), "unknown variant 'LSTM2'; known: V, NIG"),
     ("search.variants", ("V", "V"), "listed twice"),
+    ("search.variants", ("V,NP",), "unknown variant 'V,NP'; known: V, NIG, NFG, NOG, NIAF, NOAF, NP, CIFG, FGR "
+                                   "(to name several on the command line: "
+                                   "--config.search.variants='(\"V\",\"NP\")')"),
     ("search.variants", (), "non-empty tuple"),
     ("task", "mnist", "config.task = 'mnist': unknown task; known: jsb"),
     ("search.space.learning_rate", ("log_uniform", -1e-6, 1e-2), "needs 0 < low < high, got low=-1e-06"),

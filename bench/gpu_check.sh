@@ -125,7 +125,7 @@ run_pallas() {
     --recurrent_dtypes=float32,bfloat16 --passes=grad --repeats=3 --out="$out/pallas.json"
 }
 run_loops() {
-  rm -f "$out/loops.json"  # a stage stopped at its limit writes none: no earlier run's rows then decide
+  rm -f "$out/loops.json"  # a stage stopped before its one block of rows writes none: no earlier run's rows decide
   stage loops "${LIMIT_LOOPS:-120}" $py bench/trainer_speed.py --device=$device --shapes=jsb --hidden=40 --trials=487 \
     --variants=mixed --lstm_loops=xla,pallas --notorch --repeats=3 --min_time=0.3 --out="$out/loops.json"
   [ "$ran" = 1 ] || return 0  # skipped: an earlier run's choice, if any, stands

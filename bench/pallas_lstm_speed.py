@@ -34,7 +34,6 @@ path with interpret-mode kernels, which is slow and says nothing about speed (us
 """
 
 import functools
-import json
 import os
 import sys
 import time
@@ -63,7 +62,8 @@ flags.DEFINE_integer("hoist_max", 64, "Largest padded width P whose float32 R a 
 flags.DEFINE_integer("chunk", 32, "Rows of R a program reads at a time above --hoist_max (pallas_loops.CHUNK).")
 flags.DEFINE_integer("repeats", 5, "Timed measurements per program; the table shows the median.")
 flags.DEFINE_float("min_time", 0.2, "Seconds of whole calls each measurement runs at least.")
-flags.DEFINE_string("out", None, "Where to write the rows as JSON.")
+flags.DEFINE_string("out", None, "Where to write the rows as JSON (rewritten as rows are measured, with complete: "
+                    "false until the run ends).")
 
 GATES = 4  # V: z, i, f, o
 
@@ -179,7 +179,14 @@ def main(argv):
     device = trainer_speed.jax_device(FLAGS.device)
     info = trainer_speed.machine_info(device)
     info["load_before"] = trainer_speed.load_average()
-    rows = time_shapes(device, shapes, FLAGS.passes, FLAGS.lengths, programs)
+    run_flags = {"cell": FLAGS.cell, "hoist_max": FLAGS.hoist_max, "chunk": FLAGS.chunk}
+
+    def save(rows, complete=False):
+        if FLAGS.out:
+            trainer_speed.write_json(FLAGS.out, {"machine": info, "flags": run_flags, "rows": rows,
+                                                 "complete": complete})
+
+    rows = time_shapes(device, shapes, FLAGS.passes, FLAGS.lengths, programs, on_rows=save)
     info["load_after"] = trainer_speed.load_average()
     print()
     print(f"cell: {FLAGS.cell}")
@@ -196,10 +203,7 @@ def main(argv):
           "pallas each to its own; arrays padded to 3T/2 in both. 'max rel. diff': the largest difference of "
           "pallas from xla over all outputs, relative to each output's largest magnitude.")
     trainer_speed.print_machine(info)
-    if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump({"machine": info, "flags": {"cell": FLAGS.cell, "hoist_max": FLAGS.hoist_max,
-                                                   "chunk": FLAGS.chunk}, "rows": rows}, f, indent=1)
+    save(rows, complete=True)
 
 
 def _max_rel_diff(a, b):
@@ -211,10 +215,11 @@ def _max_rel_diff(a, b):
     return worst
 
 
-def time_shapes(device, shapes, passes, modes, programs):
+def time_shapes(device, shapes, passes, modes, programs, on_rows=None):
     """Rows of the timing table: for each shape, recurrent dtype, lengths mode and pass, both programs timed
     in turn (`trainer_speed.measure`, interleaved repeats). One compiled program per shape serves both
-    modes: arrays are padded to 3T/2, and the lengths and the shared step count are inputs."""
+    modes: arrays are padded to 3T/2, and the lengths and the shared step count are inputs. `on_rows(rows)`,
+    if given, is called with the rows so far each time new ones are measured, before they are printed."""
     import jax
     import trainer_speed
     from odyssey import pallas_loops
@@ -249,15 +254,21 @@ def time_shapes(device, shapes, passes, modes, programs):
                     times = trainer_speed.measure({name: seconds(fns[pass_]) for name, fns in by_name.items()},
                                                   FLAGS.repeats, FLAGS.min_time)
                     base = times["xla"]["median"]
+                    new = []
                     for name, r in times.items():
-                        rows.append({"task": task, "program": name, "pass": pass_, "recurrent_dtype": rdt,
+                        new.append({"task": task, "program": name, "pass": pass_, "recurrent_dtype": rdt,
                                      "lengths": mode, "hidden": n, "width": pallas_loops._pow2(n), "trials": k, "steps": t,
                                      "padded_steps": padded, "longest": int(lengths.max()),
                                      "mean_length": float(lengths.mean()), "seconds": r["median"],
                                      "x_xla": base / r["median"], "sequences_per_second": k / r["median"],
                                      "max_rel_diff_vs_xla": diff})
-                        print(f"{task} N={n} K={k} {rdt} {mode} {pass_:>7} {name:>6}: {1e3 * r['median']:.3f} ms a "
-                              f"call, {base / r['median']:.2f}x XLA's loops, diff {diff:.1e}", flush=True)
+                    rows += new
+                    if on_rows is not None:
+                        on_rows(rows)
+                    for r in new:
+                        print(f"{task} N={n} K={k} {rdt} {mode} {pass_:>7} {r['program']:>6}: "
+                              f"{1e3 * r['seconds']:.3f} ms a call, {r['x_xla']:.2f}x XLA's loops, diff {diff:.1e}",
+                              flush=True)
     return rows
 
 

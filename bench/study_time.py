@@ -120,7 +120,8 @@ def _define_flags():
     flags.DEFINE_float("bound_bandwidth", None, "Measure nothing: project at the streamed-weight bound of this "
                        "memory bandwidth in bytes/s (e.g. 3.35e12, an H100 SXM), in the operand size of "
                        "--recurrent_dtype.")
-    flags.DEFINE_string("out", None, "Where to write the results as JSON.")
+    flags.DEFINE_string("out", None, "Where to write the results as JSON (rewritten after each measured row, "
+                        "with complete: false and no projections until the run ends).")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the store resampling.")
 
 
@@ -224,12 +225,13 @@ def _extrapolate(short, long, steps_short, steps_long, steps):
     return long + slope * (steps - steps_long)
 
 
-def _measure(task, buckets, trial_counts, variants, device, scale):
+def _measure(task, buckets, trial_counts, variants, device, scale, on_row=None):
     """Per (variant, bucket, K): seconds of a training epoch over the task's whole training split, of a
     validation and a test pass over the task's splits, and of the first calls (compile), at the task's mean
     length. With scale > 1, training is measured at two shorter lengths (1/scale and 2/scale of the task's)
     and extrapolated along the line through them; evaluation, a forward pass, at the longer of the two and
-    scaled in proportion to length (which overstates it a little)."""
+    scaled in proportion to length (which overstates it a little). `on_row(row)`, if given, is called with
+    each row as soon as it is measured, before it is printed."""
     shape = TASK_SHAPES[task]
     short = max(2, round(shape.steps / scale))
     whole = scale == 1 or shape.steps <= _WHOLE_STEPS or 2 * short >= shape.steps
@@ -267,6 +269,8 @@ def _measure(task, buckets, trial_counts, variants, device, scale):
                        "valid_s": per_chunk * chunks["valid"], "test_s": per_chunk * chunks["test"],
                        "compile_s": max(compile_s, 0.0)}
                 rows.append(row)
+                if on_row is not None:
+                    on_row(row)
                 print(f"{task:>10} {variant:>5} N={bucket:<4} K={k:<4} {row['updates_per_s']:10.1f} updates/s  "
                       f"epoch {row['train_epoch_s']:9.1f}s  valid {row['valid_s']:8.2f}s  "
                       f"compile {row['compile_s']:6.1f}s", flush=True)
@@ -365,6 +369,9 @@ def _load_measurements(paths):
             machines.append(data["machine"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise app.UsageError(f"--measurements: {path} is not a JSON written by this script ({err!r})") from None
+        if data.get("complete") is False:
+            print(f"--measurements: {path} holds the {len(data['measurements'])} rows of a run that stopped "
+                  "before its end")
     kinds = {m["jax_device"] for m in machines}
     if len(kinds) > 1:
         raise app.UsageError(f"--measurements: the files were measured on different devices: {sorted(kinds)}")
@@ -443,6 +450,14 @@ def main(argv):
                                          else train.default_compile_ahead(device))
     mix = settings["mix_variants"] = FLAGS.mix_variants
     rows, projections, studies = [], [], {}
+
+    measured_so_far = []
+
+    def keep(row):  # a run cut at its limit keeps what it measured, loadable with --measurements
+        measured_so_far.append(row)
+        if FLAGS.out:
+            trainer_speed.write_json(FLAGS.out, {"machine": info, "settings": settings,
+                                                 "measurements": measured_so_far, "complete": False})
     for task in FLAGS.tasks:
         config = load_config(task)
         buckets = settings["buckets"] or [int(b) for b in config.search.hidden_buckets]
@@ -458,7 +473,8 @@ def main(argv):
         if bound is not None:
             rows += _bound_rows(task, buckets, bound, 2 if FLAGS.recurrent_dtype == "bfloat16" else 4)
         elif measured is None:
-            rows += _measure(task, buckets, settings["trials"], FLAGS.variants, device, settings["step_scale"])
+            rows += _measure(task, buckets, settings["trials"], FLAGS.variants, device, settings["step_scale"],
+                             on_row=keep)
         else:
             mine = [r for r in measured["measurements"] if r["task"] == task]
             missing = sorted(set(buckets) - {r["bucket"] for r in mine})
@@ -481,10 +497,9 @@ def main(argv):
         info["load_after"] = trainer_speed.load_average()
     _print_tables(rows, projections, studies, rules, settings, info)
     if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump({"machine": info, "settings": settings, "studies": studies,
-                       "rules": {name: text for name, (text, _) in rules.items()}, "measurements": rows,
-                       "projections": projections}, f, indent=1)
+        trainer_speed.write_json(FLAGS.out, {"machine": info, "settings": settings, "studies": studies,
+                                             "rules": {name: text for name, (text, _) in rules.items()},
+                                             "measurements": rows, "projections": projections, "complete": True})
         print(f"wrote {FLAGS.out}")
 
 

@@ -90,7 +90,8 @@ def _define_flags():
                       "replay per update); ignored on CPU.")
     flags.DEFINE_list("threads", None, "PyTorch CPU thread counts, one baseline each (default: 1 and the cores "
                       "this process may use); the ratio is against the fastest.")
-    flags.DEFINE_string("out", None, "Where to write the results as JSON.")
+    flags.DEFINE_string("out", None, "Where to write the results as JSON (rewritten after each shape and hidden "
+                        "size, with complete: false until the run ends).")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the trials.")
     flags.DEFINE_integer("trials_per_chunk", 0, "Trials per vmapped step of the trainer (0: its default, "
                          "odyssey.train.default_trials_per_chunk: ~2 MiB of weights per layer on CPU, ~512 MiB "
@@ -336,7 +337,16 @@ def print_machine(info):
     """The footer of a benchmark table: the device and host, and the load before and after."""
     print(f"machine: {info['jax_device']}, {info.get('cpu', info['host'])}, {info['cores']} cores")
     print(f"before: {info['load_before']}")
-    print(f"after:  {info['load_after']}")
+    print(f"after:  {info.get('load_after', 'not recorded: the run stopped before its end')}")
+
+
+def write_json(path, data):
+    """Writes `data` to `path` as JSON through a temporary file and a rename: a reader, or a run cut at its
+    limit, finds the previous whole file or the new one, never a part of one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 def load_average() -> str:
@@ -454,6 +464,11 @@ def main(argv):
           f"K > 1 sharded over them")
     print(f"before: {info['load_before']}")
 
+    config = {"quick": FLAGS.quick, "steps": steps, "trials": trials, "hidden": hiddens,
+              "variants": FLAGS.variants, "sequences": FLAGS.sequences, "repeats": FLAGS.repeats,
+              "min_time": FLAGS.min_time, "torch_threads": thread_counts,
+              "recurrent_dtypes": FLAGS.recurrent_dtypes, "matmul_precisions": FLAGS.matmul_precisions,
+              "lstm_loops": FLAGS.lstm_loops}
     rows = []
     for shape in FLAGS.shapes:
         splits = synthetic_splits(shape, steps[shape], {"train": FLAGS.sequences, "valid": 1, "test": 1},
@@ -508,19 +523,16 @@ def main(argv):
                     row["weight_stream_bound"] = weight_stream_bound(shape, steps[shape], hidden, name, itemsize,
                                                                      bandwidth)
                 rows.append(row)
+            if FLAGS.out:  # what is measured so far, before it is printed: a run cut at its limit keeps it
+                write_json(FLAGS.out, {"machine": info, "config": config, "rows": rows, "complete": False})
+            for row in rows[-len(runners):]:
                 print(_row_text(row), flush=True)
             del runners
 
     info["load_after"] = load_average()
     _print_table(rows, info)
     if FLAGS.out:
-        config = {"quick": FLAGS.quick, "steps": steps, "trials": trials, "hidden": hiddens,
-                  "variants": FLAGS.variants, "sequences": FLAGS.sequences, "repeats": FLAGS.repeats,
-                  "min_time": FLAGS.min_time, "torch_threads": thread_counts,
-                  "recurrent_dtypes": FLAGS.recurrent_dtypes, "matmul_precisions": FLAGS.matmul_precisions,
-                  "lstm_loops": FLAGS.lstm_loops}
-        with open(FLAGS.out, "w") as f:
-            json.dump({"machine": info, "config": config, "rows": rows}, f, indent=1)
+        write_json(FLAGS.out, {"machine": info, "config": config, "rows": rows, "complete": True})
         print(f"wrote {FLAGS.out}")
 
 

@@ -24,7 +24,6 @@ and is left out). Validation is the same in both and is not timed.
 The data: the standard JSB Chorales file at --data when it exists, else the offline stand-in.
 """
 
-import json
 
 from absl import app, flags
 import jax
@@ -74,31 +73,38 @@ def main(argv):
         print(f"{k:>5} {own:>11.0f} {shared:>8d} {own / shared:>12.3f}")
     print("(loop steps of one training epoch, summed over its updates; own orders: the mean over "
           f"{_DRAWS.value} draws)", flush=True)
+    settings = {"repeats": _REPEATS.value, "min_time": _MIN_TIME.value, "draws": _DRAWS.value}
+
+    def save(timing, complete):  # rewritten after each timed row: a run cut at its limit keeps its rows
+        if _OUT.value:
+            trainer_speed.write_json(_OUT.value, {"data": source, "device": device.device_kind,
+                                                  "order_seed": ORDER_SEED, "counts": counts, "timing": timing,
+                                                  "settings": settings, "complete": complete})
+
+    save([], False)
     timing = []
     for k in (int(v) for v in _TRIALS.value):
+        if not timing:
+            print(f"\n{'trials':>6} {'N':>4} {'own orders s':>12} {'shared s':>9} {'own / shared':>12} "
+                  f"{'shared upd/s':>12}", flush=True)
         timers = {arm: trainer_speed.TrainerTimer("jsb", train.MIXED, _HIDDEN.value, k, splits, device,
                                                   chunk=k, order_seed=seed)
                   for arm, seed in (("own", None), ("shared", ORDER_SEED))}
         out = trainer_speed.measure({arm: t.train_epoch for arm, t in timers.items()}, _REPEATS.value,
                                     _MIN_TIME.value)
-        timing.append({"trials": k, "hidden": _HIDDEN.value, **{arm: out[arm] for arm in timers},
-                       "ratio": out["own"]["median"] / out["shared"]["median"]})
+        row = {"trials": k, "hidden": _HIDDEN.value, **{arm: out[arm] for arm in timers},
+               "ratio": out["own"]["median"] / out["shared"]["median"]}
+        timing.append(row)
+        save(timing, False)
+        rate = row["trials"] * lengths.size / row["shared"]["median"]
+        print(f"{row['trials']:>6} {row['hidden']:>4} {row['own']['median']:>12.3f} "
+              f"{row['shared']['median']:>9.3f} {row['ratio']:>12.2f} {rate:>12,.0f}", flush=True)
     if timing:
-        print(f"\n{'trials':>6} {'N':>4} {'own orders s':>12} {'shared s':>9} {'own / shared':>12} "
-              f"{'shared upd/s':>12}")
-        for row in timing:
-            rate = row["trials"] * lengths.size / row["shared"]["median"]
-            print(f"{row['trials']:>6} {row['hidden']:>4} {row['own']['median']:>12.3f} "
-                  f"{row['shared']['median']:>9.3f} {row['ratio']:>12.2f} {rate:>12,.0f}")
         print(f"(median seconds of a training epoch of the trainer's mixed program, the two arms measured "
               f"alternately, {_REPEATS.value} measurements each; upd/s: sequence-updates per second)")
+    save(timing, True)
     if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            json.dump({"data": source, "device": device.device_kind, "order_seed": ORDER_SEED, "counts": counts,
-                       "timing": timing, "settings": {"repeats": _REPEATS.value, "min_time": _MIN_TIME.value,
-                                                      "draws": _DRAWS.value}}, f, indent=1)
         print(f"wrote {_OUT.value}")
-
 
 if __name__ == "__main__":
     app.run(main)

@@ -120,7 +120,7 @@ def _define_flags():
     flags.DEFINE_float("bound_bandwidth", None, "Measure nothing: project at the streamed-weight bound of this "
                        "memory bandwidth in bytes/s (e.g. 3.35e12, an H100 SXM), in the operand size of "
                        "--recurrent_dtype.")
-    flags.DEFINE_string("out", None, "Where to write the results as JSON (rewritten after each measured row, "
+    flags.DEFINE_string("out", None, "Where to write the results as JSON (rewritten after each measured bucket, "
                         "with complete: false and no projections until the run ends).")
     flags.DEFINE_integer("seed", 0, "Seed of the synthetic data and of the store resampling.")
 
@@ -225,13 +225,13 @@ def _extrapolate(short, long, steps_short, steps_long, steps):
     return long + slope * (steps - steps_long)
 
 
-def _measure(task, buckets, trial_counts, variants, device, scale, on_row=None):
+def _measure(task, buckets, trial_counts, variants, device, scale, on_rows=None):
     """Per (variant, bucket, K): seconds of a training epoch over the task's whole training split, of a
     validation and a test pass over the task's splits, and of the first calls (compile), at the task's mean
     length. With scale > 1, training is measured at two shorter lengths (1/scale and 2/scale of the task's)
     and extrapolated along the line through them; evaluation, a forward pass, at the longer of the two and
-    scaled in proportion to length (which overstates it a little). `on_row(row)`, if given, is called with
-    each row as soon as it is measured, before it is printed."""
+    scaled in proportion to length (which overstates it a little). `on_rows(rows)`, if given, is called with
+    each (variant, bucket)'s rows as soon as they are measured, before they are printed."""
     shape = TASK_SHAPES[task]
     short = max(2, round(shape.steps / scale))
     whole = scale == 1 or shape.steps <= _WHOLE_STEPS or 2 * short >= shape.steps
@@ -258,6 +258,7 @@ def _measure(task, buckets, trial_counts, variants, device, scale, on_row=None):
                 at[steps] = trainer_speed.measure(fns, FLAGS.repeats, FLAGS.min_time)
                 del timers
             last = at[lengths[-1]]
+            block = []
             for k in trial_counts:
                 train_s = [at[steps][("train", k)]["median"] for steps in lengths]
                 train_s = train_s[0] if len(lengths) == 1 else _extrapolate(*train_s, *lengths, shape.steps)
@@ -268,10 +269,12 @@ def _measure(task, buckets, trial_counts, variants, device, scale, on_row=None):
                        "updates_per_s": k / per_seq, "train_epoch_s": per_seq * shape.train,
                        "valid_s": per_chunk * chunks["valid"], "test_s": per_chunk * chunks["test"],
                        "compile_s": max(compile_s, 0.0)}
-                rows.append(row)
-                if on_row is not None:
-                    on_row(row)
-                print(f"{task:>10} {variant:>5} N={bucket:<4} K={k:<4} {row['updates_per_s']:10.1f} updates/s  "
+                block.append(row)
+            rows += block
+            if on_rows is not None:
+                on_rows(block)
+            for row in block:
+                print(f"{task:>10} {variant:>5} N={bucket:<4} K={row['K']:<4} {row['updates_per_s']:10.1f} updates/s  "
                       f"epoch {row['train_epoch_s']:9.1f}s  valid {row['valid_s']:8.2f}s  "
                       f"compile {row['compile_s']:6.1f}s", flush=True)
     return rows
@@ -453,8 +456,8 @@ def main(argv):
 
     measured_so_far = []
 
-    def keep(row):  # a run cut at its limit keeps what it measured, loadable with --measurements
-        measured_so_far.append(row)
+    def keep(block):  # a run cut at its limit keeps what it measured, loadable with --measurements
+        measured_so_far.extend(block)
         if FLAGS.out:
             trainer_speed.write_json(FLAGS.out, {"machine": info, "settings": settings,
                                                  "measurements": measured_so_far, "complete": False})
@@ -464,7 +467,7 @@ def main(argv):
         tpb = FLAGS.trials_per_batch or int(config.search.trials_per_batch)
         trials = [train.Trial(**t) for t in search.draw_trials(config)]
         too_big = max(t.hidden_size for t in trials)
-        if too_big > buckets[-1]:
+        if too_big > max(buckets):
             raise app.UsageError(f"--buckets: {task}'s trials reach N={too_big}, beyond the largest bucket")
         padded = [train.bucket_of(t.hidden_size, buckets) for t in trials]
         studies[task] = {"trials": len(trials), "variants": len(config.search.variants), "buckets": buckets,
@@ -474,7 +477,7 @@ def main(argv):
             rows += _bound_rows(task, buckets, bound, 2 if FLAGS.recurrent_dtype == "bfloat16" else 4)
         elif measured is None:
             rows += _measure(task, buckets, settings["trials"], FLAGS.variants, device, settings["step_scale"],
-                             on_row=keep)
+                             on_rows=keep)
         else:
             mine = [r for r in measured["measurements"] if r["task"] == task]
             missing = sorted(set(buckets) - {r["bucket"] for r in mine})

@@ -65,19 +65,19 @@ def test_trainer_speed_keeps_the_rows_of_a_cut_run(tmp_path):
 
 def test_study_time_keeps_the_rows_of_a_cut_run_and_projects_from_them(tmp_path):
     out = tmp_path / "study_time.json"
-    args = ["bench/study_time.py", "--tasks=jsb", "--buckets=200", "--trials=2,4", "--sequences=2", "--repeats=1",
+    args = ["bench/study_time.py", "--tasks=jsb", "--buckets=200,120", "--trials=2,4", "--sequences=2", "--repeats=1",
             "--min_time=0", "--eval_chunks=1", "--epochs_estimate=30", f"--out={out}"]
     line = _cut_after(args, r"^ +jsb +V N=200 +K=2 ")[0]
     data = json.loads(out.read_text())
     assert data["complete"] is False and "projections" not in data
-    assert [(r["bucket"], r["K"]) for r in data["measurements"]] == [(200, 2)]
+    assert [(r["bucket"], r["K"]) for r in data["measurements"]] == [(200, 2), (200, 4)]  # both K, then printed; not N = 120
     assert data["measurements"][0]["updates_per_s"] == pytest.approx(float(line.split()[4]), abs=0.051)
 
     # the cut run's row alone projects the study: every JSB trial fits bucket 200
     again = tmp_path / "projected.json"
     text = _run(["bench/study_time.py", "--tasks=jsb", "--buckets=200", f"--measurements={out}",
                  "--epochs_estimate=30", f"--out={again}"])
-    assert f"{out} holds the 1 rows of a run that stopped before its end" in text
+    assert f"{out} holds the 2 rows of a run that stopped before its end" in text
     projected = json.loads(again.read_text())
     assert projected["complete"] is True and projected["measurements"] == data["measurements"]
     assert {p["rule"] for p in projected["projections"]} == {"bound", "estimate"}
@@ -101,3 +101,22 @@ def test_pallas_lstm_speed_keeps_the_rows_of_a_cut_run(tmp_path):
     assert data["complete"] is True
     assert [(r["hidden"], r["program"]) for r in data["rows"]] == [(8, "pallas"), (8, "xla"), (40, "pallas"),
                                                                   (40, "xla")]
+
+
+JSB_FILE = ROOT.parent / "shared" / "data" / "jsb_chorales" / "jsb_chorales.pickle"
+
+
+@pytest.mark.skipif(not JSB_FILE.is_file(), reason=f"the standard JSB file is not at {JSB_FILE}: data_order_check "
+                    "would build the stand-in first (about 70 s)")
+def test_data_order_check_keeps_the_rows_of_a_cut_run(tmp_path):
+    out = tmp_path / "order.json"
+    args = ["bench/data_order_check.py", f"--data={JSB_FILE}", "--count_trials=1,8", "--draws=3", "--trials=2,3",
+            "--hidden=8", "--repeats=1", "--min_time=0", f"--out={out}"]
+    line = _cut_after(args, r"^ +2 +8 +\d")[0]
+    data = json.loads(out.read_text())
+    assert data["complete"] is False and [r["K"] for r in data["counts"]] == [1, 8]
+    assert [r["trials"] for r in data["timing"]] == [2]
+    assert data["timing"][0]["ratio"] == pytest.approx(float(line.split()[4]), abs=0.0051)
+    _run(args)
+    data = json.loads(out.read_text())
+    assert data["complete"] is True and [r["trials"] for r in data["timing"]] == [2, 3]

@@ -453,7 +453,6 @@ def main(argv):
                                          else train.default_compile_ahead(device))
     mix = settings["mix_variants"] = FLAGS.mix_variants
     rows, projections, studies = [], [], {}
-
     measured_so_far = []
 
     def keep(block):  # a run cut at its limit keeps what it measured, loadable with --measurements
@@ -461,6 +460,7 @@ def main(argv):
         if FLAGS.out:
             trainer_speed.write_json(FLAGS.out, {"machine": info, "settings": settings,
                                                  "measurements": measured_so_far, "complete": False})
+
     for task in FLAGS.tasks:
         config = load_config(task)
         buckets = settings["buckets"] or [int(b) for b in config.search.hidden_buckets]

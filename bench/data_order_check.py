@@ -24,7 +24,6 @@ and is left out). Validation is the same in both and is not timed.
 The data: the standard JSB Chorales file at --data when it exists, else the offline stand-in.
 """
 
-
 from absl import app, flags
 import jax
 import numpy as np
@@ -105,6 +104,7 @@ def main(argv):
     save(timing, True)
     if _OUT.value:
         print(f"wrote {_OUT.value}")
+
 
 if __name__ == "__main__":
     app.run(main)

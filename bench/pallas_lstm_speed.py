@@ -257,11 +257,11 @@ def time_shapes(device, shapes, passes, modes, programs, on_rows=None):
                     new = []
                     for name, r in times.items():
                         new.append({"task": task, "program": name, "pass": pass_, "recurrent_dtype": rdt,
-                                     "lengths": mode, "hidden": n, "width": pallas_loops._pow2(n), "trials": k, "steps": t,
-                                     "padded_steps": padded, "longest": int(lengths.max()),
-                                     "mean_length": float(lengths.mean()), "seconds": r["median"],
-                                     "x_xla": base / r["median"], "sequences_per_second": k / r["median"],
-                                     "max_rel_diff_vs_xla": diff})
+                                    "lengths": mode, "hidden": n, "width": pallas_loops._pow2(n), "trials": k, "steps": t,
+                                    "padded_steps": padded, "longest": int(lengths.max()),
+                                    "mean_length": float(lengths.mean()), "seconds": r["median"],
+                                    "x_xla": base / r["median"], "sequences_per_second": k / r["median"],
+                                    "max_rel_diff_vs_xla": diff})
                     rows += new
                     if on_rows is not None:
                         on_rows(rows)

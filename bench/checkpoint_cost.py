@@ -15,7 +15,6 @@ is (snapshot + save) / 300 s. The file goes to --dir (default: a temporary direc
 study would use, here the repository's), and is removed at the end.
 """
 
-import json
 import os
 import pathlib
 import statistics
@@ -28,7 +27,8 @@ from absl import flags
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from trainer_speed import TrainerTimer, jax_device, load_average, machine_info, print_machine, synthetic_splits  # noqa: E402,E501
+from trainer_speed import (TrainerTimer, jax_device, load_average, machine_info, print_machine,  # noqa: E402
+                           synthetic_splits, write_json)
 
 from odyssey import checkpoints, train  # noqa: E402
 
@@ -85,6 +85,9 @@ def main(argv):
                     row = measure_row(task, steps, n_train, hidden, k, device, tmp, FLAGS.repeats)
                     row["overhead"] = (row["snapshot_s"] + row["save_s"]) / FLAGS.interval
                     rows.append(row)
+                    if FLAGS.out:  # a run cut at its limit keeps the rows it printed
+                        write_json(FLAGS.out, {"machine": info, "interval_s": FLAGS.interval, "rows": rows,
+                                               "complete": False})
                     print(f"{task} N={hidden} K={row['trials']}: epoch {row['epoch_s']:.3f}s, snapshot "
                           f"{row['snapshot_s']:.3f}s, save {row['save_s']:.3f}s, {row['file_mb']:.1f} MB", flush=True)
     info["load_after"] = load_average()
@@ -98,8 +101,7 @@ def main(argv):
               f"({r['train_sequences']}) | {r['snapshot_s']:.3f} | {r['save_s']:.3f} | {r['file_mb']:.1f} | "
               f"{r['file_mb'] / max(r['save_s'], 1e-9):.0f} | {100 * r['overhead']:.2f} % |")
     if FLAGS.out:
-        with open(FLAGS.out, "w") as f:
-            json.dump({"machine": info, "interval_s": FLAGS.interval, "rows": rows}, f, indent=1)
+        write_json(FLAGS.out, {"machine": info, "interval_s": FLAGS.interval, "rows": rows, "complete": True})
 
 
 if __name__ == "__main__":

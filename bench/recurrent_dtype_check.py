@@ -40,6 +40,7 @@ from scipy import stats as scipy_stats
 from odyssey import search, train
 
 import study_time  # bench/ is the script's folder, so on sys.path
+import trainer_speed
 
 _DATA = flags.DEFINE_string("data", str(study_time.JSB_FILE), "The standard JSB Chorales file; the stand-in where it is missing.")
 _VARIANTS = flags.DEFINE_list("variants", list(train.cells.VARIANTS), "Variants whose trials are trained.")
@@ -186,8 +187,8 @@ def main(argv):
 
 def _write(path, trials, results, seconds, settings, rows):
     per_trial = [{**dataclasses.asdict(t), **{arm: results[arm].get(t.trial_id) for arm in results}} for t in trials]
-    with open(path, "w") as f:
-        json.dump({"config": settings, "seconds": seconds, "trials": per_trial, "summary": rows}, f, indent=1)
+    trainer_speed.write_json(path, {"config": settings, "seconds": seconds, "trials": per_trial, "summary": rows,
+                                    "complete": rows is not None})
 
 
 if __name__ == "__main__":

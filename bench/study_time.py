@@ -117,6 +117,9 @@ def _define_flags():
                       "recurrent products in the measured programs (config.train.recurrent_dtype).")
     flags.DEFINE_enum("lstm_loops", "xla", ["xla", "pallas"], "How the measured programs' LSTM loops run "
                       "(config.train.lstm_loops; pallas: odyssey.pallas_loops' kernels, interpreted on a CPU).")
+    flags.DEFINE_enum("below_smallest_k", "flat", ["flat", "proportional"], "A group of fewer slots than the "
+                      "smallest measured K costs that K's time (flat: an upper bound) or its time in proportion to "
+                      "its slots (a lower bound, right where that K is bandwidth-bound already); compiles stay flat.")
     flags.DEFINE_float("bound_bandwidth", None, "Measure nothing: project at the streamed-weight bound of this "
                        "memory bandwidth in bytes/s (e.g. 3.35e12, an H100 SXM), in the operand size of "
                        "--recurrent_dtype.")
@@ -166,14 +169,16 @@ def store_epochs(path) -> np.ndarray:
     return epochs
 
 
-def interpolate(measured: dict, k: int) -> float:
-    """Seconds at K slots from {K: seconds}: linear between measured K, below the smallest the smallest's
-    time (time never falls as K grows), above the largest in proportion to K."""
+def interpolate(measured: dict, k: int, below: str = "flat") -> float:
+    """Seconds at K slots from {K: seconds}: linear between measured K, above the largest in proportion to K;
+    below the smallest, with `below="flat"` the smallest's time (time never falls as K grows: an upper bound),
+    with "proportional" in proportion to K (a lower bound for a cost a + b K with a >= 0: the right one where
+    the work is bandwidth-bound at the smallest K already)."""
     ks = sorted(measured)
     if k >= ks[-1]:
         return measured[ks[-1]] * k / ks[-1]
     if k <= ks[0]:
-        return measured[ks[0]]
+        return measured[ks[0]] * (k / ks[0] if below == "proportional" else 1.0)
     j = bisect.bisect_left(ks, k)
     lo, hi = ks[j - 1], ks[j]
     w = (k - lo) / (hi - lo)
@@ -299,12 +304,34 @@ def _bound_rows(task, buckets, bandwidth, itemsize):
 
 
 def _group_cost(rows, task, variant, bucket, k):
-    """Seconds of one lock-step epoch's parts at K slots, from the measured rows (V's where not measured)."""
-    mine = [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == variant]
-    mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket and r["variant"] == "V"]
-    mine = mine or [r for r in rows if r["task"] == task and r["bucket"] == bucket]
-    return {part: interpolate({r["K"]: r[part] for r in mine}, k)
-            for part in ("train_epoch_s", "valid_s", "test_s", "compile_s")}
+    """Seconds of one lock-step epoch's parts at K slots, from the measured rows (V's where not measured).
+
+    A bucket that was not measured costs what `between_buckets` makes of the measured buckets around it."""
+    mine = [r for r in rows if r["task"] == task and r["variant"] == variant]
+    mine = mine or [r for r in rows if r["task"] == task and r["variant"] == "V"]
+    mine = mine or [r for r in rows if r["task"] == task]
+    parts = ("train_epoch_s", "valid_s", "test_s", "compile_s")
+    below = {part: "flat" if part == "compile_s" else FLAGS.below_smallest_k for part in parts}
+    at = {b: {part: interpolate({r["K"]: r[part] for r in mine if r["bucket"] == b}, k, below[part])
+              for part in parts}
+          for b in {r["bucket"] for r in mine}}
+    return {part: between_buckets({b: cost[part] for b, cost in at.items()}, bucket) for part in parts}
+
+
+def between_buckets(measured: dict, bucket: int) -> float:
+    """Seconds at hidden size `bucket` from {measured bucket: seconds}: the measured value, or linear in N^2
+    between the measured buckets on either side (a cost a + b N^2: a step's fixed part and its weights' bytes
+    or products). Outside the measured buckets is an error: the fixed part below and N^2 growth above would be
+    guesses."""
+    ns = sorted(measured)
+    if bucket in measured:
+        return measured[bucket]
+    if not ns[0] < bucket < ns[-1]:
+        raise ValueError(f"bucket {bucket} is outside the measured buckets {ns}")
+    j = bisect.bisect_left(ns, bucket)
+    lo, hi = ns[j - 1], ns[j]
+    w = (bucket ** 2 - lo ** 2) / (hi ** 2 - lo ** 2)
+    return (1 - w) * measured[lo] + w * measured[hi]
 
 
 def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile_ahead=False, mix_variants=True,
@@ -416,7 +443,7 @@ def _settings():
         padded[task] = int(steps)
     return {"buckets": buckets, "trials": trial_counts, "padded_steps": padded,
             "step_scale": FLAGS.step_scale or (4 if quick else 1), "sequences": FLAGS.sequences or (2 if quick else 8),
-            "eval_chunks": FLAGS.eval_chunks or (1 if quick else 2)}
+            "eval_chunks": FLAGS.eval_chunks or (1 if quick else 2), "below_smallest_k": FLAGS.below_smallest_k}
 
 
 def main(argv):
@@ -480,9 +507,14 @@ def main(argv):
                              on_rows=keep)
         else:
             mine = [r for r in measured["measurements"] if r["task"] == task]
-            missing = sorted(set(buckets) - {r["bucket"] for r in mine})
-            if missing:
-                raise app.UsageError(f"--measurements: no measurement of {task} at buckets {missing}")
+            have = sorted({r["bucket"] for r in mine})
+            if not have or not have[0] <= min(buckets) <= max(buckets) <= have[-1]:
+                raise app.UsageError(f"--measurements: {task} is measured at buckets {have}; projecting buckets "
+                                     f"{sorted(buckets)} needs measured ones at or below {min(buckets)} and at or "
+                                     f"above {max(buckets)} (buckets between are interpolated)")
+            unmeasured = sorted(set(buckets) - set(have))
+            if unmeasured:
+                studies[task]["interpolated_buckets"] = unmeasured
             rows += mine
         mean_steps = TASK_SHAPES[task].steps
         for rule, (_, epochs_of) in rules.items():
@@ -544,10 +576,16 @@ def _print_tables(rows, projections, studies, rules, settings, info):
     print("\nepochs rules:")
     for name, (text, _) in rules.items():
         print(f"  {name}: {text}")
+    below = "in proportion to K" if settings["below_smallest_k"] == "proportional" else "the smallest K's time"
     print(f"assumptions: recurrent products in {info.get('recurrent_dtype', 'float32')}, LSTM loops "
           f"{info.get('lstm_loops', 'xla')}; "
           f"variants {', '.join(FLAGS.variants)} measured, others at V's cost; trial counts "
-          f"{sorted({r['K'] for r in rows})} measured, other K interpolated (beyond the largest: time in proportion to K);")
+          f"{sorted({r['K'] for r in rows})} measured, other K interpolated (beyond the largest: time in proportion to K; below the smallest: {below});")
+    for task, s in studies.items():
+        if s.get("interpolated_buckets"):
+            measured_buckets = sorted({r["bucket"] for r in rows if r["task"] == task})
+            print(f"  {task}: buckets {s['interpolated_buckets']} not measured, their costs linear in N^2 between "
+                  f"the measured buckets {measured_buckets} around them;")
     print(f"  tasks over {_WHOLE_STEPS} steps trained at 1/{settings['step_scale']} and 2/{settings['step_scale']} "
           "of their mean length, the cost extrapolated along the line through the two; evaluation at the longer, "
           "scaled in proportion;"

@@ -1,6 +1,6 @@
-"""A benchmark cut at its limit keeps what it measured: bench/trainer_speed.py, bench/study_time.py and
-bench/pallas_lstm_speed.py rewrite their --out JSON (whole, through a rename) before they print each new
-row, with complete: false until the run ends. A device session's stages are cut at their limits, so its rows
+"""A benchmark cut at its limit keeps what it measured: bench/trainer_speed.py, bench/study_time.py,
+bench/pallas_lstm_speed.py, bench/data_order_check.py and bench/checkpoint_cost.py rewrite their --out JSON
+(whole, through a rename) before they print each new row, with complete: false until the run ends. A device session's stages are cut at their limits, so its rows
 would otherwise be left only in a log. Each script is killed (SIGKILL, nothing to clean up) right after its
 first row is printed; its JSON must then hold those rows, with the printed numbers."""
 
@@ -82,10 +82,11 @@ def test_study_time_keeps_the_rows_of_a_cut_run_and_projects_from_them(tmp_path)
     assert projected["complete"] is True and projected["measurements"] == data["measurements"]
     assert {p["rule"] for p in projected["projections"]} == {"bound", "estimate"}
     assert "after:  not recorded: the run stopped before its end" in text
-    # a bucket the cut run did not reach is named
+    # buckets below those the cut run reached are refused, not charged at the nearest measured one
     refused = subprocess.run([sys.executable, "bench/study_time.py", "--tasks=jsb", "--buckets=120,200",
                               f"--measurements={out}"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert refused.returncode != 0 and "no measurement of jsb at buckets [120]" in refused.stderr
+    assert refused.returncode != 0 and "jsb is measured at buckets [200]; projecting buckets [120, 200] needs " \
+        "measured ones at or below 120" in refused.stderr
 
 
 def test_pallas_lstm_speed_keeps_the_rows_of_a_cut_run(tmp_path):
@@ -120,3 +121,16 @@ def test_data_order_check_keeps_the_rows_of_a_cut_run(tmp_path):
     _run(args)
     data = json.loads(out.read_text())
     assert data["complete"] is True and [r["trials"] for r in data["timing"]] == [2, 3]
+
+
+def test_checkpoint_cost_keeps_the_rows_of_a_cut_run(tmp_path):
+    out = tmp_path / "checkpoint.json"
+    line = _cut_after(["bench/checkpoint_cost.py", "--quick", "--repeats=1", f"--dir={tmp_path}", f"--out={out}"],
+                      r"^jsb N=40 K=8: epoch ")[0]
+    data = json.loads(out.read_text())
+    assert data["complete"] is False
+    assert [(r["task"], r["hidden"], r["trials"]) for r in data["rows"]] == [("jsb", 40, 8)]
+    epoch, snapshot, save = (float(x) for x in re.findall(r"(?:epoch|snapshot|save) ([0-9.]+)s", line))
+    row = data["rows"][0]
+    assert (row["epoch_s"], row["snapshot_s"], row["save_s"]) == pytest.approx((epoch, snapshot, save), abs=5e-4)
+    assert row["overhead"] == pytest.approx((row["snapshot_s"] + row["save_s"]) / 300)

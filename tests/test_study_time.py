@@ -51,6 +51,31 @@ def _schedule_by_hand(epochs, k):
     return t, len(ends), used, max(starts), live
 
 
+def test_interpolate_below_the_smallest_count_in_proportion_when_asked():
+    measured = {8: 2.0, 32: 5.0}
+    assert study_time.interpolate(measured, 2, "proportional") == pytest.approx(0.5)
+    assert study_time.interpolate(measured, 8, "proportional") == 2.0
+    assert study_time.interpolate(measured, 20, "proportional") == pytest.approx(3.5)  # between: unchanged
+    assert study_time.interpolate(measured, 64, "proportional") == pytest.approx(10.0)
+    assert study_time.interpolate(measured, 2) == 2.0
+
+
+def test_between_buckets_is_linear_in_n_squared():
+    # a + b N^2 with a = 1, b = 1e-3 at 40, 120 and 200: exact at the buckets between
+    cost = {n: 1.0 + 1e-3 * n * n for n in (40, 120, 200)}
+    for n in (40, 64, 80, 120, 150, 160, 199, 200):
+        lo = max(b for b in cost if b <= n)
+        hi = min(b for b in cost if b >= n)
+        assert study_time.between_buckets({lo: cost[lo], hi: cost[hi]} if lo != hi else {lo: cost[lo]}, n) == \
+            pytest.approx(1.0 + 1e-3 * n * n, rel=1e-12), n
+        assert study_time.between_buckets(cost, n) == pytest.approx(1.0 + 1e-3 * n * n, rel=1e-12), n
+    # worked: halfway in N^2 between 100 (cost 3) and 200 (cost 9) is N = sqrt(25000) ~ 158.1
+    assert study_time.between_buckets({100: 3.0, 200: 9.0}, 150) == pytest.approx(3.0 + 6.0 * 12500 / 30000)
+    for outside in (20, 39, 201):
+        with pytest.raises(ValueError, match=r"outside the measured buckets \[40, 120, 200\]"):
+            study_time.between_buckets(cost, outside)
+
+
 @pytest.mark.parametrize("k", [1, 3, 7, 40])
 def test_simulate_group_matches_the_schedule_stepped_by_hand(k):
     rng = np.random.default_rng(k)
@@ -144,3 +169,25 @@ def test_projection_at_the_bound_is_the_sum_over_trials_of_their_streamed_weight
     assert half["bound"]["total_s"] == pytest.approx(bound["total_s"] / 2, rel=1e-9)
     bf16, _ = _project(tmp_path, "w", f"--bound_bandwidth={bandwidth}", "--recurrent_dtype=bfloat16")
     assert bf16["bound"]["train_s"] == pytest.approx(seconds / 2, rel=1e-9)
+
+
+def test_projection_interpolates_unmeasured_buckets_exactly_for_a_cost_in_n_squared(tmp_path):
+    """At the bound an update costs b N^2 (no fixed part), so the projection of the default buckets 40, 80,
+    120, 160, 200 from rows at 40, 120 and 200 alone equals the one from rows at all five."""
+    _, coarse = _project(tmp_path, "coarse", "--bound_bandwidth=1e12", "--buckets=40,120,200", "--epochs_estimate=60")
+    assert sorted({r["bucket"] for r in coarse["measurements"]}) == [40, 120, 200]
+    direct, _ = _project(tmp_path, "direct", "--bound_bandwidth=1e12", "--epochs_estimate=60")
+    out = tmp_path / "coarse.json"
+    projected, result = _project(tmp_path, "projected", f"--measurements={out}", "--epochs_estimate=60")
+    assert result["studies"]["jsb"]["interpolated_buckets"] == [80, 160]
+    assert result["studies"]["jsb"]["buckets"] == [40, 80, 120, 160, 200]
+    for rule in ("bound", "estimate"):
+        for part in ("train_s", "eval_s", "total_s"):
+            assert projected[rule][part] == pytest.approx(direct[rule][part], rel=1e-9), (rule, part)
+    # coarse buckets pad more: the same trials cost more there
+    assert coarse["projections"][0]["total_s"] > 1.2 * direct["bound"]["total_s"]
+
+    proc = subprocess.run([sys.executable, "bench/study_time.py", "--tasks=jsb", f"--measurements={out}",
+                           "--buckets=40,120,250"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "measured at buckets [40, 120, 200]; projecting buckets [40, 120, 250]" in \
+        proc.stderr + proc.stdout

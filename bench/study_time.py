@@ -22,7 +22,9 @@ Run (from the repository root):
    distribution drawn per trial, which shows the cost of groups waiting on their longest trial).
 
 Assumptions, stated in the output: costs at K between measured trial counts are interpolated linearly
-(beyond the largest, time grows in proportion to K; below the smallest, it is the smallest's); with --quick
+(beyond the largest, time grows in proportion to K; below the smallest, it is the smallest's, or with
+--below_smallest_k=proportional in proportion to K); with --measurements, buckets between measured ones cost
+what is linear in N^2 between them (a + b N^2); with --quick
 (--step_scale=4), tasks of more than 100 steps are trained at 1/4 and 2/4 of their mean length and the
 epoch's cost extrapolated along the line through the two (a scan's cost is a + b T; the per-update part a
 is large on CPU, so scaling one short length in proportion would overstate the cost 2-4x); evaluation is
@@ -303,16 +305,18 @@ def _bound_rows(task, buckets, bandwidth, itemsize):
     return rows
 
 
-def _group_cost(rows, task, variant, bucket, k):
+def _group_cost(rows, task, variant, bucket, k, below="flat"):
     """Seconds of one lock-step epoch's parts at K slots, from the measured rows (V's where not measured).
 
     A bucket that was not measured costs what `between_buckets` makes of the measured buckets around it."""
-    mine = [r for r in rows if r["task"] == task and r["variant"] == variant]
-    mine = mine or [r for r in rows if r["task"] == task and r["variant"] == "V"]
-    mine = mine or [r for r in rows if r["task"] == task]
+    task_rows = [r for r in rows if r["task"] == task]
+    for mine in ([r for r in task_rows if r["variant"] == variant], [r for r in task_rows if r["variant"] == "V"],
+                 task_rows):
+        if mine and min(r["bucket"] for r in mine) <= bucket <= max(r["bucket"] for r in mine):
+            break  # the first of these whose buckets hold this one
     parts = ("train_epoch_s", "valid_s", "test_s", "compile_s")
-    below = {part: "flat" if part == "compile_s" else FLAGS.below_smallest_k for part in parts}
-    at = {b: {part: interpolate({r["K"]: r[part] for r in mine if r["bucket"] == b}, k, below[part])
+    rule = {part: "flat" if part == "compile_s" else below for part in parts}
+    at = {b: {part: interpolate({r["K"]: r[part] for r in mine if r["bucket"] == b}, k, rule[part])
               for part in parts}
           for b in {r["bucket"] for r in mine}}
     return {part: between_buckets({b: cost[part] for b, cost in at.items()}, bucket) for part in parts}
@@ -335,7 +339,7 @@ def between_buckets(measured: dict, bucket: int) -> float:
 
 
 def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile_ahead=False, mix_variants=True,
-            device_kind="cpu"):
+            device_kind="cpu", below="flat"):
     """Projected seconds of one task's study under one rule for each trial's epochs.
 
     Args:
@@ -355,6 +359,7 @@ def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile
       device_kind: the measured device (its chunk size; "cpu..." or another): once a group has no pending
         trials, its live trials are packed into the first chunks and an epoch costs what a group of the
         busy chunks' slots costs.
+      below: what a group smaller than the smallest measured K costs (`interpolate`'s rule).
 
     Returns:
       dict of totals: seconds of training, evaluation, compilation and all; lock-step and live slot-epochs.
@@ -368,11 +373,11 @@ def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile
             k = math.ceil(len(members) / math.ceil(len(members) / tpb))
         chunk = _chunk(task, bucket, k, device_kind)
         k = math.ceil(k / chunk) * chunk
-        cost = _group_cost(rows, task, program, bucket, k)
+        cost = _group_cost(rows, task, program, bucket, k, below)
         lockstep, test_passes, live, last_start, live_at = simulate_group(epochs_of(g, members), k)
         # epochs after the last start: the live trials packed into ceil(live / chunk) chunks
         busy = np.where(np.arange(lockstep) >= last_start, np.ceil(live_at / chunk) * chunk, k)
-        per_k = {int(b): _group_cost(rows, task, program, bucket, int(b)) for b in np.unique(busy)}
+        per_k = {int(b): _group_cost(rows, task, program, bucket, int(b), below) for b in np.unique(busy)}
         train_s = float(sum(per_k[int(b)]["train_epoch_s"] for b in busy))
         eval_s = float(sum(per_k[int(b)]["valid_s"] for b in busy)) + test_passes * cost["test_s"]
         total["train_s"] += train_s
@@ -518,7 +523,8 @@ def main(argv):
             rows += mine
         mean_steps = TASK_SHAPES[task].steps
         for rule, (_, epochs_of) in rules.items():
-            kwargs = dict(compile_ahead=ahead, mix_variants=mix, device_kind=info["jax_device"])
+            kwargs = dict(compile_ahead=ahead, mix_variants=mix, device_kind=info["jax_device"],
+                          below=settings["below_smallest_k"])
             result = project(rows, task, trials, buckets, tpb, epochs_of, **kwargs)
             result.update(task=task, rule=rule,
                           balanced_total_s=project(rows, task, trials, buckets, tpb, epochs_of, True,
@@ -580,7 +586,8 @@ def _print_tables(rows, projections, studies, rules, settings, info):
     print(f"assumptions: recurrent products in {info.get('recurrent_dtype', 'float32')}, LSTM loops "
           f"{info.get('lstm_loops', 'xla')}; "
           f"variants {', '.join(FLAGS.variants)} measured, others at V's cost; trial counts "
-          f"{sorted({r['K'] for r in rows})} measured, other K interpolated (beyond the largest: time in proportion to K; below the smallest: {below});")
+          f"{sorted({r['K'] for r in rows})} measured, other K interpolated (beyond the largest: time in proportion "
+          f"to K; below the smallest: {below});")
     for task, s in studies.items():
         if s.get("interpolated_buckets"):
             measured_buckets = sorted({r["bucket"] for r in rows if r["task"] == task})

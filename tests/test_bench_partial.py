@@ -1,8 +1,9 @@
 """A benchmark cut at its limit keeps what it measured: bench/trainer_speed.py, bench/study_time.py,
 bench/pallas_lstm_speed.py, bench/data_order_check.py and bench/checkpoint_cost.py rewrite their --out JSON
-(whole, through a rename) before they print each new row, with complete: false until the run ends. A device session's stages are cut at their limits, so its rows
-would otherwise be left only in a log. Each script is killed (SIGKILL, nothing to clean up) right after its
-first row is printed; its JSON must then hold those rows, with the printed numbers."""
+(whole, through a rename) before they print each new row, with complete: false until the run ends. A device
+session's stages are cut at their limits, so its rows would otherwise be left only in a log. Each script is
+killed (SIGKILL, nothing to clean up) right after its first row is printed; its JSON must then hold those
+rows, with the printed numbers."""
 
 import json
 import os

@@ -171,6 +171,21 @@ def test_projection_at_the_bound_is_the_sum_over_trials_of_their_streamed_weight
     assert bf16["bound"]["train_s"] == pytest.approx(seconds / 2, rel=1e-9)
 
 
+def test_group_cost_takes_the_variant_rows_that_hold_the_bucket_and_the_small_k_rule():
+    def row(variant, bucket, k, seconds):
+        return {"task": "jsb", "variant": variant, "bucket": bucket, "K": k, "train_epoch_s": seconds,
+                "valid_s": seconds / 10, "test_s": seconds / 20, "compile_s": 5.0}
+    rows = [row("V", 40, 64, 1.0), row("V", 200, 64, 10.0), row("FGR", 200, 64, 30.0)]
+    # FGR measured at 200 only: at 120 V's rows hold the bucket, linear in N^2 between 40 and 200
+    w = (120 ** 2 - 40 ** 2) / (200 ** 2 - 40 ** 2)
+    assert study_time._group_cost(rows, "jsb", "FGR", 120, 64)["train_epoch_s"] == pytest.approx(1.0 + 9.0 * w)
+    assert study_time._group_cost(rows, "jsb", "FGR", 200, 64)["train_epoch_s"] == 30.0
+    flat = study_time._group_cost(rows, "jsb", "FGR", 200, 16)
+    prop = study_time._group_cost(rows, "jsb", "FGR", 200, 16, below="proportional")
+    assert flat == {"train_epoch_s": 30.0, "valid_s": 3.0, "test_s": 1.5, "compile_s": 5.0}
+    assert prop == pytest.approx({"train_epoch_s": 7.5, "valid_s": 0.75, "test_s": 0.375, "compile_s": 5.0})
+
+
 def test_projection_interpolates_unmeasured_buckets_exactly_for_a_cost_in_n_squared(tmp_path):
     """At the bound an update costs b N^2 (no fixed part), so the projection of the default buckets 40, 80,
     120, 160, 200 from rows at 40, 120 and 200 alone equals the one from rows at all five."""

@@ -585,7 +585,8 @@ def _print_tables(rows, projections, studies, rules, settings, info):
     below = "in proportion to K" if settings["below_smallest_k"] == "proportional" else "the smallest K's time"
     print(f"assumptions: recurrent products in {info.get('recurrent_dtype', 'float32')}, LSTM loops "
           f"{info.get('lstm_loops', 'xla')}; "
-          f"variants {', '.join(FLAGS.variants)} measured, others at V's cost; trial counts "
+          f"variants {', '.join(sorted({r['variant'] for r in rows}))} measured, others at V's cost (where V was "
+          f"not: the task's rows'); trial counts "
           f"{sorted({r['K'] for r in rows})} measured, other K interpolated (beyond the largest: time in proportion "
           f"to K; below the smallest: {below});")
     for task, s in studies.items():

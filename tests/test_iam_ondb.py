@@ -165,6 +165,9 @@ def test_out_of_alphabet_line_is_reported_and_skipped(tree, caplog):
     report = " ".join(r.getMessage() for r in caplog.records)
     assert "skipped 1 lines" in report
     assert "a01-000u-02" in report and "'%'" in report
+    # the tiny tree is not the paper's corpus: each split's size is set beside the paper's
+    assert "IAM-OnDB train split has 2 lines; the paper's has 5355" in report
+    assert "valid split has 2 lines; the paper's has 2956" in report and "test split has 2 lines" in report
 
 
 def test_missing_transcription_file_is_an_error(tree):

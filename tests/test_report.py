@@ -113,7 +113,7 @@ def test_report_states_the_data_first_and_shows_the_planted_variant_effect(run_a
     assert nfg[1] == "3" and float(nfg[3]) > 10 and float(nfg[6]) < 0.05
     assert nfg[9] == "worse" and nfg[10] == "yes"   # the paper's verdict beside ours
     counts = {r[0]: r[1:] for r in _table(md, "Trials per variant")}
-    assert counts["NOAF"] == ["29", "1", "0"] and counts["V"] == ["30", "0", "0"]
+    assert counts["NOAF"] == ["29", "1", "0", "200"] and counts["V"] == ["30", "0", "0", "200"]
 
 
 def test_report_shows_the_planted_importance_beside_the_paper(run_a):
@@ -128,8 +128,12 @@ def test_report_shows_the_planted_importance_beside_the_paper(run_a):
     assert "Nesterov momentum (0/1)" in rows and "gradient clipping (0/1)" in rows
     # The training time was planted on hidden size and noise, not on learning rate.
     assert _pct(rows["log10 hidden size"][2]) > 0.4 and _pct(rows["log10 learning rate"][2]) < 0.05
-    total = sum(_pct(r[1]) for r in rows.values())
-    assert total == pytest.approx(1.0, abs=0.002)
+    # The fractions are shares of one variance: the main effects and pairs never sum past 1, so the higher
+    # orders' rest is not negative (a fraction counted twice, or not divided by the total, would break this).
+    # (each cell is rounded to 0.1 %)
+    assert sum(_pct(r[1]) for name, r in rows.items() if not name.startswith("higher order")) <= \
+        1 + 0.0005 * len(rows)
+    assert _pct(rows["higher order (the rest)"][1]) >= 0
 
 
 def test_every_figure_exists_is_a_picture_and_is_in_both_reports(run_a):

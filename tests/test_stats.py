@@ -92,6 +92,10 @@ def test_load_and_top_trials_against_a_hand_sort(tmp_path):
             tid += 1
     rows.append(_row(tid, "NP", None, None, status="diverged"))
     rows.append(_row(tid + 1, "V", None, None, status="pending"))
+    # V: 25 done and 6 diverged make 31 finished, whose top 10 % is 4 (of the 25 alone it would be 3)
+    rows += [_row(tid + 2 + i, "V", None, None, status="diverged") for i in range(6)]
+    # NFG: 12 done and 10 diverged, top 3; NP: 3 done and 1 diverged, top 2
+    rows += [_row(tid + 8 + i, "NFG", None, None, status="diverged") for i in range(10)]
     path = _store(tmp_path / "trials.sqlite", rows)
     before = path.read_bytes()
     trials = stats.load_trials(path)
@@ -99,13 +103,13 @@ def test_load_and_top_trials_against_a_hand_sort(tmp_path):
     assert len(trials) == len(rows)
     assert np.isnan(trials["val_metric"][trials["status"] == "diverged"]).all()
     top = stats.top_trials(trials)
-    for v, k in (("V", 3), ("NFG", 2), ("NP", 2)):
+    for v, k in (("V", 4), ("NFG", 3), ("NP", 2)):
         done = [r for r in rows if r[2] == v and r[10] == "done"]
         want = sorted(r[0] for r in sorted(done, key=lambda r: r[13])[:k])
         assert sorted(top["trial_id"][top["variant"] == v].astype(int).tolist()) == want
     counts = stats.status_counts(trials)
     assert counts["NP"] == {"done": 3, "diverged": 1, "running": 0, "pending": 0}
-    assert counts["V"]["pending"] == 1 and list(counts) == ["V", "NFG", "NP"]
+    assert counts["V"]["pending"] == 1 and counts["V"]["diverged"] == 6 and list(counts) == ["V", "NFG", "NP"]
 
 
 def test_compare_variants_tests_the_selected_subsets(tmp_path):

@@ -1,12 +1,15 @@
 """The numbers and conclusions of Greff et al. (2017), as data to set beside a run's results."""
 
-__all__ = ["BEST", "TASK_NAMES", "SIGNIFICANCE", "IMPORTANCE", "IMPORTANCE_SUMMARY", "significance"]
+__all__ = ["BEST", "TRIALS_PER_VARIANT", "TASK_NAMES", "SIGNIFICANCE", "IMPORTANCE", "IMPORTANCE_SUMMARY", "significance"]
 
 TASK_NAMES = {
     "timit": "TIMIT (speech)",
     "iam_online": "IAM-OnDB (handwriting)",
     "jsb": "JSB Chorales (music)",
 }
+
+# Random-search trials per variant and task (paper, Section 4.4: 27 x 200 = 5400 in all).
+TRIALS_PER_VARIANT = 200
 
 # Best test result per task and the variant that reached it (paper, Section 5.1).
 BEST = {

@@ -235,8 +235,9 @@ def _counts_section(doc, a):
     doc.h(3, "Trials per variant")
     doc.p("Only finished trials are analysed. A diverged trial has no metric; the paper excluded none, "
           "so many divergences in one variant are themselves a finding.")
-    rows = [[v, c["done"], c["diverged"], c["running"] + c["pending"]] for v, c in a.counts.items()]
-    doc.table(["variant", "done", "diverged", "running or pending"], rows)
+    rows = [[v, c["done"], c["diverged"], c["running"] + c["pending"], paper.TRIALS_PER_VARIANT]
+            for v, c in a.counts.items()]
+    doc.table(["variant", "done", "diverged", "running or pending", "paper's trials"], rows)
 
 
 def _significance_section(doc, a, subset):

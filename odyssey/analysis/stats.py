@@ -145,18 +145,24 @@ def top_count(n):
 
 
 def top_trials(trials):
-    """Per variant, the top 10 % of the finished trials by validation metric (lower is better).
+    """Per variant, the top 10 % of its finished trials by validation metric (lower is better).
+
+    The 10 % counts every finished trial, diverged ones included (20 of 200 in the paper): a diverged trial
+    has no metric, so it is never among the best, but it does not shrink the top either. The selected trials
+    are the best of those with a metric (all of them, if fewer).
 
     Returns:
         `Trials` holding only the selected trials of every variant.
     """
     keep = np.zeros(len(trials), bool)
     done = _done(trials)
+    finished = np.isin(trials["status"], ("done", "diverged"))
     for v in VARIANTS:
-        idx = np.flatnonzero(done & (trials["variant"] == v))
+        mine = trials["variant"] == v
+        idx = np.flatnonzero(done & mine)
         if idx.size:
             order = idx[np.argsort(trials["val_metric"][idx], kind="stable")]
-            keep[order[:top_count(idx.size)]] = True
+            keep[order[:top_count(int((finished & mine).sum()))]] = True
     return trials.where(keep)
 
 

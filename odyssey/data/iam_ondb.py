@@ -11,6 +11,9 @@ import numpy as np
 from absl import logging
 
 # Label k is ALPHABET[k - 1]; label 0 is the CTC blank.
+# Lines per split as the paper used them (DESIGN §7): `load` warns when a copy of the corpus gives others.
+EXPECTED_SIZES = {"train": 5355, "valid": 2956, "test": 3859}
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 !\"#&'()*+,-./[]:;?"
 _LABEL = {c: k + 1 for k, c in enumerate(ALPHABET)}
 
@@ -311,4 +314,7 @@ def load(root: os.PathLike) -> dict:
         logging.warning("IAM-OnDB: skipped %d lines without points, e.g. %s", len(empty), empty[0])
     splits, _, _ = standardise(splits)
     logging.info("IAM-OnDB: %s lines", {name: len(items) for name, items in splits.items()})
+    for name, expected in EXPECTED_SIZES.items():
+        if len(splits[name]) != expected:
+            logging.warning("IAM-OnDB %s split has %d lines; the paper's has %d", name, len(splits[name]), expected)
     return splits

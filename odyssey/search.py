@@ -37,7 +37,7 @@ _DISTRIBUTIONS = {
 # train.matmul_precision, a GPU with TF32 ran the products at TF32 (JAX's default), not float32; the study
 # warns when it resumes a store from then (experiments/study.py, the store's "products" meta row).
 _LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
-                 "train.matmul_precision": "float32"}
+                 "train.matmul_precision": "float32", "search.draw_by_task": False}
 RECURRENT_DTYPES = ("float32", "bfloat16")
 DATA_ORDERS = ("per_trial", "shared")
 # As odyssey.train.MATMUL_PRECISIONS (this module stays free of the trainer's imports).
@@ -185,6 +185,8 @@ def validate_config(config):
     loops = config.train.get("lstm_loops", "xla")
     if loops not in LSTM_LOOPS:
         raise ConfigError(f"config.train.lstm_loops = {loops!r}: expected one of {', '.join(LSTM_LOOPS)}")
+    if not isinstance(config.search.get("draw_by_task", False), bool):
+        raise ConfigError(f"config.search.draw_by_task = {config.search.draw_by_task!r}: expected True or False")
     if not isinstance(config.search.get("mix_variants", True), bool):
         raise ConfigError(f"config.search.mix_variants = {config.search.mix_variants!r}: expected True or False")
     buckets = config.search.hidden_buckets
@@ -214,8 +216,10 @@ def _draw(rng, dist, params):
 def draw_trials(config):
     """Draws the study's trials: `num_trials` per variant, from `config.search.seed` alone.
 
-    Trial k of a variant gets its own generator, keyed by (seed, a checksum of the variant's name, k),
-    so its hyperparameters and its training seed do not depend on num_trials or on the other variants.
+    Trial k of a variant gets its own generator, keyed by (seed, a checksum of the task's name, a checksum of
+    the variant's name, k), so its hyperparameters and its training seed do not depend on num_trials, on the
+    other variants or on the other tasks' searches. With `config.search.draw_by_task` False the task is left
+    out of the key (studies made before that field): then trial k of a variant draws alike in every task.
 
     Args:
       config: a study config that passed `validate_config`.
@@ -227,10 +231,11 @@ def draw_trials(config):
     """
     space = config.search.space
     trials = []
+    task = _task_key(config)
     for variant in config.search.variants:
         for k in range(config.search.num_trials):
             rng = np.random.default_rng(np.random.SeedSequence(
-                int(config.search.seed), spawn_key=(zlib.crc32(variant.encode()), k)))
+                int(config.search.seed), spawn_key=(*task, zlib.crc32(variant.encode()), k)))
             values = {"seed": int(rng.integers(0, 2**31 - 1))}
             for name, (kind, field) in _DIMENSIONS.items():
                 if name in space:
@@ -244,11 +249,18 @@ def draw_trials(config):
 
 def order_seed(config):
     """The seed of the data order every trial shares (`odyssey.train.train_trials(order_seed=...)`), drawn from
-    `config.search.seed` alone, or None when each trial shuffles by its own seed (data_order "per_trial")."""
+    `config.search.seed` (and the task, `config.search.draw_by_task`), or None when each trial shuffles by its own
+    seed (data_order "per_trial")."""
     if config.train.get("data_order", "per_trial") == "per_trial":
         return None
-    rng = np.random.default_rng(np.random.SeedSequence(int(config.search.seed), spawn_key=(zlib.crc32(b"data order"),)))
+    rng = np.random.default_rng(np.random.SeedSequence(int(config.search.seed),
+                                                       spawn_key=(*_task_key(config), zlib.crc32(b"data order"))))
     return int(rng.integers(0, 2**31 - 1))
+
+
+def _task_key(config):
+    """The task's part of the draws' keys: a checksum of its name, or nothing (`config.search.draw_by_task`)."""
+    return (zlib.crc32(config.task.encode()),) if config.search.get("draw_by_task", False) else ()
 
 
 def _plain(x):
@@ -295,8 +307,16 @@ def identity_diff(old, new, prefix="config"):
         if isinstance(a, dict) and isinstance(b, dict):
             out.extend(identity_diff(a, b, f"{prefix}.{key}"))
         elif a != b:
-            out.append(f"{prefix}.{key}: {a!r} -> {b!r}")
+            out.append(f"{prefix}.{key}: {_shown(a, prefix, key)} -> {_shown(b, prefix, key)}")
     return out
+
+
+def _shown(value, prefix, key):
+    """A value of `identity_diff`; a later field's absence is its value before it existed."""
+    dotted = f"{prefix}.{key}".removeprefix("config.")
+    if value == "<absent>" and dotted in _LATER_FIELDS:
+        return f"{_LATER_FIELDS[dotted]!r} (absent: the field is newer than the study)"
+    return repr(value)
 
 
 def bucket_of(hidden_size, hidden_buckets):

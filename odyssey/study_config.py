@@ -95,6 +95,10 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     config.search.num_trials = 4 if quick else 200
     # The one seed every trial's hyperparameters and training seed are drawn from.
     config.search.seed = 0
+    # Whether the task keys the draws too: each task's random search is its own, as the paper ran one per
+    # dataset. False: trial k of a variant draws the same hyperparameters and seed in every task (and the
+    # tasks share one data order), as studies made before this field did; resume such a study with False.
+    config.search.draw_by_task = True
     # The most trials one compiled program trains at once; it changes speed and memory, never the numbers.
     # 512 holds a whole group of the full study (the mixed program's smallest bucket gets ~480 of its 1600
     # trials), so a group runs as long as its longest trial rather than in waves.

@@ -1,6 +1,7 @@
 """Tests of the search space, config checks, trial drawing and scheduling."""
 
 import collections
+import zlib
 import importlib.util
 import pathlib
 
@@ -228,7 +229,8 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
                          ("train.max_epochs", 10), ("train.patience", 3), ("data.path", "/tmp/jsb.pickle"),
                          ("search.space.learning_rate", ("log_uniform", 1e-5, 1e-2)), ("data.seed", 2),
                          ("data.max_sequences.train", 5), ("train.recurrent_dtype", "bfloat16"),
-                         ("train.data_order", "shared"), ("train.matmul_precision", "tensorfloat32")]:
+                         ("train.data_order", "shared"), ("train.matmul_precision", "tensorfloat32"),
+                         ("search.draw_by_task", False)]:
         config = load_config("jsb")
         _set(config, field, value)
         assert search.fingerprint(config) != fp, field
@@ -252,19 +254,72 @@ def test_a_field_added_later_keeps_the_fingerprint_of_studies_that_predate_it(fi
         assert field not in search.study_identity(config)["train"]
 
 
-def test_the_shared_order_seed_comes_from_the_search_seed_alone():
+def test_the_shared_order_seed_comes_from_the_search_seed_and_the_task_alone():
     config = load_config("jsb")
     assert search.order_seed(config) is None
     config.train.data_order = "shared"
     seed = search.order_seed(config)
     assert isinstance(seed, int) and 0 <= seed < 2**31 - 1
+    same = load_config("jsb", "quick")
+    same.train.data_order = "shared"
+    assert search.order_seed(same) == seed  # the rest of the config does not enter
     other = load_config("timit")
     other.train.data_order = "shared"
-    assert search.order_seed(other) == seed  # the task and the rest of the config do not enter
-    other.search.seed = 1
     assert search.order_seed(other) != seed
+    config.search.draw_by_task = other.search.draw_by_task = False  # as studies before draw_by_task
+    assert search.order_seed(other) == search.order_seed(config) != seed
+    other.search.seed = 1
+    assert search.order_seed(other) != search.order_seed(config)
     # and it is no trial's training seed
-    assert seed not in {t["seed"] for t in search.draw_trials(config)}
+    assert seed not in {t["seed"] for t in search.draw_trials(load_config("jsb"))}
+
+
+def test_each_task_draws_its_own_search_unless_told_otherwise():
+    """Trial k of a variant draws from a generator keyed by (seed, crc32(task), crc32(variant), k): the tasks'
+    searches are independent, as the paper ran one per dataset. With draw_by_task False the task is left out
+    of the key (studies made before the field), and trial k draws alike in every task."""
+    shared = ("hidden_size", "learning_rate", "momentum", "input_noise", "seed")
+    draws = {}
+    for by_task in (True, False):
+        for task in ("jsb", "timit", "iam_online"):
+            config = load_config(task)
+            config.search.num_trials, config.search.draw_by_task = 30, by_task
+            draws[by_task, task] = [{k: t[k] for k in shared} for t in search.draw_trials(config)]
+    for a, b in (("jsb", "timit"), ("jsb", "iam_online"), ("timit", "iam_online")):
+        assert all(x["learning_rate"] != y["learning_rate"] and x["seed"] != y["seed"]
+                   for x, y in zip(draws[True, a], draws[True, b])), (a, b)
+        assert draws[False, a] == draws[False, b], (a, b)
+    # the keys, stepped by hand: the training seed is each generator's first draw
+    for by_task, task in ((True, "timit"), (False, "timit")):
+        for index, (variant, k) in ((0, ("V", 0)), (30 + 7, ("NIG", 7))):
+            key = ((zlib.crc32(task.encode()),) if by_task else ()) + (zlib.crc32(variant.encode()), k)
+            rng = np.random.default_rng(np.random.SeedSequence(0, spawn_key=key))
+            assert draws[by_task, task][index]["seed"] == int(rng.integers(0, 2**31 - 1))
+
+
+def test_draw_by_task_must_be_a_bool():
+    config = load_config("jsb")
+    del config.search.draw_by_task
+    config.search.draw_by_task = 1  # a new field takes any type; the ConfigDict's own refuses an int
+    with pytest.raises(search.ConfigError, match="config.search.draw_by_task = 1: expected True or False"):
+        search.validate_config(config)
+
+
+def test_a_study_from_before_draw_by_task_keeps_its_fingerprint_and_trials():
+    """A config.json without search.draw_by_task (a study made before it) is the study of draw_by_task False:
+    the same fingerprint and trials, so it resumes; the default, True, is another study."""
+    for task in ("jsb", "timit"):
+        before = load_config(task)
+        del before.search.draw_by_task
+        search.validate_config(before)
+        old = load_config(task)
+        old.search.draw_by_task = False
+        assert search.fingerprint(before) == search.fingerprint(old) != search.fingerprint(load_config(task))
+        assert search.draw_trials(before) == search.draw_trials(old) != search.draw_trials(load_config(task))
+        assert "draw_by_task" not in search.study_identity(old)["search"]
+        assert search.identity_diff(search.study_identity(old), search.study_identity(load_config(task))) == [
+            "config.search.draw_by_task: False (absent: the field is newer than the study) -> True"]
+        assert search.study_identity(load_config(task))["search"]["draw_by_task"] is True
 
 
 _T = collections.namedtuple("_T", "trial_id variant hidden_size")

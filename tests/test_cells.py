@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats as scipy_stats
 import pytest
 
 from odyssey import cells, nets
@@ -109,7 +110,9 @@ def test_paper_names_follow_the_table():
 
 
 def test_fgr_matrix_carries_gate_a_into_gate_b():
-    """Only R_fo non-zero: the previous forget gate must move the output gate and nothing else."""
+    """Only R_fo non-zero: the layer follows the hand-stepped reference, in which R_fo carries the previous
+    forget gate into the output gate; R_of in its place (the previous output gate into the forget gate) gives
+    other outputs, so the two directions are told apart."""
     n = 2
     named = {k: np.zeros(s, np.float32) for k, s in cells._paper_shapes("FGR", 1, n).items()}
     named["b_f"] = np.full(n, 3.0, np.float32)
@@ -139,6 +142,16 @@ def test_init_distribution():
     flat = np.concatenate([np.ravel(v) for v in params.values()])
     assert abs(flat.mean()) < 3 * 0.1 / np.sqrt(flat.size)
     assert abs(flat.std() - 0.1) < 0.002
+    # every tensor of a whole net, the readout's included, is N(0, 0.1^2): a KS test per leaf of >= 1000 values
+    net = nets.init_net(jax.random.PRNGKey(1), "V", "bi", 39, 100, 61)
+    leaves = jax.tree_util.tree_leaves_with_path(net)
+    assert {jax.tree_util.keystr(p) for p, _ in leaves} >= {"['out']['w']", "['out']['b']"}
+    for path, leaf in leaves:
+        values = np.ravel(np.asarray(leaf, np.float64))
+        if values.size >= 1000:
+            assert scipy_stats.kstest(values / 0.1, "norm").pvalue > 1e-3, jax.tree_util.keystr(path)
+    bias = np.ravel(net["out"]["b"])  # 61 values: their mean and spread
+    assert abs(bias.mean()) < 4 * 0.1 / np.sqrt(bias.size) and 0.06 < bias.std() < 0.14
 
 
 def test_bad_input_is_named():

@@ -97,16 +97,18 @@ def _ref_metric(task, variant, params, split, recurrent_dtype=None):
     return num / den
 
 
-def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_dtype=None, order_seed=None):
+def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_dtype=None, order_seed=None,
+                  losses=None):
     """The paper's protocol for one trial, one sequence at a time, in plain Python; with `order_seed`, the
-    sequences of each epoch in the order drawn from that seed instead of the trial's."""
+    sequences of each epoch in the order drawn from that seed instead of the trial's. `losses`, a list, gets
+    each epoch's mean training loss per sequence (each taken where its update's gradient is)."""
     key = jax.random.PRNGKey(trial.seed)
     order_key = key if order_seed is None else jax.random.PRNGKey(order_seed)
     n_in = _pairs(task, splits["train"])[0][0].shape[1]
     params = nets.init_net(jax.random.fold_in(key, 0), variant, KIND[task], n_in, trial.hidden_size, N_OUT[task],
                            dtype=np.float64)
     velocity = jax.tree_util.tree_map(np.zeros_like, params)
-    grad_fn = jax.jit(jax.grad(lambda p, x, y: _ref_loss(task, variant, p, x, y, recurrent_dtype)))
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, x, y: _ref_loss(task, variant, p, x, y, recurrent_dtype)))
     data = _pairs(task, splits["train"])
     t_max = max(len(x) for x, _ in data)
     mu = trial.momentum
@@ -115,14 +117,18 @@ def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_
         order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(order_key, 1), epoch),
                                                   len(data)))
         noise_key = jax.random.fold_in(jax.random.fold_in(key, 2), epoch)
+        total = 0.0
         for s, idx in enumerate(order):
             x, y = data[idx]
             noise = np.asarray(jax.random.normal(jax.random.fold_in(noise_key, s), (t_max, n_in)))[:len(x)]
             look = jax.tree_util.tree_map(lambda p, v: p + (mu * v if trial.nesterov else 0), params, velocity)
-            g = grad_fn(look, jnp.asarray(x + trial.input_noise * noise), jnp.asarray(y))
+            loss, g = grad_fn(look, jnp.asarray(x + trial.input_noise * noise), jnp.asarray(y))
+            total += float(loss)
             g = jax.tree_util.tree_map(lambda a: np.clip(a, -1, 1) if trial.clip else np.asarray(a), g)
             velocity = jax.tree_util.tree_map(lambda v, a: mu * v - trial.learning_rate * (1 - mu) * a, velocity, g)
             params = jax.tree_util.tree_map(lambda p, v: p + v, params, velocity)
+        if losses is not None:
+            losses.append(total / len(data))
         val = _ref_metric(task, variant, params, splits["valid"], recurrent_dtype)
         curve.append(val)
         if val < best:
@@ -140,23 +146,34 @@ def run_alone(task, split_seed, trial, bucket):
                        hidden_buckets=(bucket,), dtype=np.float64)
 
 
-def run_trainer(task, splits, trials, **kwargs):
+def run_trainer(task, splits, trials, losses=None, **kwargs):
+    """Trains `trials` with the trainer; returns ({trial_id: result}, {trial_id: validation curve}), and fills
+    `losses`, a dict if given, with {trial_id: each epoch's mean training loss}."""
     curves = {}
-    results = train.train_trials(task, splits, trials,
-                                 on_epoch=lambda tid, ep, loss, val, sec: curves.setdefault(tid, []).append(val),
-                                 **kwargs)
+
+    def on_epoch(tid, epoch, loss, val, seconds):
+        curves.setdefault(tid, []).append(val)
+        if losses is not None:
+            losses.setdefault(tid, []).append(loss)
+
+    results = train.train_trials(task, splits, trials, on_epoch=on_epoch, **kwargs)
     return {r.trial_id: r for r in results}, curves
 
 
-@pytest.mark.parametrize("task,variant", [("jsb", "V"), ("timit", "FGR"), ("iam_online", "CIFG")])
-def test_one_trial_equals_the_reference_loop(task, variant, x64):
+@pytest.mark.parametrize("task,variant,nesterov", [("jsb", "V", True), ("timit", "FGR", True),
+                                                   ("iam_online", "CIFG", True), ("timit", "NOG", False)])
+def test_one_trial_equals_the_reference_loop(task, variant, nesterov, x64):
     splits = make_splits(task)
-    trial = train.Trial(0, variant, 4, learning_rate=3e-2, momentum=0.7, input_noise=0.3, nesterov=True,
+    trial = train.Trial(0, variant, 4, learning_rate=3e-2, momentum=0.7, input_noise=0.3, nesterov=nesterov,
                         clip=task == "timit", seed=11)
-    results, curves = run_trainer(task, splits, [trial], max_epochs=4, patience=2, hidden_buckets=(4,),
+    losses, ref_losses = {}, []
+    results, curves = run_trainer(task, splits, [trial], losses, max_epochs=4, patience=2, hidden_buckets=(4,),
                                   dtype=np.float64)
-    ref_curve, ref_best_epoch, ref_best, ref_test = reference_run(task, variant, trial, splits, 4, 2)
+    ref_curve, ref_best_epoch, ref_best, ref_test = reference_run(task, variant, trial, splits, 4, 2,
+                                                                  losses=ref_losses)
     np.testing.assert_allclose(curves[0], ref_curve, rtol=1e-10)
+    # the training losses follow the weights closely (a small net's frame error can stay at 100 % throughout)
+    np.testing.assert_allclose(losses[0], ref_losses, rtol=1e-10)
     r = results[0]
     assert r.status == "done" and r.epochs == len(ref_curve) and r.best_epoch == ref_best_epoch
     np.testing.assert_allclose([r.val_metric, r.test_metric], [ref_best, ref_test], rtol=1e-10)

@@ -171,6 +171,22 @@ def test_importance_pie_shows_the_fractions_as_areas(run_a, tmp_path):
     assert _colour_share(png, red, _PALETTE) < 0.1 < 0.7 < share_a
 
 
+def test_a_saved_figure_cuts_off_nothing_drawn(tmp_path):
+    """A label that sticks out of the figure (as a pie's outer labels can) is saved whole: no ink touches the
+    image's border, which a cut label would."""
+    fig = plots.new_figure(6.0, 4.0)
+    fig.set_layout_engine("none")  # the axes where they are put, the labels outside the figure
+    ax = fig.add_axes((0.1, 0.1, 0.8, 0.8))
+    ax.plot([0, 1], [0, 1])
+    ax.text(-0.45, 0.5, "momentum x hidden size 16.3 %", transform=ax.transAxes, fontsize=12)
+    ax.text(1.02, -0.3, "a label below and right of the axes", transform=ax.transAxes, fontsize=12)
+    img = mimage.imread(plots.save(fig, tmp_path / "edge.png"))[..., :3]
+    border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
+    assert (border > 0.99).all()
+    dark = (img < 0.5).all(axis=2)  # the text's ink is in the picture
+    assert dark[:, : img.shape[1] // 4].any() and dark[-img.shape[0] // 4:, -img.shape[1] // 4:].any()
+
+
 def test_quick_study_still_reports(tmp_path):
     # The README's quick study: 9 variants x 4 trials; top 10 % means 2 per variant.
     quick = _make_store(tmp_path / "quick", "jsb", 4, "learning_rate", "NFG", seed=2, source="standard")

@@ -65,8 +65,9 @@ def log_ticks(ax, which, lo, hi):
 
 
 def save(fig, path):
-    """Writes `fig` as PNG to `path` and returns the path."""
-    fig.savefig(path, format="png", dpi=100)
+    """Writes `fig` as PNG to `path` and returns the path. The image grows or shrinks to what is drawn (a pie's
+    labels stand outside its axes, and a long one would be cut at the figure's edge), with a white margin."""
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight", pad_inches=0.1)
     return path
 
 

@@ -199,13 +199,17 @@ def test_the_trainer_with_pallas_loops_follows_the_reference_protocol(task, targ
               train.Trial(1, "CIFG", 6, 2e-2, 0.9, 0.1, False, False, seed=6),
               train.Trial(2, other, 3, 1e-2, 0.5, 0.2, True, False, seed=7)]
     kwargs = dict(max_epochs=3, patience=5, hidden_buckets=(6,), dtype=np.float64)
-    results, curves = run_trainer(task, splits, trials, lstm_loops="pallas", **kwargs)
-    ref_curve, ref_best_epoch, ref_best, ref_test = reference_run(task, target, trials[0], splits, 3, 5)
+    losses, ref_losses, xla_losses = {}, [], {}
+    results, curves = run_trainer(task, splits, trials, losses, lstm_loops="pallas", **kwargs)
+    ref_curve, ref_best_epoch, ref_best, ref_test = reference_run(task, target, trials[0], splits, 3, 5,
+                                                                  losses=ref_losses)
     np.testing.assert_allclose(curves[0], ref_curve, rtol=1e-10)
+    np.testing.assert_allclose(losses[0], ref_losses, rtol=1e-10)  # (TIMIT's frame error is coarse here)
     assert results[0].best_epoch == ref_best_epoch
     np.testing.assert_allclose([results[0].val_metric, results[0].test_metric], [ref_best, ref_test], rtol=1e-10)
-    xla_results, xla_curves = run_trainer(task, splits, trials, lstm_loops="xla", **kwargs)
+    xla_results, xla_curves = run_trainer(task, splits, trials, xla_losses, lstm_loops="xla", **kwargs)
     for t in trials[1:]:
         np.testing.assert_allclose(curves[t.trial_id], xla_curves[t.trial_id], rtol=1e-10)
+        np.testing.assert_allclose(losses[t.trial_id], xla_losses[t.trial_id], rtol=1e-10)
         assert results[t.trial_id].epochs == xla_results[t.trial_id].epochs
 

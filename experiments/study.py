@@ -267,6 +267,7 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True,
             logging.info("Study %s of %s in %s", fp, config.task, workdir)
             splits = data_splits.load_splits(config.data)
             with _open_store(workdir / store.FILENAME, config, fp, identity, ckpts) as st:
+                ckpts.before_save = st.sync  # a checkpoint on disk is never ahead of the store's rows
                 _write_json(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
                 _train_pending(st, config, splits, progress_seconds, ckpts, stop)
                 counts = st.counts()

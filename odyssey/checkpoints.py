@@ -69,14 +69,17 @@ class Checkpoints:
       directory: where the files go; created at the first save.
       every_seconds: the trainer saves a group's live trials at the end of an epoch once this many seconds
         have passed since its last save (0: after every epoch; `math.inf`: never).
+      before_save: called before each file is written (the study makes its store durable there: a file on
+        disk is then never ahead of the store's rows after a power cut, which would make it unusable).
     """
 
-    def __init__(self, directory, every_seconds: float = DEFAULT_SECONDS):
+    def __init__(self, directory, every_seconds: float = DEFAULT_SECONDS, before_save=None):
         every = float(every_seconds)
         if not every >= 0:  # also refuses NaN
             raise ValueError(f"every_seconds must be >= 0 (0: after every epoch), got {every_seconds!r}")
         self.directory = pathlib.Path(directory)
         self.every_seconds = every
+        self.before_save = before_save
 
     def __repr__(self):
         return f"Checkpoints({str(self.directory)!r}, every_seconds={self.every_seconds})"
@@ -115,6 +118,8 @@ class Checkpoints:
     def save(self, name: str, identity: dict, trials: list[SavedTrial]):
         """Writes the file `name` (a group's) with `trials`, replacing the one before it in one rename."""
         _check_name(name)
+        if self.before_save is not None:
+            self.before_save()
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / (name + SUFFIX)
         tmp = self.directory / (name + SUFFIX + _TMP)
@@ -130,6 +135,7 @@ class Checkpoints:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _sync_directory(self.directory)  # the rename itself, on disk
 
     def remove(self, name: str):
         """Removes the file `name`, if it is there."""
@@ -158,6 +164,19 @@ class Checkpoints:
             self.directory.rmdir()
         except OSError:  # something else lives there
             pass
+
+
+def _sync_directory(directory):
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # a platform that cannot open directories: the rename is as durable as it makes it
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _check_name(name):

@@ -78,8 +78,8 @@ class TrialStore:
     """An open trial store. Every write is one transaction, so a kill at any moment leaves a consistent file.
 
     The file is in WAL mode with synchronous=NORMAL: a kill of the process loses no commit; a power cut may
-    lose the last few commits, never consistency, and a lost result is simply trained again on resume
-    (a trial's numbers depend on its own seed only).
+    lose the commits since the last `sync`, never consistency, and a lost result is simply trained again on
+    resume (a trial's numbers depend on its own seed only).
     """
 
     def __init__(self, path, conn):
@@ -133,6 +133,21 @@ class TrialStore:
             raise StoreError(f"{path} holds no study")
         return cls._connect(path)
 
+    def sync(self):
+        """Makes every commit so far durable: flushes the database file and its write-ahead log to disk.
+        (synchronous=NORMAL leaves the last commits in the operating system's cache until SQLite checkpoints
+        its log; the study calls this before each checkpoint file, which must never be ahead of the rows it
+        resumes with.)"""
+        for path in (self.path, self.path.with_name(self.path.name + "-wal")):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def close(self):
         self._conn.close()
 
@@ -182,14 +197,15 @@ class TrialStore:
             "SELECT variant, MIN(val_metric) FROM trials WHERE status = 'done' GROUP BY variant"))
 
     def resumable(self, saved_epochs):
-        """The running trials that can resume from a checkpoint: trial_id -> epoch, for the entries of
-        `saved_epochs` (trial_id -> the epoch a checkpoint holds, `odyssey.checkpoints`) whose trial is running
-        and has every epoch row from 1 to that epoch (rows can be missing if the store lost its last commits).
+        """The interrupted trials that can resume from a checkpoint: trial_id -> epoch, for the entries of
+        `saved_epochs` (trial_id -> the epoch a checkpoint holds, `odyssey.checkpoints`) whose trial is unfinished
+        (running, or pending again: a run that put it back and was stopped before it trained an epoch) and has
+        every epoch row from 1 to that epoch (rows can be missing if the store lost its last commits).
         """
         out = {}
         for trial_id, epoch in saved_epochs.items():
             row = self._conn.execute("SELECT status FROM trials WHERE trial_id = ?", (int(trial_id),)).fetchone()
-            if row is None or row[0] != "running" or int(epoch) < 1:
+            if row is None or row[0] not in ("running", "pending") or int(epoch) < 1:
                 continue
             have = self._conn.execute("SELECT COUNT(DISTINCT epoch) FROM epochs WHERE trial_id = ? AND epoch BETWEEN 1 "
                                       "AND ?", (int(trial_id), int(epoch))).fetchone()[0]
@@ -198,19 +214,24 @@ class TrialStore:
         return out
 
     def reset_unfinished(self, keep_epochs=None):
-        """Puts every 'running' trial back to 'pending'; returns how many.
+        """Puts every interrupted trial back to 'pending', with no epoch rows past where it resumes; returns
+        how many trials that touched.
 
-        A running trial is trained again from its first epoch, so its epoch rows are deleted (its numbers
-        depend on its own seed only, so the rerun gives the same), unless `keep_epochs` (trial_id -> epoch, as
-        `resumable` returns) says it resumes from a checkpoint of that epoch: then its rows up to that epoch
-        stay and the later ones go.
+        An interrupted trial is a 'running' one, or a 'pending' one with epoch rows (a run put it back to
+        resume it from its checkpoint and was stopped before it trained an epoch). It is trained again from
+        its first epoch, so its epoch rows are deleted (its numbers depend on its own seed only, so the rerun
+        gives the same), unless `keep_epochs` (trial_id -> epoch, as `resumable` returns) says it resumes from a
+        checkpoint of that epoch: then its rows up to that epoch stay and the later ones go.
         """
         keep = {int(k): int(v) for k, v in (keep_epochs or {}).items()}
         with self._transaction() as conn:
-            running = [r[0] for r in conn.execute("SELECT trial_id FROM trials WHERE status = 'running'")]
-            for trial_id in running:
+            interrupted = [r[0] for r in conn.execute(
+                "SELECT trial_id FROM trials WHERE status = 'running' OR (status = 'pending' AND EXISTS "
+                "(SELECT 1 FROM epochs WHERE epochs.trial_id = trials.trial_id))")]
+            for trial_id in interrupted:
                 conn.execute("DELETE FROM epochs WHERE trial_id = ? AND epoch > ?", (trial_id, keep.get(trial_id, 0)))
-            return conn.execute("UPDATE trials SET status = 'pending' WHERE status = 'running'").rowcount
+            conn.execute("UPDATE trials SET status = 'pending' WHERE status = 'running'")
+            return len(interrupted)
 
     def mark_running(self, trial_ids):
         """Moves pending trials to 'running' (all or none)."""

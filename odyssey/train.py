@@ -420,30 +420,33 @@ def _saved_states(checkpoints, trials, identity):
 
 
 class _Saver:
-    """Saves one group's live trials to its checkpoint file, at most every `every_seconds`."""
+    """Saves one group's live trials to its checkpoint file, at most every `every_seconds`, with the saved
+    states of its trials that wait for a slot to resume (the file replaces the one they were read from)."""
 
     def __init__(self, checkpoints, name, identity):
         self.checkpoints, self.name, self.identity = checkpoints, name, identity
         self.last = time.monotonic()
 
-    def maybe_save(self, group, best_val, best_epoch, seconds) -> int | None:
+    def maybe_save(self, group, best_val, best_epoch, seconds, waiting=()) -> int | None:
         """Saves the group's live trials if `every_seconds` have passed since the last save: how many, or None."""
         if time.monotonic() - self.last >= self.checkpoints.every_seconds:
-            return self.save(group, best_val, best_epoch, seconds)
+            return self.save(group, best_val, best_epoch, seconds, waiting)
         return None
 
-    def save(self, group, best_val, best_epoch, seconds) -> int:
-        """Saves the group's live trials now; returns how many were saved."""
+    def save(self, group, best_val, best_epoch, seconds, waiting=()) -> int:
+        """Saves the group's live trials now, and `waiting` (`ckpt.SavedTrial`s of its pending trials, as they
+        were read); returns how many live trials were saved."""
         start = time.perf_counter()
         entries = group.snapshot(best_val, best_epoch, seconds)
         self.last = time.monotonic()
-        if not entries:  # every live trial is at its start: nothing to resume from
+        if not entries and not waiting:  # every live trial is at its start: nothing to resume from
             self.checkpoints.remove(self.name)
             return 0
-        self.checkpoints.save(self.name, self.identity, entries)
-        logging.info("%s %s N<=%d: checkpoint of %d live trials (%.1f MB) in %.2fs", group.task.name, group.variant,
-                     group.n_max, len(entries), sum(e.state.nbytes for e in entries) / 1e6,
-                     time.perf_counter() - start)
+        self.checkpoints.save(self.name, self.identity, entries + list(waiting))
+        logging.info("%s %s N<=%d: checkpoint of %d live trials (%.1f MB) in %.2fs%s", group.task.name,
+                     group.variant, group.n_max, len(entries), sum(e.state.nbytes for e in entries) / 1e6,
+                     time.perf_counter() - start,
+                     f", with the saved states of {len(waiting)} trials waiting to resume" if waiting else "")
         return len(entries)
 
     def done(self):
@@ -562,13 +565,15 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
                              math.ceil(sum(t is not None for t in group.slots) / group.chunk),
                              group.k // group.chunk)
         just_saved = None
+        # The saved states of trials still waiting for a slot go into the group's file with the live ones.
+        waiting = [saved[t.trial_id] for t in pending if t.trial_id in saved]
         if saver is not None and any(t is not None for t in group.slots):
-            just_saved = saver.maybe_save(group, best_val, best_epoch, seconds)
+            just_saved = saver.maybe_save(group, best_val, best_epoch, seconds, waiting)
         if on_group_epoch is not None:
             on_group_epoch()
         if stop_requested is not None and any(t is not None for t in group.slots) and stop_requested():
             n_saved = just_saved if just_saved is not None else 0 if saver is None else saver.save(
-                group, best_val, best_epoch, seconds)
+                group, best_val, best_epoch, seconds, waiting)
             logging.info("%s %s N<=%d: stopped on request at the end of an epoch, %d live trials saved", spec.name,
                          group.variant, group.n_max, n_saved)
             raise Stopped(n_saved, (group.variant, group.n_max))

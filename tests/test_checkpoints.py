@@ -2,6 +2,7 @@
 tested with the trainer, in test_train.py."""
 
 import math
+import os
 import zipfile
 
 import numpy as np
@@ -74,3 +75,32 @@ def test_bad_files_and_arguments_are_clear_errors(tmp_path):
     (tmp_path / "a.npz").unlink()
     with pytest.raises(checkpoints.CheckpointError, match="do not fit together"):
         ck.load()
+
+
+def test_a_save_first_calls_before_save_then_writes_the_file_and_its_rename_to_disk(tmp_path, monkeypatch):
+    """before_save (the study's store sync) runs before anything of the file exists; the file's data and the
+    directory holding its new name are flushed to disk (os.fsync of each, by inode)."""
+    directory = tmp_path / "ck"
+    events = []
+
+    def before_save():
+        events.append(("before", sorted(p.name for p in directory.iterdir()) if directory.exists() else None))
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    ck = checkpoints.Checkpoints(directory, every_seconds=0, before_save=before_save)
+    ck.save("V_N8", IDENTITY, [saved(1, 2)])
+    ck.save("V_N8", IDENTITY, [saved(1, 3)])
+    assert events == [("before", None), ("before", ["V_N8.npz"])]
+    assert ck.epochs() == {1: 3}
+    file_inode, dir_inode = (directory / "V_N8.npz").stat().st_ino, directory.stat().st_ino
+    assert file_inode in synced and synced.count(dir_inode) == 2
+
+    def refuse():
+        raise OSError("disk gone")
+
+    ck.before_save = refuse  # a store that cannot be made durable: no file goes ahead of it
+    with pytest.raises(OSError, match="disk gone"):
+        ck.save("V_N8", IDENTITY, [saved(1, 4)])
+    assert ck.epochs() == {1: 3} and sorted(p.name for p in directory.iterdir()) == ["V_N8.npz"]

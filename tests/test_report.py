@@ -1,6 +1,7 @@
 """Tests of the report and its figures, on trial stores fabricated with planted effects."""
 
 import json
+import pathlib
 import re
 import sqlite3
 import subprocess
@@ -185,6 +186,24 @@ def test_a_saved_figure_cuts_off_nothing_drawn(tmp_path):
     assert (border > 0.99).all()
     dark = (img < 0.5).all(axis=2)  # the text's ink is in the picture
     assert dark[:, : img.shape[1] // 4].any() and dark[-img.shape[0] // 4:, -img.shape[1] // 4:].any()
+
+
+def test_a_report_cut_while_written_leaves_the_one_before(tmp_path, monkeypatch):
+    """A write that fails half way (a full disk, a kill) leaves the previous report.md and report.html whole."""
+    workdir = _make_store(tmp_path / "r", "jsb", 4, "learning_rate", "NFG", seed=4)
+    report.write_report(workdir, n_trees=5)
+    before = {name: (workdir / name).read_text() for name in ("report.md", "report.html")}
+    real = pathlib.Path.write_text
+
+    def half_then_fail(self, text, *args, **kwargs):
+        real(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", half_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        report.write_report(workdir, n_trees=5)
+    monkeypatch.undo()
+    assert {name: (workdir / name).read_text() for name in before} == before
 
 
 def test_quick_study_still_reports(tmp_path):

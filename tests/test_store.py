@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+import os
 import signal
 import sqlite3
 import subprocess
@@ -168,6 +169,41 @@ def test_trials_resume_from_checkpoints_only_with_every_epoch_row_up_to_them(st)
     assert [(e["trial_id"], e["epoch"]) for e in st.epochs()] == [(0, 1), (0, 2), (0, 3), (3, 1), (3, 2), (3, 3),
                                                                   (3, 4)]
     assert st.counts() == {"pending": 5, "running": 0, "done": 1, "diverged": 0}
+
+
+def test_a_trial_put_back_to_resume_and_stopped_again_still_resumes_or_starts_clean(st):
+    """A run puts its interrupted trials back to 'pending' (rows kept up to their checkpoints) and is stopped
+    before they train an epoch: the next run still resumes them from the same checkpoints, and a trial whose
+    checkpoint is gone starts again from its first epoch without rows of its own left (before, such a trial
+    kept its rows and its first epoch's row could not be written: every later run failed)."""
+    st.mark_running([0, 1])
+    for i in (0, 1):
+        for epoch in (1, 2, 3):
+            st.add_epoch(i, epoch, 5.0 - epoch, 4.0 - epoch / 10, 0.1)
+    keep = st.resumable({0: 2, 1: 3})
+    assert keep == {0: 2, 1: 3} and st.reset_unfinished(keep_epochs=keep) == 2
+    # stopped here: both pending, with rows up to their checkpoints
+    assert st.counts()["pending"] == 6 and len(st.epochs(0)) == 2 and len(st.epochs(1)) == 3
+    # the next run: trial 0's checkpoint is still there, trial 1's is not
+    keep = st.resumable({0: 2})
+    assert keep == {0: 2} and st.reset_unfinished(keep_epochs=keep) == 2
+    assert [e["epoch"] for e in st.epochs(0)] == [1, 2] and st.epochs(1) == []
+    st.mark_running([0, 1])
+    st.add_epoch(0, 3, 1.0, 1.0, 0.1)
+    st.add_epoch(1, 1, 1.0, 1.0, 0.1)  # raised sqlite3.IntegrityError (UNIQUE) before
+    assert st.reset_unfinished() == 2 and st.epochs() == []
+
+
+def test_sync_flushes_the_database_and_its_log_to_disk(st, monkeypatch):
+    st.mark_running([0])
+    st.add_epoch(0, 1, 5.0, 4.0, 0.1)  # a commit in the write-ahead log
+    wal = st.path.with_name(st.path.name + "-wal")
+    assert wal.stat().st_size > 0
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_ino), real_fsync(fd)))
+    st.sync()
+    assert sorted(synced) == sorted([st.path.stat().st_ino, wal.stat().st_ino])
 
 
 _WRITER = textwrap.dedent("""

@@ -4,6 +4,7 @@ import base64
 import dataclasses
 import html
 import math
+import os
 import pathlib
 import re
 
@@ -133,6 +134,13 @@ def _fmt(x, digits=3):
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
         return f"{x:.2e}"
     return f"{x:.{digits}g}"
+
+
+def _write_whole(path, text):
+    """Writes `text` to `path` through a temporary file and a rename: a kill leaves the old report or the new."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _pct(x):
@@ -366,7 +374,7 @@ def write_report(workdir, n_trees=100, seed=0):
     for path, caption in figures:
         doc.figure(path, caption)
     md = workdir / "report.md"
-    md.write_text(doc.markdown(workdir))
-    (workdir / "report.html").write_text(doc.html(title))
+    _write_whole(md, doc.markdown(workdir))
+    _write_whole(workdir / "report.html", doc.html(title))
     logging.info("wrote %s, %s and %d figures", md, workdir / "report.html", len(figures))
     return md

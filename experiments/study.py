@@ -103,6 +103,10 @@ def _workdir_lock(workdir):
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise WorkdirBusy(f"another study is running in {workdir}; wait for it or stop it") from None
+        except OSError as e:  # e.g. a network filesystem without flock (ENOLCK, EOPNOTSUPP)
+            raise store.StoreError(f"cannot lock {workdir / _LOCK_NAME} ({e.strerror or e}): a study needs a "
+                                   "local filesystem with file locks (its store, SQLite in WAL mode, does too); "
+                                   "put --workdir on one") from None
         yield
 
 

@@ -617,6 +617,22 @@ def test_a_second_study_on_a_busy_workdir_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.lock"]
 
 
+def test_a_workdir_that_cannot_be_locked_is_a_clear_error(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from experiments import study
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(store.StoreError, match=r"cannot lock .*study.lock \(No locks available\): a study needs a "
+                                               r"local filesystem with file locks"):
+        with study._workdir_lock(tmp_path):
+            pass
+
+
 # The data entry of the study (odyssey.data.splits).
 
 SHARED_JSB = ROOT.parents[0] / "shared" / "data" / "jsb_chorales" / "jsb_chorales.pickle"

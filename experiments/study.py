@@ -230,9 +230,10 @@ def _train_pending(st, config, splits, every_s, ckpts, stop=None):
         except train.Stopped as e:
             progress.flush()
             counts = st.counts()
-            logging.info("Study stopped on request: %d of %d trials finished, %d in training saved to %s; run the "
-                         "same command to go on", counts["done"] + counts["diverged"], sum(counts.values()), e.saved,
-                         ckpts.directory)
+            held = len(ckpts.epochs())  # the stopped group's and any interrupted earlier that wait to resume
+            logging.info("Study stopped on request: %d of %d trials finished, %d in training saved to %s (which "
+                         "holds the states of %d trials to resume); run the same command to go on",
+                         counts["done"] + counts["diverged"], sum(counts.values()), e.saved, ckpts.directory, held)
             raise
     unfinished = [r["trial_id"] for r in st.trials() if r["status"] in ("pending", "running")]
     if unfinished:

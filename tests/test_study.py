@@ -371,9 +371,11 @@ def test_a_signal_stops_the_study_at_an_epoch_end_with_nothing_lost(env, referen
     assert proc.returncode == 128 + signum, stderr[-3000:]
     assert f"study: {signal.Signals(signum).name}: stopping at the end of the epoch" in stderr
     log = (tmp_path / "study.log").read_text()
-    stops = re.findall(r"\] Study stopped on request: (\d+) of (\d+) trials finished, (\d+) in training saved", log)
+    stops = re.findall(r"\] Study stopped on request: (\d+) of (\d+) trials finished, (\d+) in training saved "
+                       r"to .* \(which holds the states of (\d+) trials to resume\)", log)
     assert len(stops) == 1 and "Study finished" not in log, stops
-    finished, total, saved = (int(g) for g in stops[0])
+    finished, total, saved, held = (int(g) for g in stops[0])
+    assert held == saved  # a first stop: the stopped group's trials are all the files hold
     rows = read(tmp_path)
     assert total == len(rows) and finished == sum(r["status"] in ("done", "diverged") for r in rows) < total
     at = checkpoints.Checkpoints(tmp_path / "checkpoints").epochs()

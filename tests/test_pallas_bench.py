@@ -40,10 +40,12 @@ def test_the_trainer_benchmark_runs_the_pallas_program_beside_its_xla_twin():
     out = _run([str(BENCH / "trainer_speed.py"), "--device=cpu", "--shapes=jsb", "--hidden=8", "--trials=1,3",
                 "--variants=mixed", "--lstm_loops=xla,pallas", "--notorch", "--repeats=1", "--min_time=0",
                 "--sequences=4", "--cpu_devices=1"])
-    diffs = dict(re.findall(r"^mixed/pallas K=(\d+): weights after one epoch differ from XLA's loops' by at most "
-                            r"(\S+) \(relative\)$", out, re.M))
+    found = re.findall(r"^mixed/pallas K=(\d+): weights after one epoch differ from XLA's loops' by at most "
+                       r"(\S+) \(relative\); the epoch moved them by up to (\S+)$", out, re.M)
+    diffs = {k: (float(d), float(m)) for k, d, m in found}
     assert set(diffs) == {"1", "3"}, out
-    assert all(float(d) < 1e-8 for d in diffs.values()), diffs  # float32 on CPU: measured 5e-12 and 6e-10
+    # float32 on CPU: measured 5e-12 and 6e-10, beside an epoch that moved the weights (not two frozen runs)
+    assert all(d < 1e-8 and m > 1e-4 for d, m in diffs.values()), diffs
     for k in ("1", "3"):
         assert re.search(rf"^jsb +60 +8 odyssey mixed/pallas +{k} ", out, re.M), out
         assert re.search(rf"^jsb +60 +8 odyssey mixed +{k} ", out, re.M), out

@@ -345,6 +345,78 @@ def test_bfloat16_recurrent_products_equal_a_hand_stepped_bptt(x64):
     assert 1e-6 < np.max(np.abs(exact_grads["R"] - want_grads["R"])) / np.max(np.abs(want_grads["R"])) < 5e-2
 
 
+def _hand_bptt_rounded_cifg(params, xs, cot, keep):
+    """CIFG (gates z, i, o; f = 1 − i; peepholes i, o) with a mask, stepped by hand in float64 numpy with the
+    recurrent products' operands rounded to bfloat16 as in `_hand_bptt_rounded`. A masked step keeps the state,
+    outputs 0 and passes the state's deltas through."""
+    w, r, b, p = (np.asarray(params[k], np.float64) for k in ("W", "R", "b", "p"))
+    xs, cot = np.asarray(xs, np.float64), np.asarray(cot, np.float64)
+    t_len, n = cot.shape
+    r2 = _bf16(r.reshape(n, 3 * n))
+    y, c = np.zeros(n), np.zeros(n)
+    ys, steps = [], {}
+    for t in range(t_len):
+        if not keep[t]:
+            ys.append(np.zeros(n))
+            continue
+        y_prev, c_prev = y, c
+        a = np.einsum("m,mgn->gn", xs[t], w) + b + (_bf16(y_prev) @ r2).reshape(3, n)
+        z = np.tanh(a[0])
+        i = _sigmoid(a[1] + p[0] * c_prev)
+        c = z * i + c_prev * (1 - i)
+        o = _sigmoid(a[2] + p[1] * c)
+        y = np.tanh(c) * o
+        ys.append(y)
+        steps[t] = (y_prev, c_prev, c, z, i, o)
+    grads = {k: np.zeros_like(v) for k, v in (("W", w), ("R", r), ("b", b), ("p", p))}
+    dxs = np.zeros_like(xs)
+    dy_rec, dc_next = np.zeros(n), np.zeros(n)
+    for t in reversed(range(t_len)):
+        if t not in steps:
+            continue  # the deltas pass through a masked step unchanged
+        y_prev, c_prev, c, z, i, o = steps[t]
+        dy = cot[t] + dy_rec
+        da_o = dy * np.tanh(c) * o * (1 - o)
+        dc = dc_next + dy * o * (1 - np.tanh(c) ** 2) + da_o * p[1]
+        da_z = dc * i * (1 - z * z)
+        da_i = dc * (z - c_prev) * i * (1 - i)  # c = z i + c_prev (1 − i)
+        dc_next = dc * (1 - i) + da_i * p[0]
+        da = np.stack([da_z, da_i, da_o])
+        dy_rec = r2 @ _bf16(da.reshape(-1))
+        grads["W"] += np.einsum("m,gn->mgn", xs[t], da)
+        grads["R"] += np.einsum("k,gn->kgn", y_prev, da)
+        grads["b"] += da
+        grads["p"] += np.stack([da_i * c_prev, da_o * c])
+        dxs[t] = np.einsum("mgn,gn->m", w, da)
+    return np.stack(ys), grads, dxs
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_bfloat16_recurrent_products_of_a_masked_cifg_layer_equal_a_hand_stepped_bptt(x64, reverse):
+    """The rounded products outside V's four-gate layout, through padding: CIFG's three gates (f = 1 − i) on the
+    masked sequence, forward and reversed, against the hand-stepped rounded loop (to float64 round-off)."""
+    n = 5
+    params = _params("CIFG", 41, n=n)
+    xs = jnp.asarray(np.random.default_rng(42).normal(size=(_T, _M)))
+    cot = jnp.asarray(np.random.default_rng(43).normal(size=(_T, n)))
+    keep = _MASK > 0
+    flip = (lambda a: np.asarray(a)[::-1]) if reverse else np.asarray
+    want_ys, want_grads, want_dxs = _hand_bptt_rounded_cifg(params, flip(xs), flip(cot), flip(keep))
+
+    def loss(p, x):
+        ys = fast_lstm.lstm_layer("CIFG", p, x, jnp.asarray(_MASK), reverse=reverse, recurrent_dtype=jnp.bfloat16)
+        return jnp.sum(ys * cot), ys
+
+    (_, ys), (grads, dxs) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
+    np.testing.assert_allclose(ys, flip(want_ys), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(dxs, flip(want_dxs), rtol=1e-10, atol=1e-13)
+    for k, g in grads.items():
+        np.testing.assert_allclose(g, want_grads[k], rtol=1e-10, atol=1e-13, err_msg=k)
+    # the rounding happens: the unrounded layer is further off than round-off
+    exact = fast_lstm.lstm_layer("CIFG", params, xs, jnp.asarray(_MASK), reverse=reverse)
+    assert np.max(np.abs(np.asarray(exact) - flip(want_ys))) > 1e-6
+
+
 @pytest.mark.parametrize("variant", ["FGR", "NOAF", "CIFG"])
 def test_bfloat16_recurrent_products_stay_near_float32_for_every_layout(variant):
     """Every variant's loops (FGR's gate recurrence included) take the bfloat16 path: outputs and gradients

@@ -100,9 +100,10 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # tasks share one data order), as studies made before this field did; resume such a study with False.
     config.search.draw_by_task = True
     # The most trials one compiled program trains at once; it changes speed and memory, never the numbers.
-    # 512 holds a whole group of the full study (the mixed program's smallest bucket gets ~480 of its 1600
-    # trials), so a group runs as long as its longest trial rather than in waves.
-    config.search.trials_per_batch = 512
+    # 640 holds a whole group of the full study (the mixed program's smallest bucket gets ~500 of its 1600
+    # trials, 526 of TIMIT's draws; 512 split that group in two waves), so a group runs as long as its longest
+    # trial rather than in waves.
+    config.search.trials_per_batch = 640
     # Trials per vmapped step within a program (unset: odyssey.train.default_trials_per_chunk, ~2 MiB of
     # weights per layer on a CPU, ~512 MiB on an accelerator); speed only, never the numbers.
     config.search.trials_per_chunk = config_dict.placeholder(int)

@@ -144,6 +144,17 @@ def test_shipped_configs_are_valid(name, arg):
         assert ("nesterov" in config.search.space) == (name == "timit")
 
 
+@pytest.mark.parametrize("name", ["jsb", "timit", "iam_online"])
+def test_every_group_of_a_full_study_fits_its_slots(name):
+    """The shipped configs' trials_per_batch holds each group (program x bucket) of the task's draws, so no group
+    runs in waves: the mixed program's smallest bucket, the largest group, gets 490-526 of its 1600 trials."""
+    from odyssey import layout
+    config = load_config(name)
+    trials = [_T(t["trial_id"], t["variant"], t["hidden_size"]) for t in search.draw_trials(config)]
+    sizes = [len(m) for m in layout.group_trials(trials, config.search.hidden_buckets).values()]
+    assert max(sizes) <= config.search.trials_per_batch and max(sizes) > 450, sizes
+
+
 def test_unknown_config_argument_is_refused():
     with pytest.raises(ValueError, match="unknown config argument 'fast'"):
         load_config("jsb", "fast")

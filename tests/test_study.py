@@ -623,6 +623,7 @@ def test_a_workdir_that_cannot_be_locked_is_a_clear_error(tmp_path, monkeypatch)
     import errno
     import fcntl
 
+    monkeypatch.syspath_prepend(str(ROOT))  # experiments/ is the repository's, not an installed package
     from experiments import study
 
     def no_locks(*args):

@@ -151,10 +151,13 @@ def best_path_decode(logits, logit_paddings, blank_id=0):
     if not 0 <= blank_id < logits.shape[2]:
         raise ValueError(f"best_path_decode: blank_id must be in [0, {logits.shape[2]}), got {blank_id}.")
     best = logits.argmax(axis=-1)
-    decoded = []
-    for path, pad in zip(best, logit_paddings):
-        path = path[pad == 0].astype(np.int64)
-        starts_run = np.ones(path.shape, dtype=bool)
-        starts_run[1:] = path[1:] != path[:-1]
-        decoded.append(path[starts_run & (path != blank_id)])
-    return decoded
+    return [collapse_path(path[pad == 0].astype(np.int64), blank_id) for path, pad in zip(best, logit_paddings)]
+
+
+def collapse_path(path, blank_id=0):
+    """A best path's labels: per-frame labels int[T] (the argmax of each frame) with repeats merged, then blanks
+    dropped (numpy, on the host)."""
+    path = np.asarray(path)
+    starts_run = np.ones(path.shape, dtype=bool)
+    starts_run[1:] = path[1:] != path[:-1]
+    return path[starts_run & (path != blank_id)]

@@ -133,14 +133,6 @@ def eval_statistics(task: Task, variant: str, params, x, mask, target, steps=Non
     return jnp.argmax(logits, -1).astype(jnp.int32)
 
 
-def _collapse(frame_labels, blank_id=0):
-    """Best path from per-frame argmax labels: merge repeats, then drop blanks."""
-    keep = np.ones(len(frame_labels), bool)
-    keep[1:] = frame_labels[1:] != frame_labels[:-1]
-    out = frame_labels[keep]
-    return out[out != blank_id]
-
-
 def finish_metric(task: Task, stats, arrays: Arrays) -> np.ndarray:
     """Per-trial metric from the statistics of all sequences.
 
@@ -160,6 +152,6 @@ def finish_metric(task: Task, stats, arrays: Arrays) -> np.ndarray:
     refs = [arrays.targets[s, :int((1 - arrays.label_paddings[s]).sum())] for s in range(arrays.size)]
     out = np.empty(frames.shape[0])
     for k in range(frames.shape[0]):
-        hyps = [_collapse(frames[k, s, :lengths[s]]) for s in range(arrays.size)]
+        hyps = [ctc.collapse_path(frames[k, s, :lengths[s]]) for s in range(arrays.size)]
         out[k] = metrics.character_error_rate(refs, hyps)
     return out

@@ -900,3 +900,34 @@ def test_checkpoints_of_other_settings_or_other_trials_are_refused(uninterrupted
     with pytest.raises(ValueError, match="trial 0: the checkpoint .* other fields"):
         run_stopping(splits, trials=changed, checkpoints=ck)
     assert ck.epochs(), "a refused run leaves the checkpoints alone"
+
+
+def test_the_groups_character_error_rate_is_the_decoded_edit_distance_of_each_trial(x64):
+    """IAM-OnDB's evaluation in the trainer's group (the mixed program, trials padded to the bucket, sequences
+    in chunks sorted by length) against best-path decoding and an edit distance per sequence in plain Python,
+    with weights large enough that the nets emit characters (a trained-for-epochs tiny net emits only blanks,
+    so its CER is 100 % whatever the evaluation does)."""
+    spec = tasks_module.get_task("iam_online")
+    splits = make_splits("iam_online", seed=9, sizes=(2, 9, 2), lengths=(4, 7))
+    arrays = {n: tasks_module.to_arrays(spec, split, np.float64) for n, split in splits.items()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+    group = train.Group(spec, train.MIXED, 5, 2, arrays, 4, mesh, 4, np.dtype(np.float64))
+    trials = [train.Trial(0, "V", 5, 1e-2, 0.5, 0.0, seed=1), train.Trial(1, "CIFG", 3, 1e-2, 0.5, 0.0, seed=2)]
+    rng = np.random.default_rng(10)
+    nets_of, saved = {}, {}
+    for t in trials:
+        template = nets.init_net(jax.random.PRNGKey(0), t.variant, "bi", 4, t.hidden_size, spec.n_out,
+                                 dtype=np.float64)
+        params = jax.tree_util.tree_map(lambda a: rng.normal(0.0, 1.5, a.shape), template)
+        params["out"]["b"][[0, 5, 9]] += 4.0  # a few likely outputs: blanks, runs of one character, changes
+        leaves = jax.tree_util.tree_leaves(params)
+        state = np.concatenate([np.ravel(x) for x in leaves] + [np.zeros(x.size) for x in leaves]
+                               + [np.ravel(x) for x in leaves])
+        saved[t.trial_id] = checkpoints.SavedTrial(dataclasses.asdict(t), 1, 0.0, 1, 0.0, state)
+        nets_of[t.trial_id] = params
+    group.fill(trials, saved)
+    got = group.evaluate("valid", group.state["params"])
+    for t in trials:
+        want = _ref_metric("iam_online", t.variant, nets_of[t.trial_id], splits["valid"])
+        assert 0 < want != 100.0, want  # characters were emitted, some right
+        assert got[t.trial_id] == pytest.approx(want, rel=1e-12), t.variant

@@ -2,10 +2,11 @@
 
     python -m experiments.study --config=configs/jsb.py:quick --workdir=runs/jsb_quick
 
-The workdir gets config.json, trials.sqlite (every trial and every epoch), study.log and the report, and
-while trials train, checkpoints/ (their states, saved every --checkpoint_seconds; removed as groups end).
-Started again on the same workdir, the study goes on where it stopped: finished trials are kept, trials
-that were running resume from their last checkpoint with the numbers they would have had (or from their
+The workdir gets config.json, trials.sqlite (every trial and every epoch), study.log, study.lock (held while
+a study runs there) and the report, and while trials train, checkpoints/ (their states, saved every
+--checkpoint_seconds; removed as groups end). Started again on the same workdir, the study goes on where it
+stopped: finished trials are kept, interrupted ones (running, or put back to pending by a run stopped before
+their next epoch) resume from their last checkpoint with the numbers they would have had (or from their
 first epoch where none was saved). A config that would draw or train other trials is refused, before
 anything in the workdir is touched.
 

@@ -16,8 +16,7 @@ seed and its own epoch counter, so a resumed trial goes on with the numbers it w
 
 The file's identity (task, dtypes, data-order seed, product precision: what decides a trial's numbers
 besides its own fields) is checked by the trainer before it resumes anything. This module reads and writes
-files only; it imports neither JAX nor the trainer, so the study command can look at checkpoints before it
-loads the JAX stack.
+files only; it imports neither JAX nor the trainer, so its files can be read and inspected without them.
 """
 
 import dataclasses

@@ -82,8 +82,8 @@ def default_trials_per_chunk(device, weight_bytes: int, layers: int = 1, devices
     (`odyssey.group.Group.pack`), but on the standard JSB data 66 % of 549 trials (N <= 40) ran to the 150-epoch bound
     (mean 126 epochs), so packing could save at most ~16 %, what chunks cost with every slot live. So an
     accelerator's chunk holds `ACCELERATOR_CHUNK_BYTES` (512 MiB) of weights: a group of the full study
-    (<= 512 trials; 1 MB each at N = 200, JSB) runs in one vmap; bigger groups run in chunks, packed once
-    nothing is pending.
+    (<= 526 trials, TIMIT's N <= 40 group; at N = 200 <= 171 trials of 1 MB) runs in one vmap; bigger groups
+    run in chunks, packed once nothing is pending.
 
     Args:
       device: a JAX device of the trial mesh, or its platform name ("cpu", "gpu", ...).

@@ -30,8 +30,6 @@ _DISTRIBUTIONS = {
     "log_uniform_int": (("int",), 2),
     "bernoulli": (("bool",), 1),
 }
-# Config fields that only decide how trials are packed into compiled programs: they change no trial's
-# numbers beyond float round-off, so a study may be resumed with other values.
 # Fields added after studies were run, with the value those studies had: a config with that value keeps
 # its earlier fingerprint (and resumes its workdir), any other value counts. One is not quite so: before
 # train.matmul_precision, a GPU with TF32 ran the products at TF32 (JAX's default), not float32; the study
@@ -44,6 +42,8 @@ DATA_ORDERS = ("per_trial", "shared")
 MATMUL_PRECISIONS = ("float32", "tensorfloat32")
 # As odyssey.pallas_loops.LOOPS.
 LSTM_LOOPS = ("xla", "pallas")
+# Config fields that only decide how trials are packed into compiled programs: they change no trial's
+# numbers beyond float round-off, so a study may be resumed with other values.
 _SCHEDULING_ONLY = ("search.trials_per_batch", "search.trials_per_chunk", "search.hidden_buckets", "search.mix_variants",
                     "train.lstm_loops", "data.cache_dir")
 
@@ -214,7 +214,7 @@ def _draw(rng, dist, params):
 
 
 def draw_trials(config):
-    """Draws the study's trials: `num_trials` per variant, from `config.search.seed` alone.
+    """Draws the study's trials: `num_trials` per variant, from `config.search.seed` and the task alone.
 
     Trial k of a variant gets its own generator, keyed by (seed, a checksum of the task's name, a checksum of
     the variant's name, k), so its hyperparameters and its training seed do not depend on num_trials, on the

@@ -27,7 +27,7 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
 * One program for eight variants, FGR apart. On a GPU a step of a few dozen small trials is bound by
   launches, not work (H200, 64 trials of V, JSB shape: N = 40 ran 3× the sequence-updates/s of N = 200 with
   1/25 of the work), and one program per variant split a study into 45 groups per task of ≤ 61 trials each,
-  run one after another. The mixed program makes them 5 groups of ~150-500 trials (plus FGR's 5): on an
+  run one after another. The mixed program makes them 5 groups of ~140-530 trials (plus FGR's 5): on an
   H100 (2026-11-27, unroll 8) 512 trials of it ran 3.9× the sequence-updates/s of 64 at N = 40 (JSB shape,
   353,037 against 90,395; TIMIT shape 44,362 against 10,314) and 1.1-1.3× at N = 200. A
   "universal" cell with FGR too would carry FGR's 3N×3N gate recurrence for every trial, and FGR costs 1.9×

@@ -207,18 +207,25 @@ class Group:
         return np.asarray(loss), np.asarray(diverged)
 
     def evaluate(self, split, params):
+        """The metric of each slot's trial on `split` with `params` (the group's layout): float64[K], NaN for
+        empty slots (whose chunks of trials the program may skip)."""
         arrays, order, chunk_steps = self.eval_splits[split]
+        occupied = np.array([t is not None for t in self.slots])
+        live = jax.device_put(occupied, self.shard)
         outs = []
         for start, steps in zip(range(0, arrays.size, self.eval_chunk), chunk_steps):
             chunk = arrays.take(slice(start, start + self.eval_chunk))
             chunk = tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None)
-            outs.append(jax.tree_util.tree_map(np.asarray, self._eval_fn(params, self.hp["switches"], chunk, steps)))
+            outs.append(jax.tree_util.tree_map(np.asarray, self._eval_fn(params, self.hp["switches"], live, chunk,
+                                                                         steps)))
         stats = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1), *outs)
-        # Back from length order to the split's order.
+        # Back from length order to the split's order, the occupied slots only.
         unsort = np.empty_like(order)
         unsort[order] = np.arange(order.size)
-        stats = jax.tree_util.tree_map(lambda s: s[:, :order.size][:, unsort], stats)
-        return tasks.finish_metric(self.task, stats, self.arrays[split])
+        stats = jax.tree_util.tree_map(lambda s: s[occupied][:, :order.size][:, unsort], stats)
+        out = np.full(self.k, np.nan)
+        out[occupied] = tasks.finish_metric(self.task, stats, self.arrays[split])
+        return out
 
     def pack(self):
         """Moves each device's live trials into its first slots when that empties chunks, so the chunks of
@@ -260,7 +267,8 @@ class Group:
         if "eval" in programs:
             arrays, _, chunk_steps = self.eval_splits["valid"]
             chunk = arrays.take(slice(0, self.eval_chunk))
-            out["eval"] = self._eval_fn.lower(self.best, self.hp["switches"],
+            live = jax.device_put(np.ones(self.k, bool), self.shard)
+            out["eval"] = self._eval_fn.lower(self.best, self.hp["switches"], live,
                                               tasks.Arrays(chunk.xs, chunk.mask, chunk.targets, None), chunk_steps[0])
         return out
 

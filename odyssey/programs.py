@@ -245,6 +245,37 @@ def local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, lo
     return jax.tree_util.tree_map(merge, out)
 
 
+def local_eval(task, variant, chunk, recurrent_dtype, loops, params, switches, live, seqs, steps):
+    """Metric statistics of the device's K trials on a chunk of sequences (`eval_chunk`), `chunk` trials at a
+    time, as `local_epoch` trains them. A chunk of trials none of which is live (bool[K] `live`: empty slots,
+    trials ended) is skipped, its statistics zeros: once a group's last trials are packed into its first
+    chunks, evaluation costs what they do (on 2 CPU cores, 2 live JSB trials of 32 at N = 200 took 0.91 s to
+    validate unchunked, 3x their training epoch)."""
+    k = live.shape[0]
+
+    def stats(p, sw):
+        return eval_chunk(task, variant, recurrent_dtype, loops, p, sw, seqs, steps)
+
+    if chunk >= k:
+        return stats(params, switches)
+
+    def run(args):
+        p, sw, lv = args
+        shapes = jax.eval_shape(stats, p, sw)
+        return jax.lax.cond(jnp.any(lv), stats,
+                            lambda p, sw: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+                            p, sw)
+
+    def split(x):
+        return x.reshape((k // chunk, chunk) + x.shape[1:])
+
+    def merge(x):
+        return x.reshape((k,) + x.shape[2:])
+
+    out = jax.lax.map(run, jax.tree_util.tree_map(split, (params, switches, live)))
+    return jax.tree_util.tree_map(merge, out)
+
+
 def eval_chunk(task, variant, recurrent_dtype, loops, params, switches, chunk, steps):
     """Metric statistics of K trials on a chunk of sequences: vmapped over trials and sequences.
 
@@ -270,6 +301,7 @@ def group_programs(task, cell, chunk, trim, recurrent_dtype, branch_past_end, lo
                              in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
     epoch_jit = jax.jit(traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),
                         compiler_options=dict(options))
-    eval_fn = functools.partial(eval_chunk, task, cell, recurrent_dtype, loops)
+    eval_fn = jax.shard_map(functools.partial(local_eval, task, cell, chunk, recurrent_dtype, loops), mesh=mesh,
+                            in_specs=(trials, trials, trials, whole, whole), out_specs=trials, check_vma=False)
     eval_jit = jax.jit(traced_under(eval_fn, matmul_precision), compiler_options=dict(options))
     return epoch_jit, eval_jit

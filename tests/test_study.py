@@ -400,41 +400,47 @@ def _log_count(workdir, pattern):
 
 
 @needs_trainer
-def test_resumed_trials_keep_their_checkpoints_through_more_stops_and_fewer_slots(env, reference, tmp_path):
+def test_resumed_trials_keep_their_checkpoints_through_more_stops_and_fewer_slots(env, tmp_path):
     """Stopped with two trials in training, then (1) stopped again before the run that put them back trained an
     epoch, then (2) resumed with one slot, so one of them waits for it, and killed after that run's first
     checkpoint: both still resume from their checkpoints and the study ends with the uninterrupted numbers.
     Before, (1) left pending trials with epoch rows, whose first new row could not be written in any later run,
-    and (2) wrote the group's file without the waiting trial's saved state."""
+    and (2) wrote the group's file without the waiting trial's saved state. (8 epochs and a patience of 8, so
+    that a resumed trial cannot end in its first epoch and free the slot before the group's first save.)"""
+    longer = ("--report=false", "--config.train.max_epochs=8", "--config.train.patience=8")
     one_slot = ("--config.search.trials_per_batch=1", "--cpu_devices=1", "--checkpoint_seconds=0")
-    proc = subprocess.Popen(study_command(tmp_path, "--report=false", "--checkpoint_seconds=1e9"), cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    both = "SELECT COUNT(*) >= 2 FROM trials WHERE status = 'running' AND trial_id IN (SELECT trial_id FROM epochs)"
-    assert _stop_when(proc, tmp_path, both), "two trials should be in training"
+    reference = tmp_path / "reference"
+    done = run_study(env, reference, *longer)
+    assert done.returncode == 0, done.stderr[-3000:]
+    work = tmp_path / "work"
+    proc = subprocess.Popen(study_command(work, *longer, "--checkpoint_seconds=1e9"), cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_epoch = ("SELECT COUNT(*) >= 2 AND (SELECT MAX(epoch) FROM epochs) = 1 FROM trials WHERE status = 'running' "
+                   "AND trial_id IN (SELECT trial_id FROM epochs)")
+    assert _stop_when(proc, work, first_epoch), "two trials should be in training"
     proc.send_signal(signal.SIGTERM)
     proc.send_signal(signal.SIGCONT)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
-    saved = checkpoints.Checkpoints(tmp_path / "checkpoints").epochs()
-    assert len(saved) == 2, saved
+    saved = checkpoints.Checkpoints(work / "checkpoints").epochs()
+    assert len(saved) == 2 and max(saved.values()) <= 2, saved
 
     # (1) put back to 'pending' with their rows, then killed before an epoch
-    proc = subprocess.Popen(study_command(tmp_path, "--report=false", *one_slot), cwd=ROOT, env=env,
+    proc = subprocess.Popen(study_command(work, *longer, *one_slot), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     put_back = "SELECT COUNT(*) = 2 FROM trials WHERE status = 'pending' AND trial_id IN (SELECT trial_id FROM epochs)"
-    assert _stop_when(proc, tmp_path, put_back), "the run should put both trials back"
+    assert _stop_when(proc, work, put_back), "the run should put both trials back"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert checkpoints.Checkpoints(tmp_path / "checkpoints").epochs() == saved
+    assert checkpoints.Checkpoints(work / "checkpoints").epochs() == saved
 
     # (2) one slot: one trial resumes, the other waits; killed once the group's file is written
-    opened = _log_count(tmp_path, r"\] Resuming: ")
-    proc = subprocess.Popen(study_command(tmp_path, "--report=false", *one_slot), cwd=ROOT, env=env,
+    opened = _log_count(work, r"\] Resuming: ")
+    proc = subprocess.Popen(study_command(work, *longer, *one_slot), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     first = None
     while proc.poll() is None and time.monotonic() < deadline and first is None:
-        log = (tmp_path / "study.log").read_text()
-        runs = re.split(r"\] Resuming: ", log)
+        runs = re.split(r"\] Resuming: ", (work / "study.log").read_text())
         if len(runs) > opened + 1:
             found = re.search(r"checkpoint of 1 live trials .*", runs[-1])
             first = found and found.group(0)
@@ -442,18 +448,18 @@ def test_resumed_trials_keep_their_checkpoints_through_more_stops_and_fewer_slot
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert first and "with the saved states of 1 trials waiting to resume" in first, first
-    now = checkpoints.Checkpoints(tmp_path / "checkpoints").epochs()
+    now = checkpoints.Checkpoints(work / "checkpoints").epochs()
     assert set(now) == set(saved) and all(now[t] >= saved[t] for t in saved), (now, saved)
 
-    final = run_study(env, tmp_path, "--report=false")
+    final = run_study(env, work, *longer)
     assert final.returncode == 0, final.stderr[-3000:]
     resumed = re.findall(r"interrupted trials run again \((\d+) from their checkpoints\)",
-                         (tmp_path / "study.log").read_text())
+                         (work / "study.log").read_text())
     assert resumed[-3:] == ["2", "2", "2"], resumed
-    assert_same_results(read(tmp_path), read(reference[0]))
-    epochs = read(tmp_path, "epochs")
+    assert_same_results(read(work), read(reference))
+    epochs = read(work, "epochs")
     assert len(epochs) == len({(e["trial_id"], e["epoch"]) for e in epochs}), "an epoch recorded twice"
-    assert_same_epochs(epochs, read(reference[0], "epochs"))
+    assert_same_epochs(epochs, read(reference, "epochs"))
 
 
 _SECOND_SIGNAL = """

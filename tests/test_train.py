@@ -480,7 +480,7 @@ def test_compile_ahead_compiles_each_group_beside_the_one_before_and_changes_not
     trials = [train.Trial(i, v, n, 1e-2, 0.9, 0.1, True, False, seed=i) for i, (v, n) in enumerate(
         [("V", 3), ("V", 5), ("FGR", 4), ("V", 7), ("V", 4), ("V", 2)])]
     kwargs = dict(max_epochs=3, patience=1, trials_per_batch=3, hidden_buckets=(5, 8), dtype=np.float64)
-    group_jits = {"jit(local_epoch)", "jit(eval_chunk)", "jit(_set_slot)", "jit(_select)"}
+    group_jits = {"jit(local_epoch)", "jit(local_eval)", "jit(_set_slot)", "jit(_select)"}
     runs = {}
     for ahead in (False, True):
         programs.group_programs.cache_clear()  # else the second run compiles nothing
@@ -509,7 +509,7 @@ def test_a_second_call_of_the_same_setting_reuses_the_compiled_programs(compiles
         [(3, 1e-2), (4, 2e-2)])]
     others = [dataclasses.replace(t, learning_rate=t.learning_rate * 3, seed=t.seed + 5) for t in trials]
     kwargs = dict(max_epochs=2, patience=2, trials_per_batch=2, hidden_buckets=(4,))
-    group_programs = {"jit(local_epoch)", "jit(eval_chunk)"}
+    group_programs = {"jit(local_epoch)", "jit(local_eval)"}
 
     def run(ts, **extra):
         before = len(compiles())
@@ -518,12 +518,12 @@ def test_a_second_call_of_the_same_setting_reuses_the_compiled_programs(compiles
 
     programs.group_programs.cache_clear()
     _, compiled = run(trials)
-    assert compiled == ["jit(eval_chunk)", "jit(local_epoch)"], compiled
+    assert compiled == ["jit(local_epoch)", "jit(local_eval)"], compiled
     (again, again_curves), compiled = run(others)
     assert compiled == [], compiled
     programs.group_programs.cache_clear()
     (fresh, fresh_curves), compiled = run(others)
-    assert compiled == ["jit(eval_chunk)", "jit(local_epoch)"], compiled
+    assert compiled == ["jit(local_epoch)", "jit(local_eval)"], compiled
     assert again_curves == fresh_curves and set(again_curves) == {0, 1}
     assert ({i: dataclasses.replace(r, train_seconds=0) for i, r in again.items()}
             == {i: dataclasses.replace(r, train_seconds=0) for i, r in fresh.items()})
@@ -931,3 +931,28 @@ def test_the_groups_character_error_rate_is_the_decoded_edit_distance_of_each_tr
         want = _ref_metric("iam_online", t.variant, nets_of[t.trial_id], splits["valid"])
         assert 0 < want != 100.0, want  # characters were emitted, some right
         assert got[t.trial_id] == pytest.approx(want, rel=1e-12), t.variant
+
+
+@pytest.mark.parametrize("chunk", [1, 2, None])
+def test_evaluation_in_chunks_of_trials_skips_empty_ones_and_changes_no_metric(chunk, x64):
+    """A group's evaluation runs its trials in the training's chunks and skips chunks with no trial: the
+    metrics of the trials left (slots 0 and 3 of 6, after the others are emptied) are those of all six
+    evaluated at once, in chunks of 1, 2 or all; empty slots give NaN."""
+    spec = tasks_module.get_task("jsb")
+    splits = make_splits("jsb", seed=12, sizes=(3, 9, 3), lengths=(4, 7))
+    arrays = {n: tasks_module.to_arrays(spec, split, np.float64) for n, split in splits.items()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+    trials = [train.Trial(i, v, 3 + i % 3, 1e-2, 0.5, 0.0, seed=20 + i)
+              for i, v in enumerate(["V", "CIFG", "NP", "V", "NIG", "NOAF"])]
+    full = train.Group(spec, train.MIXED, 5, 6, arrays, 88, mesh, 4, np.dtype(np.float64), chunk=6)
+    full.fill(trials)
+    want = full.evaluate("valid", full.state["params"])
+    assert np.all(np.isfinite(want)) and len(set(np.round(want, 9))) == 6
+    group = train.Group(spec, train.MIXED, 5, 6, arrays, 88, mesh, 4, np.dtype(np.float64), chunk=chunk)
+    group.fill(trials)
+    np.testing.assert_allclose(group.evaluate("valid", group.state["params"]), want, rtol=1e-12)
+    for slot in (1, 2, 4, 5):
+        group.assign(slot, None)
+    got = group.evaluate("valid", group.state["params"])
+    np.testing.assert_allclose(got[[0, 3]], want[[0, 3]], rtol=1e-12)
+    assert np.isnan(got[[1, 2, 4, 5]]).all()

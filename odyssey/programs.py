@@ -235,14 +235,14 @@ def local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, lo
             return train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype, branch_past_end, loops)
         return jax.lax.cond(jnp.any(st["alive"]), live, idle, st, h, ep)
 
-    def split(x):
-        return x.reshape((k // chunk, chunk) + x.shape[1:])
+    return _by_chunks(run, (state, hp, epoch), k, chunk)
 
-    def merge(x):
-        return x.reshape((k,) + x.shape[2:])
 
-    out = jax.lax.map(run, jax.tree_util.tree_map(split, (state, hp, epoch)))
-    return jax.tree_util.tree_map(merge, out)
+def _by_chunks(run, args, k, chunk):
+    """`run` over the K trials of `args` (pytrees with a leading axis K), `chunk` trials at a time, one chunk
+    after another (`lax.map`); its outputs merged back to a leading axis K."""
+    out = jax.lax.map(run, jax.tree_util.tree_map(lambda x: x.reshape((k // chunk, chunk) + x.shape[1:]), args))
+    return jax.tree_util.tree_map(lambda x: x.reshape((k,) + x.shape[2:]), out)
 
 
 def local_eval(task, variant, chunk, recurrent_dtype, loops, params, switches, live, seqs, steps):
@@ -266,14 +266,7 @@ def local_eval(task, variant, chunk, recurrent_dtype, loops, params, switches, l
                             lambda p, sw: jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
                             p, sw)
 
-    def split(x):
-        return x.reshape((k // chunk, chunk) + x.shape[1:])
-
-    def merge(x):
-        return x.reshape((k,) + x.shape[2:])
-
-    out = jax.lax.map(run, jax.tree_util.tree_map(split, (params, switches, live)))
-    return jax.tree_util.tree_map(merge, out)
+    return _by_chunks(run, (params, switches, live), k, chunk)
 
 
 def eval_chunk(task, variant, recurrent_dtype, loops, params, switches, chunk, steps):

@@ -88,10 +88,10 @@ _PADDED_STEPS = {"jsb": 128}
 def _define_flags():
     flags.DEFINE_enum("device", "cpu", ["cpu", "gpu", "tpu"], "Where JAX runs.")
     flags.DEFINE_bool("quick", False, "CPU-sized: TIMIT/IAM sequences measured 4x and 2x shorter, buckets "
-                      "40,120,200, K = 8.")
+                      "40,120,200 measured (the configs' projected, those between interpolated), K = 8.")
     flags.DEFINE_list("tasks", list(TASK_SHAPES), "Tasks to measure and project.")
     flags.DEFINE_list("buckets", None, "Hidden buckets (default: the configs' 40,80,120,160,200; --quick: "
-                      "40,120,200). The projection pads each trial to these.")
+                      "40,120,200 measured, the configs' projected). The projection pads each trial to these.")
     flags.DEFINE_list("trials", None, "Trial counts K to measure (default 1,16,64; --quick 8).")
     flags.DEFINE_list("variants", ["V"], "Variants to measure (or 'mixed', the program of the eight variants "
                       "other than FGR); the others take V's cost.")
@@ -217,10 +217,11 @@ def simulate_group(epochs, k):
     return lockstep, len(ends), int(sum(int(e) for e in epochs)), last_start, np.cumsum(live)[:lockstep]
 
 
-def _chunk(task, bucket, k, device_kind):
-    """Trials per chunk of a group of k slots at `bucket` on one device, as the trainer lays it out by default."""
+def _chunk(task, program, bucket, k, device_kind):
+    """Trials per chunk of a group of k slots of `program` at `bucket` on one device, as the trainer lays it out
+    by default (FGR's larger weights make its chunks smaller on a CPU)."""
     platform = "cpu" if device_kind.startswith("cpu") else "gpu"
-    return train.group_layout(task, "V", bucket, k, trainer_speed.N_INPUTS[task], [platform])[1]
+    return train.group_layout(task, program, bucket, k, trainer_speed.N_INPUTS[task], [platform])[1]
 
 
 def _extrapolate(short, long, steps_short, steps_long, steps):
@@ -371,7 +372,7 @@ def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile
         k = min(tpb, len(members))
         if balanced:
             k = math.ceil(len(members) / math.ceil(len(members) / tpb))
-        chunk = _chunk(task, bucket, k, device_kind)
+        chunk = _chunk(task, program, bucket, k, device_kind)
         k = math.ceil(k / chunk) * chunk
         cost = _group_cost(rows, task, program, bucket, k, below)
         lockstep, test_passes, live, last_start, live_at = simulate_group(epochs_of(g, members), k)
@@ -495,7 +496,13 @@ def main(argv):
 
     for task in FLAGS.tasks:
         config = load_config(task)
-        buckets = settings["buckets"] or [int(b) for b in config.search.hidden_buckets]
+        configured = [int(b) for b in config.search.hidden_buckets]
+        buckets = settings["buckets"] or configured
+        # --quick measures three buckets; the study it projects is the configs', between them
+        measure_at = buckets
+        if FLAGS.quick and not FLAGS.buckets and measured is None and min(buckets) <= min(configured) \
+                and max(configured) <= max(buckets):
+            buckets = configured
         tpb = FLAGS.trials_per_batch or int(config.search.trials_per_batch)
         trials = [train.Trial(**t) for t in search.draw_trials(config)]
         too_big = max(t.hidden_size for t in trials)
@@ -508,8 +515,11 @@ def main(argv):
         if bound is not None:
             rows += _bound_rows(task, buckets, bound, 2 if FLAGS.recurrent_dtype == "bfloat16" else 4)
         elif measured is None:
-            rows += _measure(task, buckets, settings["trials"], FLAGS.variants, device, settings["step_scale"],
+            rows += _measure(task, measure_at, settings["trials"], FLAGS.variants, device, settings["step_scale"],
                              on_rows=keep)
+            unmeasured = sorted(set(buckets) - set(measure_at))
+            if unmeasured:
+                studies[task]["interpolated_buckets"] = unmeasured
         else:
             mine = [r for r in measured["measurements"] if r["task"] == task]
             have = sorted({r["bucket"] for r in mine})

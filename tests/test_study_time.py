@@ -206,3 +206,20 @@ def test_projection_interpolates_unmeasured_buckets_exactly_for_a_cost_in_n_squa
                            "--buckets=40,120,250"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "measured at buckets [40, 120, 200]; projecting buckets [40, 120, 250]" in \
         proc.stderr + proc.stdout
+
+
+def test_quick_measures_three_buckets_and_projects_the_configs_five(tmp_path):
+    """--quick measures at 40, 120 and 200 and projects the study as configured (five buckets, 80 and 160 between
+    the measured ones): its groups and padding are the configs', its costs at 80 and 160 interpolated."""
+    out = tmp_path / "quick.json"
+    proc = subprocess.run([sys.executable, "bench/study_time.py", "--quick", "--tasks=jsb", "--trials=2",
+                           "--sequences=1", "--repeats=1", "--min_time=0", "--eval_chunks=1", f"--out={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert sorted({r["bucket"] for r in result["measurements"]}) == [40, 120, 200]
+    study = result["studies"]["jsb"]
+    assert study["buckets"] == [40, 80, 120, 160, 200] and study["interpolated_buckets"] == [80, 160]
+    assert {p["groups"] for p in result["projections"]} == {10}  # 5 buckets x {mixed, FGR}
+    assert "buckets [80, 160] not measured" in proc.stdout

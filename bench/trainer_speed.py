@@ -42,7 +42,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from odyssey import cells, fast_lstm, nets, programs, tasks, train
+from odyssey import cells, fast_lstm, nets, programs, store, tasks, train
 
 FLAGS = flags.FLAGS
 
@@ -343,10 +343,7 @@ def print_machine(info):
 def write_json(path, data):
     """Writes `data` to `path` as JSON through a temporary file and a rename: a reader, or a run cut at its
     limit, finds the previous whole file or the new one, never a part of one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    store.write_whole(path, json.dumps(data, indent=1))
 
 
 def load_average() -> str:

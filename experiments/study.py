@@ -118,12 +118,6 @@ def _log_to_file(workdir):
     return handler
 
 
-def _write_json(path, text):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _open_store(path, config, fp, identity, ckpts):
     """Creates the store, or reopens it and puts its interrupted trials back to 'pending'.
 
@@ -274,7 +268,7 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True,
             splits = data_splits.load_splits(config.data)
             with _open_store(workdir / store.FILENAME, config, fp, identity, ckpts) as st:
                 ckpts.before_save = st.sync  # a checkpoint on disk is never ahead of the store's rows
-                _write_json(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
+                store.write_whole(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
                 _train_pending(st, config, splits, progress_seconds, ckpts, stop)
                 counts = st.counts()
             ckpts.clear()  # every trial has finished: its checkpoints are gone, and so goes the empty directory

@@ -74,6 +74,16 @@ def _real(x):
     return float(x) if x is not None and math.isfinite(float(x)) else None
 
 
+def write_whole(path, text):
+    """Writes `text` to `path` through a temporary file beside it and a rename: a reader, or a kill at any
+    moment, finds the previous whole file or the new one, never a part of one (config.json, the report, the
+    benchmarks' JSON)."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class TrialStore:
     """An open trial store. Every write is one transaction, so a kill at any moment leaves a consistent file.
 

@@ -295,12 +295,17 @@ def _stop_when(proc, workdir, query, timeout=120):
     return False
 
 
-def _opened(workdir):
-    """How many of the study's runs in `workdir` have opened (or created) its store, from its log."""
+def _log_count(workdir, pattern):
+    """How many times `pattern` is in the study's log in `workdir` (0 before there is one)."""
     try:
-        return len(re.findall(r"\] (?:New study|Resuming): ", (pathlib.Path(workdir) / "study.log").read_text()))
+        return len(re.findall(pattern, (pathlib.Path(workdir) / "study.log").read_text()))
     except FileNotFoundError:
         return 0
+
+
+def _opened(workdir):
+    """How many of the study's runs in `workdir` have opened (or created) its store, from its log."""
+    return _log_count(workdir, r"\] (?:New study|Resuming): ")
 
 
 @needs_trainer
@@ -390,13 +395,6 @@ def test_a_signal_stops_the_study_at_an_epoch_end_with_nothing_lost(env, referen
     epochs = read(tmp_path, "epochs")
     assert len(epochs) == len({(e["trial_id"], e["epoch"]) for e in epochs}), "an epoch recorded twice"
     assert_same_epochs(epochs, read(reference[0], "epochs"))
-
-
-def _log_count(workdir, pattern):
-    try:
-        return len(re.findall(pattern, (pathlib.Path(workdir) / "study.log").read_text()))
-    except FileNotFoundError:
-        return 0
 
 
 @needs_trainer

@@ -4,13 +4,13 @@ import base64
 import dataclasses
 import html
 import math
-import os
 import pathlib
 import re
 
 import numpy as np
 from absl import logging
 
+from odyssey import store
 from odyssey.analysis import fanova, paper, plots, plots_fanova, stats
 
 __all__ = ["TaskAnalysis", "MIN_FANOVA_TRIALS", "analyse_task", "data_statement", "write_report"]
@@ -134,13 +134,6 @@ def _fmt(x, digits=3):
     if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
         return f"{x:.2e}"
     return f"{x:.{digits}g}"
-
-
-def _write_whole(path, text):
-    """Writes `text` to `path` through a temporary file and a rename: a kill leaves the old report or the new."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _pct(x):
@@ -374,7 +367,7 @@ def write_report(workdir, n_trees=100, seed=0):
     for path, caption in figures:
         doc.figure(path, caption)
     md = workdir / "report.md"
-    _write_whole(md, doc.markdown(workdir))
-    _write_whole(workdir / "report.html", doc.html(title))
+    store.write_whole(md, doc.markdown(workdir))  # a kill leaves the old report or the new
+    store.write_whole(workdir / "report.html", doc.html(title))
     logging.info("wrote %s, %s and %d figures", md, workdir / "report.html", len(figures))
     return md

@@ -28,7 +28,9 @@
 #      and its weights agreed (relative difference < 1e-4), else "xla" (without the stage: STUDY_LOOPS or xla);
 #   4. with JSB_FILE (the standard jsb_chorales.pickle or .json): the JSB study of all nine variants x 200
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
-#      same study with one data order for all trials (config.train.data_order=shared). Both save their trials
+#      same study with data orders whose lengths the trials share (config.train.data_order=$STUDY_ORDER:
+#      "strata", the default, each trial's own order within strata of 8 sequences of similar length, or
+#      "shared", one order for all trials, as on 2026-11-28: the same loop steps within 2-5 %). Both save their trials
 #      in training every 60 s (--checkpoint_seconds), and at their limit's SIGTERM they end the epoch in training
 #      and save its trials before they exit (experiments/study.py); study_shared, whose workdir is not removed
 #      first, run again after a stop at its limit (same OUT_DIR, same machine) goes on from there: its
@@ -46,7 +48,7 @@
 # before anything runs). BUDGET (seconds, default 0: none) bounds the whole run: each stage's limit shrinks to
 # what is left of it, and a stage with under 30 s left is skipped, so a device call's time goes to the stages
 # named first. SPEED_LOOPS sets the --lstm_loops of stages speed and speed_bf16 (default xla; "xla,pallas" for
-# both); PROJECT_ARGS adds flags to study_time (e.g. --buckets=40,120,200); DEVICE (default gpu) is every
+# both); STUDY_ORDER the data order of stage study_shared (default strata, or shared); PROJECT_ARGS adds flags to study_time (e.g. --buckets=40,120,200); DEVICE (default gpu) is every
 # script's --device (cpu rehearses the run here, with the same shapes, each stage cut at its limit). A stage at
 # its limit gets SIGTERM, and SIGKILL GRACE seconds later (default 15: the time a study has to end its epoch and
 # save its trials); it keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
@@ -157,8 +159,8 @@ run_study_shared() {  # not removed first: a study stopped at its limit resumes 
   fi
   local loops=${STUDY_LOOPS:-$(cat "$out/study_loops" 2>/dev/null || echo xla)}
   stage study_shared "${LIMIT_STUDY:-900}" $py -m experiments.study --config=configs/jsb.py --config.data.path="$jsb" \
-    --config.train.data_order=shared --config.train.lstm_loops="$loops" --workdir="$out/jsb_study_shared" \
-    --progress_seconds=30 --checkpoint_seconds=60
+    --config.train.data_order="${STUDY_ORDER:-strata}" --config.train.lstm_loops="$loops" \
+    --workdir="$out/jsb_study_shared" --progress_seconds=30 --checkpoint_seconds=60
 }
 for name in $stages; do "run_$name"; done
 summary() {  # a stage log's result rows and errors, each once (a row is printed as measured, then in the table),

@@ -9,10 +9,11 @@
 # 4,300/s TIMIT and 40,000/s JSB, are at or past float32's streamed-weight bound; bfloat16 passed the first and
 # came 4 % short of the second on 2026-11-28), `loops` (the JSB study's first group, 487 trials of the mixed program at N =
 # 40, with both loops; it picks the loops of the study) and `study_shared` (the JSB study of 9 x 200 trials with
-# one data order, checkpointed every 60 s), all inside BUDGET seconds (default 560: with a stage's 15 s of GRACE
-# and the copying, inside a device call's 600). The speed rows come first because they take a few minutes and
-# are measured once, while the study (~16-19 minutes with XLA's loops, estimated from 2026-11-28) outlasts one
-# 15-minute device session unless the Pallas loops cut it by more than half, and goes on across calls and
+# data orders in strata, STUDY_ORDER as gpu_check.sh's, checkpointed every 60 s), all inside BUDGET seconds
+# (default 560: with a stage's 15 s of GRACE and the copying, inside a device call's 600). The speed rows come
+# first because they take a few minutes and are measured once, while the study (~16-19 minutes with XLA's loops,
+# estimated from 2026-11-28) outlasts one 15-minute device session unless the Pallas loops cut it by more than
+# half, and goes on across calls and
 # machines: it gets what the stages before it leave, up to LIMIT_STUDY. They run in WORK_DIR (default .gpu/run,
 # which must not be under RESULTS_DIR: a study's checkpoint files run to hundreds of MB); then what a person
 # reads is copied into RESULTS_DIR, 8 files (what a device call brings back at most): the machine, the stages'

@@ -162,12 +162,12 @@ class TrainerTimer:
 
     def __init__(self, task, variant, hidden, k, splits, device, eval_chunk=16, seed=0, chunk=None,
                  xla_defaults=False, recurrent_dtype="float32", matmul_precision="float32", order_seed=None,
-                 lstm_loops="xla", options=None):
+                 lstm_loops="xla", options=None, order_stratum=None):
         """device: a JAX device, or a list of them to shard the K trials over; recurrent_dtype: the operand dtype
         of the LSTM loops' recurrent products; matmul_precision: of the float32 matrix products; order_seed:
-        the data order (None: each trial's own); lstm_loops: how the LSTM loops run; all four as
-        train_trials' arguments. options: XLA compiler options for the group's programs on top of the trainer's
-        (or of XLA's defaults with xla_defaults)."""
+        the data order (None: each trial's own); order_stratum: its strata (None: none); lstm_loops: how the
+        LSTM loops run; all five as train_trials' arguments. options: XLA compiler options for the group's
+        programs on top of the trainer's (or of XLA's defaults with xla_defaults)."""
         spec = tasks.get_task(task)
         arrays = {name: tasks.to_arrays(spec, splits[name]) for name in ("train", "valid", "test")}
         # Several devices: the trials are sharded over them, as train_trials shards a group over all devices.
@@ -184,7 +184,7 @@ class TrainerTimer:
             self.group = train.Group(spec, variant, hidden, k, arrays, N_INPUTS[task], mesh, eval_chunk,
                                       np.dtype(np.float32), chunk=chunk, recurrent_dtype=recurrent_dtype,
                                       order_seed=order_seed, matmul_precision=matmul_precision,
-                                      lstm_loops=lstm_loops)
+                                      lstm_loops=lstm_loops, order_stratum=order_stratum)
         finally:
             programs.COMPILER_OPTIONS = saved
         self.chunk = self.group.chunk

@@ -203,14 +203,17 @@ def _train_pending(st, config, splits, every_s, ckpts, stop=None):
 
     if trials:
         recurrent = config.train.get("recurrent_dtype", "float32")
-        order_seed = search.order_seed(config)
+        order_seed, stratum = search.order_seed(config), search.order_stratum(config)
         precision = config.train.get("matmul_precision", "float32")
         loops = config.train.get("lstm_loops", "xla")
+        order_note = ("" if order_seed is None else f", one data order for all trials (seed {order_seed})"
+                      if stratum is None else f", each trial's own data order within strata of {stratum} sequences "
+                      f"of similar length that one shared order picks (seed {order_seed})")
         logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group, "
                      "sharded over %d %s device(s)%s%s%s%s", len(trials), len(programs), config.search.trials_per_batch,
                      len(devices), devices[0].platform,
                      "" if recurrent == "float32" else f", recurrent products in {recurrent}",
-                     "" if order_seed is None else f", one data order for all trials (seed {order_seed})",
+                     order_note,
                      "" if precision == "float32" else f", matrix products at {precision} precision",
                      "" if loops == "xla" else f", LSTM loops as {loops} kernels")
         try:
@@ -220,8 +223,8 @@ def _train_pending(st, config, splits, every_s, ckpts, stop=None):
                                hidden_buckets=tuple(config.search.hidden_buckets),
                                trials_per_chunk=config.search.get("trials_per_chunk"), mix_variants=mix,
                                on_epoch=on_epoch, on_result=on_result, on_group_epoch=progress.group_epoch,
-                               recurrent_dtype=recurrent, order_seed=order_seed, matmul_precision=precision,
-                               checkpoints=ckpts, lstm_loops=loops, stop=stop)
+                               recurrent_dtype=recurrent, order_seed=order_seed, order_stratum=stratum,
+                               matmul_precision=precision, checkpoints=ckpts, lstm_loops=loops, stop=stop)
         except train.Stopped as e:
             progress.flush()
             counts = st.counts()

@@ -68,7 +68,7 @@ class Group:
     """K slots of one program (a variant, or `MIXED`) and one padded hidden size, trained in lock-step epochs."""
 
     def __init__(self, task, variant, n_max, k, arrays, n_in, mesh, eval_chunk, dtype, chunk=None,
-                 recurrent_dtype=None, order_seed=None, matmul_precision=None, lstm_loops="xla"):
+                 recurrent_dtype=None, order_seed=None, matmul_precision=None, lstm_loops="xla", order_stratum=None):
         check_precision(matmul_precision)
         self.task, self.variant, self.n_max, self.n_in, self.dtype = task, variant, n_max, n_in, dtype
         # Every slot's order key: its trial's own (None here), or the one all trials share.
@@ -104,8 +104,11 @@ class Group:
         # 66-71), and the branch cost nothing measurable (16 sequences: 85-88 ms either way).
         branch_past_end = mesh.devices.flat[0].platform == "cpu"
         options = tuple(sorted(compiler_options(mesh.devices.flat[0]).items()))
+        # Sequences per length stratum of the trials' orders (`programs.epoch_order`); None: no strata.
+        stratum = None if order_stratum is None else int(order_stratum)
         self._epoch_fn, self._eval_fn = group_programs(task, self.cell, self.chunk, trim, recurrent_dtype,
-                                                  branch_past_end, self.loops, mesh, matmul_precision, options)
+                                                  branch_past_end, self.loops, mesh, matmul_precision, options,
+                                                  stratum=stratum)
         self._empty = self._slot_values(None)
         self.fill([])
 

@@ -97,8 +97,33 @@ def per_trial_where(cond, a, b):
     return jax.tree_util.tree_map(pick, a, b)
 
 
+def epoch_order(order_key, key, epoch, lengths, stratum=None):
+    """The order in which a trial visits the training sequences in its epoch `epoch`: int32[n], a permutation.
+
+    stratum None: the permutation drawn from `order_key` (the trial's own key, or the one all trials share).
+    stratum m: the sequences sorted by length (ties by index) fall into strata of m (the last may be smaller);
+    P, drawn from `order_key` as above, picks a stratum for each update, and within each stratum the trial's
+    own `key` shuffles which of its sequences goes where: the sequence at update s is σ(P[s]), σ a uniformly
+    random permutation of each stratum onto itself. For every trial and epoch that is a uniform shuffle
+    (σ ∘ P is uniform for any σ independent of a uniform P), independent across epochs and of everything
+    else the trial draws; trials that share `order_key` present sequences of one stratum at each update,
+    so an update's loops run to the longest of m similar lengths rather than of K random ones. m = 1 is the
+    shared order P itself; m ≥ n, an order of the trial's own.
+    """
+    n = lengths.shape[0]
+    p = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(order_key, 1), epoch), n)
+    if stratum is None:
+        return p
+    by_length = jnp.argsort(lengths, stable=True)
+    position = jnp.argsort(by_length)  # each sequence's place in the length order
+    ranks = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 3), epoch), n)
+    # within each stratum (block of `stratum` places), its places in the order of the trial's random ranks
+    shuffled = jnp.argsort((jnp.arange(n) // stratum) * n + ranks)
+    return by_length[shuffled[position[p]]]
+
+
 def train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_dtype=None, branch_past_end=True,
-                 loops="xla"):
+                 loops="xla", stratum=None):
     """One epoch of online updates for K trials at once.
 
     Args:
@@ -118,20 +143,17 @@ def train_epoch(task, variant, state, hp, train, epoch, trim=False, recurrent_dt
         by a branch (True) or, with `trim`, run them as no-ops whose loops stop after one step (False; see
         `odyssey.group.Group`). The same numbers either way.
       loops: static; "xla" or "pallas", how the LSTM layers' time loops run (`odyssey.fast_lstm.lstm_layer`).
+      stratum: static; None, or the sequences per length stratum of the trials' orders (`epoch_order`).
 
     Returns:
       (new state, summed train loss float[K], diverged bool[K]).
     """
     n_seq = train.xs.shape[0]
     sequence_loss = functools.partial(tasks.sequence_loss, recurrent_dtype=recurrent_dtype, loops=loops)
-
-    def order(key, ep):
-        return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), ep), n_seq)
-
-    perms = jax.vmap(order)(hp["order_key"], epoch)
-    noise_keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, 2), e))(hp["key"], epoch)
-
     lengths = jnp.sum(train.mask > 0, axis=1).astype(jnp.int32)
+    perms = jax.vmap(functools.partial(epoch_order, lengths=lengths, stratum=stratum))(hp["order_key"], hp["key"],
+                                                                                        epoch)
+    noise_keys = jax.vmap(lambda k, e: jax.random.fold_in(jax.random.fold_in(k, 2), e))(hp["key"], epoch)
 
     def one(params, velocity, alive, mask, lr, mu, nesterov, clip, std, switches, eps, idx, steps):
         x = train.xs[idx] + std * eps
@@ -216,7 +238,7 @@ def all_finite(tree):
     return jnp.isfinite(total)
 
 
-def local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, loops, state, hp, train, epoch):
+def local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, loops, stratum, state, hp, train, epoch):
     """One epoch of the trials on one device, `chunk` trials at a time.
 
     The device's K trials are split into K / chunk chunks that run one after another (`lax.map`), each a
@@ -225,14 +247,16 @@ def local_epoch(task, variant, chunk, trim, recurrent_dtype, branch_past_end, lo
     """
     k = epoch.shape[0]
     if chunk >= k:
-        return train_epoch(task, variant, state, hp, train, epoch, trim, recurrent_dtype, branch_past_end, loops)
+        return train_epoch(task, variant, state, hp, train, epoch, trim, recurrent_dtype, branch_past_end, loops,
+                           stratum)
 
     def run(args):
         st, h, ep = args
         def idle(st, h, ep):
             return st, jnp.zeros(ep.shape, train.xs.dtype), jnp.zeros(ep.shape, bool)
         def live(st, h, ep):
-            return train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype, branch_past_end, loops)
+            return train_epoch(task, variant, st, h, train, ep, trim, recurrent_dtype, branch_past_end, loops,
+                               stratum)
         return jax.lax.cond(jnp.any(st["alive"]), live, idle, st, h, ep)
 
     return _by_chunks(run, (state, hp, epoch), k, chunk)
@@ -283,14 +307,15 @@ def eval_chunk(task, variant, recurrent_dtype, loops, params, switches, chunk, s
 
 
 @functools.lru_cache(maxsize=32)
-def group_programs(task, cell, chunk, trim, recurrent_dtype, branch_past_end, loops, mesh, matmul_precision, options):
+def group_programs(task, cell, chunk, trim, recurrent_dtype, branch_past_end, loops, mesh, matmul_precision, options,
+                   stratum=None):
     """A group's jitted training-epoch and evaluation functions, one pair per setting in a process: groups and
     `odyssey.train.train_trials` calls of the same setting share them, and with them JAX's compiled programs
     for each shape (a second call of the same trials compiles nothing). `options`: the compiler options as
     sorted items."""
     trials, whole = PartitionSpec("trials"), PartitionSpec()
     epoch_fn = jax.shard_map(functools.partial(local_epoch, task, cell, chunk, trim, recurrent_dtype,
-                                               branch_past_end, loops), mesh=mesh,
+                                               branch_past_end, loops, stratum), mesh=mesh,
                              in_specs=(trials, trials, whole, trials), out_specs=trials, check_vma=False)
     epoch_jit = jax.jit(traced_under(epoch_fn, matmul_precision), donate_argnums=(0,),
                         compiler_options=dict(options))

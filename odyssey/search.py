@@ -37,7 +37,9 @@ _DISTRIBUTIONS = {
 _LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
                  "train.matmul_precision": "float32", "search.draw_by_task": False}
 RECURRENT_DTYPES = ("float32", "bfloat16")
-DATA_ORDERS = ("per_trial", "shared")
+DATA_ORDERS = ("per_trial", "shared", "strata")
+# Sequences per length stratum of data_order "strata" (`odyssey.train.train_trials(order_stratum=...)`).
+ORDER_STRATUM = 8
 # As odyssey.train.MATMUL_PRECISIONS (this module stays free of the trainer's imports).
 MATMUL_PRECISIONS = ("float32", "tensorfloat32")
 # As odyssey.pallas_loops.LOOPS.
@@ -250,12 +252,17 @@ def draw_trials(config):
 def order_seed(config):
     """The seed of the data order every trial shares (`odyssey.train.train_trials(order_seed=...)`), drawn from
     `config.search.seed` (and the task, `config.search.draw_by_task`), or None when each trial shuffles by its own
-    seed (data_order "per_trial")."""
+    seed (data_order "per_trial"). Data orders "shared" and "strata" draw the same seed."""
     if config.train.get("data_order", "per_trial") == "per_trial":
         return None
     rng = np.random.default_rng(np.random.SeedSequence(int(config.search.seed),
                                                        spawn_key=(*_task_key(config), zlib.crc32(b"data order"))))
     return int(rng.integers(0, 2**31 - 1))
+
+
+def order_stratum(config):
+    """`ORDER_STRATUM` for data_order "strata" (`odyssey.train.train_trials(order_stratum=...)`), else None."""
+    return ORDER_STRATUM if config.train.get("data_order", "per_trial") == "strata" else None
 
 
 def _task_key(config):

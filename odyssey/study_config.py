@@ -70,12 +70,14 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # themselves stay float32). It changes the numbers, so it is part of the study's identity when not
     # "float32". See odyssey.train.train_trials.
     config.train.recurrent_dtype = "float32"
-    # The order of the training sequences in each epoch: "per_trial" (each trial shuffles by its own seed) or
-    # "shared" (one shuffle per epoch, drawn from search.seed, for every trial). Each trial sees a uniform
-    # shuffle every epoch either way; "shared" lets trials trained together present sequences of one length
-    # at each update, up to 2x faster on data of uneven lengths (bench/data_order_check.py), and makes the
-    # trials' data orders common to all. It changes the numbers, so it is part of the study's identity when
-    # "shared". See odyssey.train.train_trials(order_seed=...).
+    # The order of the training sequences in each epoch: "per_trial" (each trial shuffles by its own seed),
+    # "shared" (one shuffle per epoch, drawn from search.seed, for every trial) or "strata" (each trial its own
+    # shuffle within strata of 8 sequences of similar length, the strata's sequence shared). Each trial sees a
+    # uniform shuffle every epoch in all three; "shared" lets trials trained together present sequences of one
+    # length at each update, up to 2x faster on data of uneven lengths (bench/data_order_check.py), and makes
+    # the trials' data orders common to all; "strata" runs within 2-5 % of "shared"'s loop steps while two
+    # trials present the same sequence at an update 1 time in 8. Either changes the numbers, so it is part of
+    # the study's identity. See odyssey.train.train_trials(order_seed=..., order_stratum=...).
     config.train.data_order = "per_trial"
     # The precision of the float32 matrix products: "float32" (true float32, the paper's arithmetic, on every
     # device) or "tensorfloat32" (inputs rounded to TF32 on GPUs with TF32 tensor cores, as JAX does there by

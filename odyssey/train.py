@@ -19,7 +19,8 @@ in the middle of a group resumes them from there rather than from their first ep
 of a trial (initial weights, data order, noise) comes from its own seed and its own epoch counter, never
 from the batch, so its numbers do not depend on the batch around it (up to float round-off of batched
 matrix products: bitwise equal on CPU in the tests, ~1e-7 relative otherwise). The one exception is
-chosen by the caller: with `order_seed` every trial takes its data order from that seed instead of its own.
+chosen by the caller: with `order_seed` every trial takes its data order from that seed instead of its own
+(with `order_stratum`, from that seed and its own).
 The programs' float32 matrix products are true float32 on every device (`matmul_precision`), not the TF32
 that JAX's default setting allows on recent NVIDIA GPUs.
 
@@ -57,7 +58,8 @@ Choices, by measurement (bench/trainer_speed.py, 2 shared CPU cores; sequence-up
   runs to the longest of K random sequences: on the standard JSB file (229 chorales, mean 59.3 steps,
   longest 128) 1.73x the steps of one sequence at K = 16 and 2.15x at K = 487. `order_seed` (one data
   order for all trials; it changes the numbers, so it is the caller's choice) brings that to 1x for
-  trials at the same epoch (bench/data_order_check.py).
+  trials at the same epoch, and with `order_stratum` = 8 (each trial its own order within strata of 8
+  sequences of similar length that the shared order picks) to 1.02-1.03x (bench/data_order_check.py).
 * The update: loss and gradient are checked for finiteness before the step, so the step writes θ' and v'
   (frozen where the trial is not kept) in one pass per array; checking the new weights instead needed
   them materialized, a reduction over them and two more selecting passes, and for one trial the loop's
@@ -246,7 +248,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
                  eval_chunk: int = 16, trials_per_chunk: int | None = None, on_epoch: Callable | None = None,
                  on_result: Callable | None = None, on_group_epoch: Callable | None = None, devices=None,
                  dtype=np.float32, compile_ahead: bool | None = None, mix_variants: bool = True,
-                 recurrent_dtype=None, order_seed: int | None = None,
+                 recurrent_dtype=None, order_seed: int | None = None, order_stratum: int | None = None,
                  matmul_precision: str | None = "float32",
                  checkpoints: ckpt.Checkpoints | None = None, lstm_loops: str = "xla",
                  stop: Callable[[], bool] | None = None) -> list[TrialResult]:
@@ -296,6 +298,15 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         not to the longest of K random ones: on the standard JSB file an epoch's loop steps drop 1.73x for
         16 trials and 2.15x for 487 (bench/data_order_check.py). A trial's numbers still depend on its own
         hyperparameters and seeds and this seed only, not on the trials beside it.
+      order_stratum: None (default), or with `order_seed` an int m >= 1: each trial visits the sequences in
+        an order of its own that keeps the shared order's lengths. The training sequences sorted by length
+        fall into strata of m; the order drawn from `order_seed` picks the stratum of each update, and the
+        trial's own seed which of the stratum's sequences it presents there (`odyssey.programs.epoch_order`).
+        Each trial still sees a uniform shuffle every epoch, independent of its other draws, and trials at
+        the same epoch present sequences of one stratum at each update: on the standard JSB file, 8 to a
+        stratum, an update's loops run 1.02x the steps of the shared order against 2.14x for 487 trials'
+        own orders, while two trials present the same sequence at an update with probability 1/8, not 1
+        (bench/data_order_check.py). m = 1 is `order_seed`'s shared order. It changes the numbers.
       matmul_precision: the precision of the programs' float32 matrix products, as
         `jax.default_matmul_precision` names it. "float32" (default): true float32 products, the paper's
         arithmetic, on every device. "tensorfloat32": inputs rounded to TF32 (10-bit mantissa) on GPUs with
@@ -342,6 +353,11 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     bad_seed = isinstance(order_seed, (bool, np.bool_)) or not isinstance(order_seed, (int, np.integer, type(None)))
     if bad_seed or (order_seed is not None and not 0 <= order_seed < 2**31):
         raise ValueError(f"order_seed must be None or an int in [0, 2**31), got {order_seed!r}")
+    if order_stratum is not None:
+        bad = isinstance(order_stratum, (bool, np.bool_)) or not isinstance(order_stratum, (int, np.integer))
+        if bad or order_stratum < 1 or order_seed is None:
+            raise ValueError(f"order_stratum must be None or, with an order_seed, an int >= 1; got {order_stratum!r} "
+                             f"with order_seed {order_seed!r}")
     missing = [name for name in ("train", "valid", "test") if name not in splits]
     if missing:
         raise ValueError(f"splits lack {missing}; the loaders return train, valid and test")
@@ -354,6 +370,8 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     identity = {"task": spec.name, "dtype": np.dtype(dtype).name,
                 "recurrent_dtype": None if rdt is None else np.dtype(rdt).name,
                 "order_seed": None if order_seed is None else int(order_seed), "matmul_precision": matmul_precision}
+    if order_stratum is not None:  # (absent from the identity of checkpoints saved before it existed)
+        identity["order_stratum"] = int(order_stratum)
     saved = _saved_states(checkpoints, trials, identity)
     # Trials with saved states were running: they take their groups' first slots.
     groups = {key: sorted(members, key=lambda t: t.trial_id not in saved)
@@ -374,6 +392,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
             group = Group(spec, variant, n_max, min(trials_per_batch, len(groups[key])), arrays, n_in, mesh,
                            eval_chunk, np.dtype(dtype), chunk=trials_per_chunk, recurrent_dtype=rdt,
                            order_seed=None if order_seed is None else int(order_seed),
+                           order_stratum=None if order_stratum is None else int(order_stratum),
                            matmul_precision=matmul_precision, lstm_loops=lstm_loops)
             if compile_ahead:
                 group.compile_ahead()

@@ -118,7 +118,9 @@ def test_data_order_check_keeps_the_rows_of_a_cut_run(tmp_path):
     data = json.loads(out.read_text())
     assert data["complete"] is False and [r["K"] for r in data["counts"]] == [1, 8]
     assert [r["trials"] for r in data["timing"]] == [2]
-    assert data["timing"][0]["ratio"] == pytest.approx(float(line.split()[4]), abs=0.0051)
+    assert data["timing"][0]["ratio"] == pytest.approx(float(line.split()[5]), abs=0.0051)
+    assert data["timing"][0]["strata_ratio"] == pytest.approx(float(line.split()[6]), abs=0.0051)
+    assert set(data["counts"][1]["strata"]) == {"8", "1", "4", "16", "32"}
     _run(args)
     data = json.loads(out.read_text())
     assert data["complete"] is True and [r["trials"] for r in data["timing"]] == [2, 3]

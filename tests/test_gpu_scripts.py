@@ -40,7 +40,7 @@ def _run(tmp_path, env, *args, script=SCRIPT, argv=None):
     stub.chmod(0o755)
     log = tmp_path / "calls.txt"
     log.write_text("")
-    ours = ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS", "STUDY_STORE", "WORK_DIR")
+    ours = ("STAGES", "BUDGET", "DEVICE", "STUDY_LOOPS", "SPEED_LOOPS", "STUDY_STORE", "STUDY_ORDER", "WORK_DIR")
     full_env = {k: v for k, v in os.environ.items() if k not in ours and not k.startswith("LIMIT_")}
     full_env.update(PYTHON=str(stub), STUB_LOG=str(log), **env)
     argv = [str(tmp_path / "out"), *args] if argv is None else argv
@@ -68,7 +68,7 @@ def test_stages_run_in_the_order_named_within_the_budget(tmp_path):
     assert "--lstm_loops=xla,pallas" in calls[0]
     assert calls[1].startswith("- ") and calls[1].endswith("loops.json")
     assert calls[2].startswith("-m experiments.study --config=configs/jsb.py --config.data.path=data/jsb.pickle")
-    assert "--config.train.lstm_loops=pallas" in calls[2] and "--config.train.data_order=shared" in calls[2]
+    assert "--config.train.lstm_loops=pallas" in calls[2] and "--config.train.data_order=strata" in calls[2]
     assert calls[3].startswith("bench/trainer_speed.py --device=cpu --hidden=200 --trials=1,32,200")
     assert (tmp_path / "out" / "study_loops").read_text().strip() == "pallas"
 
@@ -78,6 +78,8 @@ def test_study_loops_override_and_default_order(tmp_path):
     assert result.returncode == 0
     assert [name for name, _ in _limits(result.stdout)] == ["study_shared", "loops"]
     assert "--config.train.lstm_loops=xla" in calls[0] and "--device=gpu" in calls[1]
+    result, calls = _run(tmp_path, dict(STAGES="study_shared", STUDY_ORDER="shared"), "jsb.pickle")
+    assert result.returncode == 0 and "--config.train.data_order=shared" in calls[0]
     # Without STAGES: speed, big (two runs), project; study is skipped without a JSB file.
     result, calls = _run(tmp_path, {})
     assert [name for name, _ in _limits(result.stdout)] == ["speed", "big", "onevmap", "project"]

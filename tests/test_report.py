@@ -289,6 +289,7 @@ def test_data_statement_names_each_source(source, expected):
     ({"recurrent_dtype": "float32", "data_order": "per_trial"}, None),
     ({"recurrent_dtype": "bfloat16"}, ["bfloat16 operands"]),
     ({"data_order": "shared"}, ["one data order shared by all trials"]),
+    ({"data_order": "strata"}, ["kept to strata of 8 training sequences of similar length"]),
     ({"recurrent_dtype": "bfloat16", "data_order": "shared"}, ["bfloat16 operands", "one data order shared"]),
     ({"matmul_precision": "float32"}, None),
     ({"matmul_precision": "tensorfloat32"}, ["matrix products ran at tensorfloat32 precision"]),
@@ -296,6 +297,8 @@ def test_data_statement_names_each_source(source, expected):
      ["bfloat16 operands", "one data order shared", "tensorfloat32 precision"]),
 ])
 def test_training_statement_names_each_departure_from_the_paper(train, expected):
+    from odyssey import search
+    assert report.ORDER_STRATUM == search.ORDER_STRATUM
     sentence = report.training_statement({"task": "jsb", "train": train})
     if expected is None:
         assert sentence is None

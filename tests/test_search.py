@@ -197,7 +197,7 @@ def _set(config, dotted, value):
     ("search.hidden_buckets", (80, 40), "increasing positive integers"),
     ("optim.learning_rate", -1.0, "learning rates must be positive"),
     ("train.recurrent_dtype", "float16", "config.train.recurrent_dtype = 'float16': expected one of float32, bfloat16"),
-    ("train.data_order", "sorted", "config.train.data_order = 'sorted': expected one of per_trial, shared"),
+    ("train.data_order", "sorted", "config.train.data_order = 'sorted': expected one of per_trial, shared, strata"),
     ("train.matmul_precision", "highest",
      "config.train.matmul_precision = 'highest': expected one of float32, tensorfloat32"),
     ("train.lstm_loops", "cuda", "config.train.lstm_loops = 'cuda': expected one of xla, pallas"),
@@ -240,7 +240,8 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
                          ("train.max_epochs", 10), ("train.patience", 3), ("data.path", "/tmp/jsb.pickle"),
                          ("search.space.learning_rate", ("log_uniform", 1e-5, 1e-2)), ("data.seed", 2),
                          ("data.max_sequences.train", 5), ("train.recurrent_dtype", "bfloat16"),
-                         ("train.data_order", "shared"), ("train.matmul_precision", "tensorfloat32"),
+                         ("train.data_order", "shared"), ("train.data_order", "strata"),
+                         ("train.matmul_precision", "tensorfloat32"),
                          ("search.draw_by_task", False)]:
         config = load_config("jsb")
         _set(config, field, value)
@@ -283,6 +284,11 @@ def test_the_shared_order_seed_comes_from_the_search_seed_and_the_task_alone():
     assert search.order_seed(other) != search.order_seed(config)
     # and it is no trial's training seed
     assert seed not in {t["seed"] for t in search.draw_trials(load_config("jsb"))}
+    # strata draw the same shared seed, with ORDER_STRATUM sequences to a stratum; the other orders have none
+    assert search.order_stratum(config) is None and search.order_stratum(load_config("jsb")) is None
+    strata = load_config("jsb")
+    strata.train.data_order = "strata"
+    assert search.order_seed(strata) == seed and search.order_stratum(strata) == search.ORDER_STRATUM == 8
 
 
 def test_each_task_draws_its_own_search_unless_told_otherwise():

@@ -232,6 +232,24 @@ def test_a_shared_data_order_and_tf32_products_reach_the_study(env, reference, t
     assert sum(abs(a - b) > 1e-4 * abs(b) for a, b in done) > len(done) // 2, done
 
 
+@needs_trainer
+def test_a_data_order_in_strata_reaches_the_study(env, reference, tmp_path):
+    """config.train.data_order=strata: its log line names the strata and the shared seed, config.json records it,
+    and the same trials train on other orders than the reference's (most metrics moved)."""
+    proc = run_study(env, tmp_path, "--config.train.data_order=strata", "--report=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = load_config()
+    config.train.data_order = "strata"
+    assert (f"each trial's own data order within strata of {search.ORDER_STRATUM} sequences of similar length that "
+            f"one shared order picks (seed {search.order_seed(config)})") in proc.stderr
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["data_order"] == "strata"
+    rows, ref = read(tmp_path), read(reference[0])
+    assert [{k: r[k] for k in store.TRIAL_FIELDS} for r in rows] == [{k: r[k] for k in store.TRIAL_FIELDS} for r in ref]
+    done = [(r["val_metric"], f["val_metric"]) for r, f in zip(rows, ref) if r["status"] == f["status"] == "done"]
+    assert len(done) >= len(ref) // 2
+    assert sum(abs(a - b) > 1e-4 * abs(b) for a, b in done) > len(done) // 2, done
+
+
 def _count(workdir, query):
     try:
         conn = sqlite3.connect(f"{(pathlib.Path(workdir) / store.FILENAME).as_uri()}?mode=ro", uri=True)

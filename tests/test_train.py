@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.stats
 
 from odyssey import cells, checkpoints, layout, nets, programs, search, train
 from odyssey import tasks as tasks_module
@@ -98,10 +99,11 @@ def _ref_metric(task, variant, params, split, recurrent_dtype=None):
 
 
 def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_dtype=None, order_seed=None,
-                  losses=None):
+                  losses=None, order_stratum=None):
     """The paper's protocol for one trial, one sequence at a time, in plain Python; with `order_seed`, the
-    sequences of each epoch in the order drawn from that seed instead of the trial's. `losses`, a list, gets
-    each epoch's mean training loss per sequence (each taken where its update's gradient is)."""
+    sequences of each epoch in the order drawn from that seed instead of the trial's (and with `order_stratum`
+    too, `strata_order`'s). `losses`, a list, gets each epoch's mean training loss per sequence (each taken
+    where its update's gradient is)."""
     key = jax.random.PRNGKey(trial.seed)
     order_key = key if order_seed is None else jax.random.PRNGKey(order_seed)
     n_in = _pairs(task, splits["train"])[0][0].shape[1]
@@ -116,6 +118,8 @@ def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_
     for epoch in range(max_epochs):
         order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(order_key, 1), epoch),
                                                   len(data)))
+        if order_stratum is not None:
+            order = strata_order(order_key, key, epoch, [len(x) for x, _ in data], order_stratum)
         noise_key = jax.random.fold_in(jax.random.fold_in(key, 2), epoch)
         total = 0.0
         for s, idx in enumerate(order):
@@ -136,6 +140,23 @@ def reference_run(task, variant, trial, splits, max_epochs, patience, recurrent_
         if epoch + 1 - best_epoch >= patience:
             break
     return curve, best_epoch, best, _ref_metric(task, variant, best_params, splits["test"], recurrent_dtype)
+
+
+def strata_order(order_key, key, epoch, lengths, m):
+    """A trial's epoch order with strata of m (`train_trials(order_stratum=m)`), by hand: the sequences sorted by
+    (length, index) fill places 0..n-1, m places to a stratum; the trial's random ranks of the places order each
+    stratum's places, and the i-th sequence of a stratum (by length) is sent to the sequence at its i-th place
+    in that order; update s presents the image of the shared order's P[s]."""
+    n = len(lengths)
+    p = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(order_key, 1), epoch), n))
+    ranks = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 3), epoch), n))
+    by_length = sorted(range(n), key=lambda i: (lengths[i], i))
+    image = {}
+    for start in range(0, n, m):
+        places = sorted(range(start, min(start + m, n)), key=lambda q: ranks[q])
+        for i, seq in enumerate(by_length[start:start + m]):
+            image[seq] = by_length[places[i]]
+    return np.array([image[int(i)] for i in p])
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,6 +243,66 @@ def test_a_shared_data_order_is_each_trials_protocol_with_that_order(x64):
                                    [ref_best, ref_test], rtol=1e-10)
     own_curve = reference_run("jsb", "V", trials[0], splits, 1, 5)[0]
     assert abs(own_curve[0] - curves[0][0]) > 1e-4 * abs(own_curve[0])
+
+
+def test_orders_in_strata_are_uniform_shuffles_that_keep_the_shared_strata():
+    """programs.epoch_order with strata equals the hand-made `strata_order`; over 2400 epochs each of two trials
+    sharing an order key visits 4 sequences (lengths 3, 7, 3, 7; strata of 2: {0, 2} and {1, 3}) in each of the
+    24 orders equally often (chi-square), and at every update both present a sequence of one stratum, the same
+    one about half the time. Strata of 1 give the shared order itself; without strata, P."""
+    lengths = jnp.asarray([3, 7, 3, 7])
+    shared, own = jax.random.PRNGKey(77), [jax.random.PRNGKey(5), jax.random.PRNGKey(6)]
+    epochs = jnp.arange(2400)
+    draw = jax.jit(jax.vmap(functools.partial(programs.epoch_order, lengths=lengths, stratum=2),
+                            in_axes=(None, None, 0)))
+    orders = [np.asarray(draw(shared, k, epochs)) for k in own]
+    for e in (0, 1, 917):
+        np.testing.assert_array_equal(orders[0][e], strata_order(shared, own[0], e, [3, 7, 3, 7], 2))
+    counts = []
+    for o in orders:
+        assert all(sorted(row) == [0, 1, 2, 3] for row in o[:50])
+        _, count = np.unique(o @ np.array([64, 16, 4, 1]), return_counts=True)
+        assert len(count) == 24
+        counts.append(count)
+        assert scipy.stats.chisquare(count).pvalue > 1e-3, count
+    stratum = np.array([0, 1, 0, 1])
+    np.testing.assert_array_equal(stratum[orders[0]], stratum[orders[1]])
+    same = np.mean(orders[0] == orders[1])
+    assert 0.45 < same < 0.55, same
+    p = np.asarray(jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(jax.random.fold_in(shared, 1), e), 4))(
+        epochs[:20]))
+    one = jax.vmap(functools.partial(programs.epoch_order, lengths=lengths, stratum=1), in_axes=(None, None, 0))
+    np.testing.assert_array_equal(one(shared, own[0], epochs[:20]), p)
+    plain = jax.vmap(functools.partial(programs.epoch_order, lengths=lengths), in_axes=(None, None, 0))
+    np.testing.assert_array_equal(plain(shared, own[0], epochs[:20]), p)
+
+
+def test_orders_in_strata_are_each_trials_protocol_with_that_order(x64):
+    """order_stratum: trials of different variants and seeds in one program (lengths 3 and 7 in turn, strata of
+    2) each follow the plain loop that visits the sequences in its `strata_order`, to float64 round-off; it is
+    neither the shared order's loop nor the trial's own."""
+    splits = make_splits("jsb", seed=6, sizes=(6, 2, 2), lengths=(3, 7))
+    trials = [train.Trial(0, "V", 4, 3e-2, 0.7, 0.3, True, False, seed=5),
+              train.Trial(1, "NP", 5, 1e-2, 0.5, 0.2, True, False, seed=7)]
+    results, curves = run_trainer("jsb", splits, trials, max_epochs=2, patience=5, hidden_buckets=(5,),
+                                  dtype=np.float64, order_seed=77, order_stratum=2)
+    for t in trials:
+        ref_curve, ref_best_epoch, ref_best, ref_test = reference_run("jsb", t.variant, t, splits, 2, 5, order_seed=77,
+                                                                      order_stratum=2)
+        np.testing.assert_allclose(curves[t.trial_id], ref_curve, rtol=1e-10, err_msg=t.variant)
+        assert results[t.trial_id].best_epoch == ref_best_epoch
+        np.testing.assert_allclose([results[t.trial_id].val_metric, results[t.trial_id].test_metric],
+                                   [ref_best, ref_test], rtol=1e-10)
+    for other in (reference_run("jsb", "V", trials[0], splits, 1, 5, order_seed=77)[0],
+                  reference_run("jsb", "V", trials[0], splits, 1, 5)[0]):
+        assert abs(other[0] - curves[0][0]) > 1e-4 * abs(other[0])
+
+
+@pytest.mark.parametrize("stratum, seed", [(0, 1), (2.0, 1), (True, 1), (2, None)])
+def test_a_bad_order_stratum_is_refused(stratum, seed):
+    with pytest.raises(ValueError, match=r"order_stratum must be None or, with an order_seed, an int >= 1"):
+        train.train_trials("jsb", make_splits("jsb"), [train.Trial(0, "V", 4, 1e-2, 0.5, 0.0)], max_epochs=1,
+                           order_seed=seed, order_stratum=stratum)
 
 
 @pytest.mark.parametrize("seed", [-1, 2**31, 1.5, True])

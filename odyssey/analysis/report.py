@@ -107,6 +107,10 @@ def data_statement(config):
     return f"**Data: unknown (config.json says source={source!r}).**"
 
 
+# As odyssey.search.ORDER_STRATUM (the analysis stays free of JAX, which the search module imports).
+ORDER_STRATUM = 8
+
+
 def training_statement(config):
     """One sentence naming the config's departures from the paper's training (config.json's "train" section),
     or None when it trains as the paper did."""
@@ -115,9 +119,14 @@ def training_statement(config):
     if train.get("recurrent_dtype", "float32") != "float32":
         departures.append(f"the LSTM loops' recurrent products took {train['recurrent_dtype']} operands "
                           "(sums and weights in float32)")
-    if train.get("data_order", "per_trial") != "per_trial":
+    if train.get("data_order", "per_trial") == "shared":
         departures.append("every trial visited the training sequences in one data order shared by all trials "
                           "(a fresh shuffle each epoch, the same for all), not in its own")
+    elif train.get("data_order", "per_trial") == "strata":
+        departures.append(f"each trial's data order (a fresh shuffle of its own each epoch) kept to strata of "
+                          f"{ORDER_STRATUM} training sequences of similar length that one order shared by all "
+                          "trials picked for each update, so trials trained together presented sequences of "
+                          "similar length at once")
     if train.get("matmul_precision", "float32") != "float32":
         departures.append(f"float32 matrix products ran at {train['matmul_precision']} precision (inputs rounded "
                           "to a 10-bit mantissa on GPUs with TF32 tensor cores)")

@@ -30,7 +30,7 @@
 #      trials, end to end, its wall time in study.log (skipped without the file); stage study_shared is the
 #      same study with data orders whose lengths the trials share (config.train.data_order=$STUDY_ORDER:
 #      "strata", the default, each trial's own order within strata of 8 sequences of similar length, or
-#      "shared", one order for all trials, as on 2026-11-28: the same loop steps within 2-5 %). Both save their trials
+#      "shared", one order for all trials, as on 2026-11-28: on JSB 2.5 % fewer loop steps). Both save their trials
 #      in training every 60 s (--checkpoint_seconds), and at their limit's SIGTERM they end the epoch in training
 #      and save its trials before they exit (experiments/study.py); study_shared, whose workdir is not removed
 #      first, run again after a stop at its limit (same OUT_DIR, same machine) goes on from there: its

@@ -35,10 +35,11 @@ _DISTRIBUTIONS = {
 # train.matmul_precision, a GPU with TF32 ran the products at TF32 (JAX's default), not float32; the study
 # warns when it resumes a store from then (experiments/study.py, the store's "products" meta row).
 _LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
-                 "train.matmul_precision": "float32", "search.draw_by_task": False}
+                 "train.matmul_precision": "float32", "search.draw_by_task": False, "train.order_stratum": 8}
 RECURRENT_DTYPES = ("float32", "bfloat16")
 DATA_ORDERS = ("per_trial", "shared", "strata")
-# Sequences per length stratum of data_order "strata" (`odyssey.train.train_trials(order_stratum=...)`).
+# Sequences per length stratum of data_order "strata" where config.train.order_stratum is absent
+# (`odyssey.train.train_trials(order_stratum=...)`).
 ORDER_STRATUM = 8
 # As odyssey.train.MATMUL_PRECISIONS (this module stays free of the trainer's imports).
 MATMUL_PRECISIONS = ("float32", "tensorfloat32")
@@ -172,6 +173,8 @@ def validate_config(config):
     for dotted, minimum in (("search.num_trials", 1), ("search.seed", 0), ("search.trials_per_batch", 1),
                             ("train.max_epochs", 1), ("train.patience", 1)):
         _check_int(config, dotted, minimum)
+    if config.train.get("order_stratum") is not None:
+        _check_int(config, "train.order_stratum", 1)
     if config.search.get("trials_per_chunk") is not None:
         _check_int(config, "search.trials_per_chunk", 1)
     recurrent = config.train.get("recurrent_dtype", "float32")
@@ -261,8 +264,11 @@ def order_seed(config):
 
 
 def order_stratum(config):
-    """`ORDER_STRATUM` for data_order "strata" (`odyssey.train.train_trials(order_stratum=...)`), else None."""
-    return ORDER_STRATUM if config.train.get("data_order", "per_trial") == "strata" else None
+    """For data_order "strata", config.train.order_stratum (default `ORDER_STRATUM`), the sequences per stratum
+    (`odyssey.train.train_trials(order_stratum=...)`); else None."""
+    if config.train.get("data_order", "per_trial") != "strata":
+        return None
+    return int(config.train.get("order_stratum", ORDER_STRATUM))
 
 
 def _task_key(config):

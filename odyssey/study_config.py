@@ -72,13 +72,16 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     config.train.recurrent_dtype = "float32"
     # The order of the training sequences in each epoch: "per_trial" (each trial shuffles by its own seed),
     # "shared" (one shuffle per epoch, drawn from search.seed, for every trial) or "strata" (each trial its own
-    # shuffle within strata of 8 sequences of similar length, the strata's sequence shared). Each trial sees a
-    # uniform shuffle every epoch in all three; "shared" lets trials trained together present sequences of one
-    # length at each update, up to 2x faster on data of uneven lengths (bench/data_order_check.py), and makes
-    # the trials' data orders common to all; "strata" runs within 2-5 % of "shared"'s loop steps while two
-    # trials present the same sequence at an update 1 time in 8. Either changes the numbers, so it is part of
-    # the study's identity. See odyssey.train.train_trials(order_seed=..., order_stratum=...).
+    # shuffle within strata of train.order_stratum sequences of similar length, the strata's sequence shared).
+    # Each trial sees a uniform shuffle every epoch in all three; "shared" lets trials trained together present
+    # sequences of one length at each update, up to 2x faster on data of uneven lengths
+    # (bench/data_order_check.py), and makes the trials' data orders common to all; "strata" of 8 run 2.5 %
+    # more loop steps than "shared" on JSB while two trials present the same sequence at an update 1 time in
+    # 8. Either changes the numbers, so it is part of the study's identity. See
+    # odyssey.train.train_trials(order_seed=..., order_stratum=...).
     config.train.data_order = "per_trial"
+    # Sequences per stratum of data_order "strata" (1: the shared order; more: closer to each trial's own).
+    config.train.order_stratum = 8
     # The precision of the float32 matrix products: "float32" (true float32, the paper's arithmetic, on every
     # device) or "tensorfloat32" (inputs rounded to TF32 on GPUs with TF32 tensor cores, as JAX does there by
     # default). It changes the numbers on such GPUs, so it is part of the study's identity when not

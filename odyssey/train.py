@@ -304,7 +304,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         trial's own seed which of the stratum's sequences it presents there (`odyssey.programs.epoch_order`).
         Each trial still sees a uniform shuffle every epoch, independent of its other draws, and trials at
         the same epoch present sequences of one stratum at each update: on the standard JSB file, 8 to a
-        stratum, an update's loops run 1.02x the steps of the shared order against 2.14x for 487 trials'
+        stratum, an update's loops run 1.025x the steps of the shared order against 2.15x for 512 trials'
         own orders, while two trials present the same sequence at an update with probability 1/8, not 1
         (bench/data_order_check.py). m = 1 is `order_seed`'s shared order. It changes the numbers.
       matmul_precision: the precision of the programs' float32 matrix products, as
@@ -424,7 +424,7 @@ def _saved_states(checkpoints, trials, identity):
     if not saved:
         return {}
     if found != identity:
-        diff = {k: (found.get(k), v) for k, v in identity.items() if found.get(k) != v}
+        diff = {k: (found.get(k), identity.get(k)) for k in {**found, **identity} if found.get(k) != identity.get(k)}
         raise ValueError(f"the checkpoints in {checkpoints.directory} were saved by a run of other settings "
                          f"(saved, this run: {diff}); resume with those settings or remove the files")
     out = {}

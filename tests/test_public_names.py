@@ -87,4 +87,4 @@ def test_the_commands_take_their_documented_flags(module, flags):
                           timeout=120)
     assert done.returncode in (0, 1), done.stderr[-2000:]  # absl's help exits with 1
     for flag in flags:
-        assert f"{flag}:" in done.stdout, (flag, done.stdout[:2000])
+        assert f"{flag}:" in done.stdout, (flag, done.stdout[:2000], done.stderr[-2000:])

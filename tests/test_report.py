@@ -290,6 +290,8 @@ def test_data_statement_names_each_source(source, expected):
     ({"recurrent_dtype": "bfloat16"}, ["bfloat16 operands"]),
     ({"data_order": "shared"}, ["one data order shared by all trials"]),
     ({"data_order": "strata"}, ["kept to strata of 8 training sequences of similar length"]),
+    ({"data_order": "strata", "order_stratum": 4}, ["kept to strata of 4 training sequences"]),
+    ({"order_stratum": 4}, None),
     ({"recurrent_dtype": "bfloat16", "data_order": "shared"}, ["bfloat16 operands", "one data order shared"]),
     ({"matmul_precision": "float32"}, None),
     ({"matmul_precision": "tensorfloat32"}, ["matrix products ran at tensorfloat32 precision"]),

@@ -198,6 +198,8 @@ def _set(config, dotted, value):
     ("optim.learning_rate", -1.0, "learning rates must be positive"),
     ("train.recurrent_dtype", "float16", "config.train.recurrent_dtype = 'float16': expected one of float32, bfloat16"),
     ("train.data_order", "sorted", "config.train.data_order = 'sorted': expected one of per_trial, shared, strata"),
+    ("train.order_stratum", 0, "config.train.order_stratum = 0: expected an integer >= 1"),
+    ("train.order_stratum", -1, "config.train.order_stratum = -1: expected an integer >= 1"),
     ("train.matmul_precision", "highest",
      "config.train.matmul_precision = 'highest': expected one of float32, tensorfloat32"),
     ("train.lstm_loops", "cuda", "config.train.lstm_loops = 'cuda': expected one of xla, pallas"),
@@ -240,7 +242,7 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
                          ("train.max_epochs", 10), ("train.patience", 3), ("data.path", "/tmp/jsb.pickle"),
                          ("search.space.learning_rate", ("log_uniform", 1e-5, 1e-2)), ("data.seed", 2),
                          ("data.max_sequences.train", 5), ("train.recurrent_dtype", "bfloat16"),
-                         ("train.data_order", "shared"), ("train.data_order", "strata"),
+                         ("train.data_order", "shared"), ("train.data_order", "strata"), ("train.order_stratum", 4),
                          ("train.matmul_precision", "tensorfloat32"),
                          ("search.draw_by_task", False)]:
         config = load_config("jsb")
@@ -251,7 +253,7 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
 
 
 @pytest.mark.parametrize("field,value", [("recurrent_dtype", "float32"), ("data_order", "per_trial"),
-                                         ("matmul_precision", "float32")])
+                                         ("matmul_precision", "float32"), ("order_stratum", 8)])
 def test_a_field_added_later_keeps_the_fingerprint_of_studies_that_predate_it(field, value):
     """A config without a later field (a study's config.json from before it) and a config with it at the value
     those studies had draw and train the same trials: one fingerprint, so such a study resumes."""
@@ -289,6 +291,10 @@ def test_the_shared_order_seed_comes_from_the_search_seed_and_the_task_alone():
     strata = load_config("jsb")
     strata.train.data_order = "strata"
     assert search.order_seed(strata) == seed and search.order_stratum(strata) == search.ORDER_STRATUM == 8
+    strata.train.order_stratum = 3
+    assert search.order_stratum(strata) == 3
+    del strata.train.order_stratum  # a config.json from before the field
+    assert search.order_stratum(strata) == 8
 
 
 def test_each_task_draws_its_own_search_unless_told_otherwise():

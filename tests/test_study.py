@@ -209,13 +209,22 @@ def test_bfloat16_recurrent_products_reach_the_study(env, reference, tmp_path):
     assert 1e-6 < max(gaps) < 5e-2, gaps
 
 
+def _moved(rows, ref):
+    """Whether most trials finished in both runs moved their validation metric (rows of the same trials)."""
+    assert [{k: r[k] for k in store.TRIAL_FIELDS} for r in rows] == [{k: r[k] for k in store.TRIAL_FIELDS} for r in ref]
+    done = [(r["val_metric"], f["val_metric"]) for r, f in zip(rows, ref) if r["status"] == f["status"] == "done"]
+    assert len(done) >= len(ref) // 2
+    return sum(abs(a - b) > 1e-4 * abs(b) for a, b in done) > len(done) // 2
+
+
 @needs_trainer
-def test_a_shared_data_order_and_tf32_products_reach_the_study(env, reference, tmp_path):
-    """config.train.data_order=shared is a study of its own (its log line, its config.json) whose trials train on
-    another data order than the reference's: the same trials, the metrics of most of them moved. The TF32
-    setting rides along: logged and recorded (a CPU computes float32 products whatever the setting; the
-    trainer's tests check that its programs carry it)."""
-    proc = run_study(env, tmp_path, "--config.train.data_order=shared", "--config.train.matmul_precision=tensorfloat32",
+def test_shared_and_stratified_data_orders_and_tf32_products_reach_the_study(env, reference, tmp_path):
+    """config.train.data_order=shared and =strata are studies of their own (their log lines, their config.json)
+    whose trials train on other data orders than the reference's and than each other's: the same trials, the
+    metrics of most of them moved. The TF32 setting rides along with shared: logged and recorded (a CPU
+    computes float32 products whatever the setting; the trainer's tests check that its programs carry it)."""
+    shared, strata = tmp_path / "shared", tmp_path / "strata"
+    proc = run_study(env, shared, "--config.train.data_order=shared", "--config.train.matmul_precision=tensorfloat32",
                      "--report=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     config = load_config()
@@ -223,31 +232,17 @@ def test_a_shared_data_order_and_tf32_products_reach_the_study(env, reference, t
     assert f"one data order for all trials (seed {search.order_seed(config)}), matrix products at tensorfloat32 " \
            "precision" in proc.stderr
     assert "one data order" not in reference[2].stderr and "matrix products at" not in reference[2].stderr
-    recorded = json.loads((tmp_path / "config.json").read_text())["train"]
+    recorded = json.loads((shared / "config.json").read_text())["train"]
     assert recorded["data_order"] == "shared" and recorded["matmul_precision"] == "tensorfloat32"
-    rows, ref = read(tmp_path), read(reference[0])
-    assert [{k: r[k] for k in store.TRIAL_FIELDS} for r in rows] == [{k: r[k] for k in store.TRIAL_FIELDS} for r in ref]
-    done = [(r["val_metric"], f["val_metric"]) for r, f in zip(rows, ref) if r["status"] == f["status"] == "done"]
-    assert len(done) >= len(ref) // 2
-    assert sum(abs(a - b) > 1e-4 * abs(b) for a, b in done) > len(done) // 2, done
-
-
-@needs_trainer
-def test_a_data_order_in_strata_reaches_the_study(env, reference, tmp_path):
-    """config.train.data_order=strata: its log line names the strata and the shared seed, config.json records it,
-    and the same trials train on other orders than the reference's (most metrics moved)."""
-    proc = run_study(env, tmp_path, "--config.train.data_order=strata", "--report=false")
+    proc = run_study(env, strata, "--config.train.data_order=strata", "--config.train.order_stratum=2",
+                     "--report=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    config = load_config()
-    config.train.data_order = "strata"
-    assert (f"each trial's own data order within strata of {search.ORDER_STRATUM} sequences of similar length that "
-            f"one shared order picks (seed {search.order_seed(config)})") in proc.stderr
-    assert json.loads((tmp_path / "config.json").read_text())["train"]["data_order"] == "strata"
-    rows, ref = read(tmp_path), read(reference[0])
-    assert [{k: r[k] for k in store.TRIAL_FIELDS} for r in rows] == [{k: r[k] for k in store.TRIAL_FIELDS} for r in ref]
-    done = [(r["val_metric"], f["val_metric"]) for r, f in zip(rows, ref) if r["status"] == f["status"] == "done"]
-    assert len(done) >= len(ref) // 2
-    assert sum(abs(a - b) > 1e-4 * abs(b) for a, b in done) > len(done) // 2, done
+    assert (f"each trial's own data order within strata of 2 sequences of similar length that one shared order "
+            f"picks (seed {search.order_seed(config)})") in proc.stderr
+    recorded = json.loads((strata / "config.json").read_text())["train"]
+    assert recorded["data_order"] == "strata" and recorded["order_stratum"] == 2
+    assert _moved(read(shared), read(reference[0])) and _moved(read(strata), read(reference[0]))
+    assert _moved(read(strata), read(shared))  # the strata reached the trainer: not the shared order itself
 
 
 def _count(workdir, query):
@@ -471,7 +466,8 @@ def test_resumed_trials_keep_their_checkpoints_through_more_stops_and_fewer_slot
     assert final.returncode == 0, final.stderr[-3000:]
     resumed = re.findall(r"interrupted trials run again \((\d+) from their checkpoints\)",
                          (work / "study.log").read_text())
-    assert resumed[-3:] == ["2", "2", "2"], resumed
+    # runs (1), (2) and the last; (1) may be killed between putting the trials back and logging that line
+    assert len(resumed) in (2, 3) and set(resumed) == {"2"}, resumed
     assert_same_results(read(work), read(reference))
     epochs = read(work, "epochs")
     assert len(epochs) == len({(e["trial_id"], e["epoch"]) for e in epochs}), "an epoch recorded twice"

@@ -277,6 +277,28 @@ def test_orders_in_strata_are_uniform_shuffles_that_keep_the_shared_strata():
     np.testing.assert_array_equal(plain(shared, own[0], epochs[:20]), p)
 
 
+def test_the_shuffle_within_strata_is_uniform_and_the_last_stratum_may_be_smaller():
+    """For one shared order P (one epoch, one order key), a trial's own key picks each of the 2! x 2! orders that
+    keep P's strata (lengths 3, 7, 3, 7; strata of 2) equally often over 2000 keys (chi-square). And on 11
+    sequences with tied lengths, strata of 4 (the last of 3) and of 8 (the configs'; the last of 3), epoch_order
+    equals the hand-made `strata_order`."""
+    lengths = jnp.asarray([3, 7, 3, 7])
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(2000))
+    draw = jax.jit(jax.vmap(functools.partial(programs.epoch_order, lengths=lengths, stratum=2),
+                            in_axes=(None, 0, None)))
+    orders = np.asarray(draw(jax.random.PRNGKey(77), keys, 0))
+    stratum = np.array([0, 1, 0, 1])
+    assert len({tuple(stratum[o]) for o in orders}) == 1
+    _, count = np.unique(orders @ np.array([64, 16, 4, 1]), return_counts=True)
+    assert len(count) == 4 and scipy.stats.chisquare(count).pvalue > 1e-3, count
+    lengths = [5, 2, 9, 5, 5, 2, 7, 1, 9, 3, 5]
+    for m in (4, 8):
+        for e in (0, 3):
+            got = programs.epoch_order(jax.random.PRNGKey(1), jax.random.PRNGKey(2), e, jnp.asarray(lengths), m)
+            np.testing.assert_array_equal(got, strata_order(jax.random.PRNGKey(1), jax.random.PRNGKey(2), e,
+                                                            lengths, m))
+
+
 def test_orders_in_strata_are_each_trials_protocol_with_that_order(x64):
     """order_stratum: trials of different variants and seeds in one program (lengths 3 and 7 in turn, strata of
     2) each follow the plain loop that visits the sequences in its `strata_order`, to float64 round-off; it is
@@ -977,6 +999,13 @@ def test_checkpoints_of_other_settings_or_other_trials_are_refused(uninterrupted
         run_stopping(splits, stop_after=17, checkpoints=ck)
     with pytest.raises(ValueError, match="other settings.*order_seed"):
         run_stopping(splits, checkpoints=ck, order_seed=5)
+    # the strata of a data order are a setting too, either way round
+    strata = checkpoints.Checkpoints(tmp_path / "strata", every_seconds=0)
+    with pytest.raises(_Stop):
+        run_stopping(splits, stop_after=17, checkpoints=strata, order_seed=5, order_stratum=2)
+    for other in ({"order_seed": 5}, {"order_seed": 5, "order_stratum": 3}):
+        with pytest.raises(ValueError, match=r"other settings .*'order_stratum': \(2, "):
+            run_stopping(splits, checkpoints=strata, **other)
     changed = [dataclasses.replace(t, learning_rate=t.learning_rate * 2) for t in CKPT_TRIALS]
     with pytest.raises(ValueError, match="trial 0: the checkpoint .* other fields"):
         run_stopping(splits, trials=changed, checkpoints=ck)

@@ -107,7 +107,8 @@ def data_statement(config):
     return f"**Data: unknown (config.json says source={source!r}).**"
 
 
-# As odyssey.search.ORDER_STRATUM (the analysis stays free of JAX, which the search module imports).
+# As odyssey.search.ORDER_STRATUM, for a config without train.order_stratum (the analysis stays free of JAX,
+# which the search module imports).
 ORDER_STRATUM = 8
 
 
@@ -124,7 +125,8 @@ def training_statement(config):
                           "(a fresh shuffle each epoch, the same for all), not in its own")
     elif train.get("data_order", "per_trial") == "strata":
         departures.append(f"each trial's data order (a fresh shuffle of its own each epoch) kept to strata of "
-                          f"{ORDER_STRATUM} training sequences of similar length that one order shared by all "
+                          f"{train.get('order_stratum', ORDER_STRATUM)} training sequences of similar length that "
+                          "one order shared by all "
                           "trials picked for each update, so trials trained together presented sequences of "
                           "similar length at once")
     if train.get("matmul_precision", "float32") != "float32":

@@ -48,10 +48,10 @@
 # before anything runs). BUDGET (seconds, default 0: none) bounds the whole run: each stage's limit shrinks to
 # what is left of it, and a stage with under 30 s left is skipped, so a device call's time goes to the stages
 # named first. SPEED_LOOPS sets the --lstm_loops of stages speed and speed_bf16 (default xla; "xla,pallas" for
-# both); STUDY_ORDER the data order of stage study_shared (default strata, or shared); PROJECT_ARGS adds flags to study_time (e.g. --buckets=40,120,200); DEVICE (default gpu) is every
-# script's --device (cpu rehearses the run here, with the same shapes, each stage cut at its limit). A stage at
-# its limit gets SIGTERM, and SIGKILL GRACE seconds later (default 15: the time a study has to end its epoch and
-# save its trials); it keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
+# both); STUDY_ORDER the data order of stage study_shared (default strata, or shared); PROJECT_ARGS adds flags to
+# study_time (e.g. --buckets=40,120,200); DEVICE (default gpu) is every script's --device (cpu rehearses the run
+# here, with the same shapes, each stage cut at its limit). A stage at its limit gets SIGTERM, and SIGKILL GRACE
+# seconds later (default 15: the time a study has to end its epoch and save its trials); it keeps what it logged. Run from the repository root, after `pip install -e '.[bench]'`
 # (or with the repository on PYTHONPATH).
 set -u
 out=${1:?usage: bench/gpu_check.sh OUT_DIR [JSB_FILE]}

@@ -616,7 +616,8 @@ def _print_tables(rows, projections, studies, rules, settings, info):
     print("  'balanced': a group of m trials given ceil(m / waves) slots, waves = ceil(m / trials_per_batch), "
           "instead of min(trials_per_batch, m);")
     print(f"  a mean-length sequence per update is the cost with one data order for all trials "
-          f"(data_order=shared; data_order=strata: ~1.025x on JSB); 'padded' scales training and evaluation to the split's longest sequence "
+          f"(data_order=shared; data_order=strata: ~1.025x on JSB); 'padded' scales training and evaluation to "
+          f"the split's longest sequence "
           f"({settings['padded_steps'] or 'none given'}), near the cost of each trial's own order for groups of "
           f"hundreds;")
     print("  compile: every group's measured compile time" if not settings["compile_ahead"] else

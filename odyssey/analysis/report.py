@@ -126,9 +126,8 @@ def training_statement(config):
     elif train.get("data_order", "per_trial") == "strata":
         departures.append(f"each trial's data order (a fresh shuffle of its own each epoch) kept to strata of "
                           f"{train.get('order_stratum', ORDER_STRATUM)} training sequences of similar length that "
-                          "one order shared by all "
-                          "trials picked for each update, so trials trained together presented sequences of "
-                          "similar length at once")
+                          "one order shared by all trials picked for each update, so trials trained together "
+                          "presented sequences of similar length at once")
     if train.get("matmul_precision", "float32") != "float32":
         departures.append(f"float32 matrix products ran at {train['matmul_precision']} precision (inputs rounded "
                           "to a 10-bit mantissa on GPUs with TF32 tensor cores)")

@@ -124,7 +124,8 @@ def print_legend():
     print("Validation NLL per time step (nats) of each trial's best epoch. |x-f|/f, |r-f|/f: medians over the trials")
     print("of the relative paired difference; med x-f, med r-f: medians of the signed difference; p(x=f): Wilcoxon")
     print("signed-rank test of x against f (- with under 6 pairs); best/med: the variant's best trial and its median")
-    print("trial. A trial that diverged in any arm is left out of every comparison of its row.")
+    print("trial. A trial without a metric in any arm (diverged before its first finite validation; div f/x/r counts")
+    print("them) is left out of every comparison of its row; one that diverged later has its best epoch's.")
 
 
 def _settings(source):

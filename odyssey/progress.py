@@ -211,7 +211,8 @@ class Progress:
         self._finished_epochs.append(result.epochs or 0)
         self._ended_since_line += 1
         variant = self._variant_of[result.trial_id]
-        if result.status == "done" and result.val_metric < self._best.get(variant, float("inf")):
+        # NaN (a trial that diverged before its first finite validation) is never below the best.
+        if result.val_metric < self._best.get(variant, float("inf")):
             self._best[variant] = result.val_metric
 
     def group_epoch(self):

@@ -202,9 +202,11 @@ class TrialStore:
         return out
 
     def best_by_variant(self):
-        """The lowest validation metric of the 'done' trials of each variant, dict variant -> float."""
+        """The lowest validation metric of each variant's finished trials (a diverged one's best epoch before it
+        diverged included), dict variant -> float; a variant without one is absent."""
         return dict(self._conn.execute(
-            "SELECT variant, MIN(val_metric) FROM trials WHERE status = 'done' GROUP BY variant"))
+            "SELECT variant, MIN(val_metric) FROM trials WHERE status IN ('done', 'diverged') "
+            "AND val_metric IS NOT NULL GROUP BY variant"))
 
     def resumable(self, saved_epochs):
         """The interrupted trials that can resume from a checkpoint: trial_id -> epoch, for the entries of
@@ -267,7 +269,8 @@ class TrialStore:
                          (int(trial_id), int(epoch), _real(train_loss), _real(val_metric), _real(seconds)))
 
     def finish(self, result):
-        """Records a running trial's result; 'done' needs every number, 'diverged' keeps NaN metrics as NULL.
+        """Records a running trial's result; 'done' needs every number, 'diverged' keeps NaN metrics (a trial that
+        diverged before its first finite validation) as NULL.
 
         Args:
           result: an object with trial_id, status ('done' | 'diverged') and `RESULT_FIELDS`

@@ -134,7 +134,10 @@ class Trial:
 
 @dataclasses.dataclass(frozen=True)
 class TrialResult:
-    """How a trial ended. Metrics are NaN for a diverged trial; epochs are counted from 1."""
+    """How a trial ended; epochs are counted from 1. A trial that diverged (non-finite loss, weights or
+    validation metric; it is frozen at that epoch) keeps the metrics of its best epoch before, as early stopping
+    would give it: its validation never improves again. They are NaN, and best_epoch 0, if it diverged before
+    its first finite validation metric."""
 
     trial_id: int
     status: str  # "done" or "diverged"
@@ -538,8 +541,11 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
         diverged = diverged | ~np.isfinite(val)
         new_best, new_epoch, improved, stop = early_stopping(best_val, best_epoch, group.epoch, val, max_epochs,
                                                              patience)
+        # A trial that diverged this epoch is frozen at its last finite weights, whose validation may be finite
+        # and even its best; it still does not count (on the paper's protocol its weights are NaN by then), so
+        # the best epoch stays the one whose weights group.best holds.
         improved &= live & ~diverged
-        best_val[live], best_epoch[live] = new_best[live], new_epoch[live]
+        best_val[improved], best_epoch[improved] = new_best[improved], new_epoch[improved]
         group.keep_best(improved)
         ended = []
         for slot in np.flatnonzero(live):
@@ -551,19 +557,21 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
                 ended.append((slot, "diverged"))
             elif stop[slot]:
                 ended.append((slot, "done"))
-        if any(status == "done" for _, status in ended):
+        # A trial that diverged after a finite validation keeps its best epoch's parameters and metrics, as early
+        # stopping would (its validation never improves again): DESIGN §3's test metric of the best epoch.
+        scored = [slot for slot, _ in ended if np.isfinite(best_val[slot])]
+        if scored:
             test = group.evaluate("test", group.best)
-            for slot, status in ended:
+            for slot in scored:
                 test_cache[slot] = test[slot]
         for slot, status in ended:
             trial = group.slots[slot]
             n_params = nets.count_params(trial.variant, spec.kind, group.n_in, trial.hidden_size, spec.n_out)
-            if status == "diverged":
-                res = TrialResult(trial.trial_id, "diverged", int(group.epoch[slot]), int(best_epoch[slot]),
-                                  math.nan, math.nan, n_params, float(seconds[slot]))
-            else:
-                res = TrialResult(trial.trial_id, "done", int(group.epoch[slot]), int(best_epoch[slot]),
-                                  float(best_val[slot]), float(test_cache[slot]), n_params, float(seconds[slot]))
+            val, test_metric = ((float(best_val[slot]), float(test_cache[slot])) if slot in test_cache
+                                else (math.nan, math.nan))
+            res = TrialResult(trial.trial_id, status, int(group.epoch[slot]), int(best_epoch[slot]), val,
+                              test_metric, n_params, float(seconds[slot]))
+            test_cache.pop(slot, None)
             group.slots[slot] = None
             yield res
         for slot, _ in ended:

@@ -276,3 +276,15 @@ def test_still_training_reads_the_survival_table():
     np.testing.assert_allclose(p[0], SURVIVAL[:5])
     np.testing.assert_allclose(p[1], [1.0, 1.0, 0.4, 0.0, 0.0])  # S[2..] / S[2] = 0.5, 0.5, 0.2, 0 over 0.5
     np.testing.assert_allclose(p[2], [1.0, 0.0, 0.0, 0.0, 0.0])
+
+
+def test_the_best_validation_shown_counts_a_diverged_trials_best_epoch_and_not_its_nan():
+    """A trial that diverged after its best epoch keeps that epoch's validation metric (odyssey.train), which the
+    line's best values count; one that diverged before any (NaN) changes nothing."""
+    p = _progress({("mixed", 20): [0, 1, 2], ("FGR", 20): [3]})
+    p.started([0, 1, 2, 3])
+    p.finished(SimpleNamespace(trial_id=0, status="done", epochs=3, val_metric=2.0))
+    p.finished(SimpleNamespace(trial_id=1, status="diverged", epochs=4, val_metric=1.5))
+    p.finished(SimpleNamespace(trial_id=2, status="diverged", epochs=1, val_metric=float("nan")))
+    p.finished(SimpleNamespace(trial_id=3, status="diverged", epochs=1, val_metric=float("nan")))
+    assert "best val: V 1.5 FGR - |" in p.line(), p.line()

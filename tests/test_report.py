@@ -23,7 +23,7 @@ def _make_store(workdir, task, per_variant, dominant, worse, seed, source="stand
 
     The test metric is dominated by `dominant` ("learning_rate": a parabola in log10 lr,
     "hidden_size": a slope in log10 hidden size) and the variant `worse` adds 15 to it.
-    The first trial of NOAF diverges.
+    The first two trials of NOAF diverge, the first before any metric, the second after its best epoch.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(json.dumps({
@@ -48,10 +48,12 @@ def _make_store(workdir, task, per_variant, dominant, worse, seed, source="stand
             else:
                 metric = 30 + 40 * np.log10(hid) + 0.5 * np.log10(lr)
             metric += noise + rng.normal(0, 0.5) + (15 if v == worse else 0)
-            diverged = v == "NOAF" and k == 0
+            # NOAF's first trial diverged before its first finite validation (no metric), its second after its
+            # best epoch (which it keeps).
+            diverged, unscored = v == "NOAF" and k < 2, v == "NOAF" and k == 0
             con.execute("INSERT INTO trials VALUES (" + ",".join("?" * 17) + ")", (
                 tid, task, v, hid, lr, mom, noise, *flags, k, "diverged" if diverged else "done", 20, 17,
-                None if diverged else metric + rng.normal(0, 0.3), None if diverged else metric,
+                None if unscored else metric + rng.normal(0, 0.3), None if unscored else metric,
                 4 * hid * (hid + 40), hid * 0.05 * (1 + 3 * noise) * rng.uniform(0.9, 1.1)))
             tid += 1
     con.commit()
@@ -114,7 +116,10 @@ def test_report_states_the_data_first_and_shows_the_planted_variant_effect(run_a
     assert nfg[1] == "3" and float(nfg[3]) > 10 and float(nfg[6]) < 0.05
     assert nfg[9] == "worse" and nfg[10] == "yes"   # the paper's verdict beside ours
     counts = {r[0]: r[1:] for r in _table(md, "Trials per variant")}
-    assert counts["NOAF"] == ["29", "1", "0", "200"] and counts["V"] == ["30", "0", "0", "200"]
+    assert counts["NOAF"] == ["28", "2", "1", "0", "200"] and counts["V"] == ["30", "0", "0", "0", "200"]
+    # The diverged NOAF trial with a best epoch's metric is analysed, the one without is not.
+    every = {r[0]: r for r in _table(md, "all finished trials")}
+    assert every["NOAF"][1] == "29" and every["NFG"][1] == "30"
 
 
 def test_report_shows_the_planted_importance_beside_the_paper(run_a):
@@ -235,7 +240,7 @@ def test_command_line_reports_a_tiny_study_without_fanova(tmp_path):
     assert paragraphs[1].startswith("**Data: ") and paragraphs[2].startswith("**Training departs from the paper's:**")
     assert "fANOVA skipped: 7 finished trial(s)" in md
     cifg = next(r for r in _table(md, "top 10 %") if r[0] == "CIFG")
-    assert cifg[8].startswith("no test: 1 finished trial")
+    assert cifg[8].startswith("no test: 1 trial(s) with a metric")
     assert {p.name for p in (tiny / "figures").iterdir()} == {
         "fig2_top10.png", "fig7_all.png", "fig3_importance.png", "fig9_11_time_iam_online.png"}
     assert (tiny / "report.html").read_text().count("data:image/png;base64,") == 4
@@ -307,3 +312,18 @@ def test_training_statement_names_each_departure_from_the_paper(train, expected)
     else:
         assert sentence.startswith("**Training departs from the paper's:**")
         assert all(e in sentence for e in expected) and sentence.count(";") == len(expected) - 1
+
+
+def test_a_constant_test_metric_skips_the_fanova_with_its_reason(tmp_path):
+    """Every finished trial at one test metric: no variance to apportion, so no fractions (they would read 0 %
+    each and 'higher order 100 %')."""
+    workdir = _make_store(tmp_path, "jsb", 5, "learning_rate", "NFG", seed=3)
+    con = sqlite3.connect(workdir / "trials.sqlite")
+    con.execute("UPDATE trials SET test_metric = 7.25 WHERE test_metric IS NOT NULL")
+    con.commit()
+    con.close()
+    a = report.analyse_task(stats.load_trials(workdir / "trials.sqlite"), "jsb", n_trees=4)
+    assert a.fractions is None and a.metric_fanova is None
+    assert a.fanova_note == f"fANOVA skipped: the test metric is 7.25 in all {len(a.done)} finished trials, so " \
+                            "there is no variance to apportion."
+    assert len(a.done) == 44  # 9 x 5, less NOAF's trial without a metric

@@ -55,8 +55,19 @@ def test_welch_matches_scipy_and_bonferroni_multiplies_by_the_tested_count():
     assert out["NFG"].verdict == "worse"
     assert out["NP"].verdict == "n.s."
     assert out["CIFG"].verdict == "better"
-    assert out["NOG"].verdict == "no test" and "1 finished" in out["NOG"].note
+    assert out["NOG"].verdict == "no test" and "1 trial(s) with a metric" in out["NOG"].note
     assert math.isnan(out["NOG"].p) and not out["NOG"].significant
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss occurred:RuntimeWarning")  # scipy, on vanilla's constant sample
+def test_bonferroni_does_not_count_a_comparison_whose_test_is_undefined():
+    """Vanilla and NIG constant at one value: their t-test is undefined, so only NFG's test counts (m = 1) and
+    the report's 'corrected for the k variant(s) tested' names the factor actually applied."""
+    samples = {"V": np.full(6, 5.0), "NIG": np.full(5, 5.0), "NFG": np.array([5.5, 6.0, 5.2, 5.9, 6.3])}
+    out = {c.variant: c for c in stats.welch_bonferroni(samples)}
+    assert out["NIG"].verdict == "no test" and "constant" in out["NIG"].note and math.isnan(out["NIG"].p_corrected)
+    ref = sps.ttest_ind(samples["NFG"], samples["V"], equal_var=False)
+    assert out["NFG"].p_corrected == pytest.approx(ref.pvalue, rel=1e-12)
 
 
 def test_bonferroni_factor_can_be_fixed_to_the_papers_eight():

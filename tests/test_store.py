@@ -109,6 +109,20 @@ def test_life_of_a_trial(st):
     assert [e["epoch"] for e in st.epochs(1)] == [1, 2]
 
 
+def test_a_trial_that_diverged_after_its_best_epoch_keeps_its_metrics_and_counts_among_the_best(st):
+    """Trial 0 (V) diverged in epoch 3 after its best, epoch 2 (train.TrialResult keeps that epoch's metrics);
+    trial 3 (V) is done and worse; trial 2 (FGR) diverged with no metric."""
+    st.mark_running([0, 2, 3])
+    st.finish(Result(0, "diverged", 3, 2, 8.5, 8.75, 99, 0.5))
+    st.finish(Result(2, "diverged", 1, 0, float("nan"), float("nan"), 99, 0.25))
+    st.finish(Result(3, "done", 4, 4, 9.0, 9.5, 99, 0.5))
+    rows = {r["trial_id"]: r for r in st.trials()}
+    assert (rows[0]["status"], rows[0]["best_epoch"], rows[0]["val_metric"], rows[0]["test_metric"]) == (
+        "diverged", 2, 8.5, 8.75)
+    assert [rows[i]["variant"] for i in (0, 2, 3)] == ["V", "FGR", "V"]
+    assert st.best_by_variant() == {"V": 8.5}  # FGR's only finished trial has no metric
+
+
 @pytest.mark.parametrize("bad,message", [
     (Result(0, "done", 3, 2, float("nan"), 1.0, 10, 1.0), r"needs every number; \['val_metric'\]"),
     (Result(0, "done", 3, 2, 1.0, 1.0, None, 1.0), r"needs every number; \['n_params'\]"),

@@ -564,6 +564,61 @@ def test_weights_that_overflow_from_finite_gradients_are_caught_after_the_epoch(
         np.testing.assert_allclose(np.asarray(b)[0], np.asarray(a)[0], rtol=1e-12)
 
 
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_a_trial_that_diverges_after_its_best_epoch_keeps_that_epochs_metrics(nesterov, x64):
+    """DESIGN §3: keep the best parameters, report the best validation epoch's test metric. Early stopping on the
+    paper's protocol keeps them for a trial whose weights later blow up (its validation never improves again),
+    so the trainer's diverged trial carries them too.
+
+    The trial holds 2.2e307 in the velocity of the input weight of a key that sounds in no split, with classical
+    momentum 0.9 and no input noise: the weight never touches the forward pass nor gets a gradient, so the trial
+    trains exactly as without it, while the weight grows by 0.9^k of it an update and overflows at the 23rd
+    (9 x 2.2e307 x (1 - 0.9^n) > 1.8e308), in epoch 5 of 5 sequences; its validation that epoch is NaN. With
+    Nesterov momentum the look-ahead point θ + μv overflows first, at the 23rd update too: its loss is NaN, the
+    trial is frozen with the finite weights of 22 updates, whose validation is finite and better than any epoch's
+    before; it must not count, as group.best never held those weights. The oracle is the same trial without
+    that velocity and with the epoch bound at 4, which ends 'done' with its best of epochs 1-4."""
+    splits = make_splits("jsb", seed=9, sizes=(5, 3, 3))
+    for split in splits.values():
+        for roll in split:
+            roll[:, 5] = 0.0
+    spec = tasks_module.get_task("jsb")
+    arrays = {name: tasks_module.to_arrays(spec, split, np.float64) for name, split in splits.items()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+    trial = train.Trial(0, "V", 4, 3e-2, 0.9, 0.0, nesterov=nesterov, seed=2)
+
+    def run(velocity, max_epochs):
+        group = train.Group(spec, "V", 4, 1, arrays, 88, mesh, 4, np.dtype(np.float64))
+        fill = group.fill
+
+        def fill_then_set(trials, saved):
+            fill(trials, saved)
+            if velocity:
+                v = group.state["velocity"]
+                group.state = {**group.state, "velocity": {**v, "fwd": {
+                    **v["fwd"], "W": v["fwd"]["W"].at[0, 5, 0, 0].set(velocity)}}}
+
+        group.fill = fill_then_set
+        curve = []
+        results = list(train._run_group(group, [trial], max_epochs, 15, lambda *a: curve.append(a[3])))
+        assert len(results) == 1
+        return results[0], curve
+
+    blown, blown_curve = run(2.2e307, 8)
+    plain, plain_curve = run(0.0, 4)
+    assert blown.status == "diverged" and blown.epochs == 5, blown
+    assert np.isfinite(blown_curve[:4]).all()
+    if nesterov:  # the case that must not count: a finite validation, the best yet, in the epoch it diverged
+        assert blown_curve[4] < min(blown_curve[:4]), blown_curve
+    else:
+        assert np.isnan(blown_curve[4]), blown_curve
+    np.testing.assert_array_equal(blown_curve[:4], plain_curve)
+    assert plain.status == "done" and plain.epochs == 4
+    assert blown.best_epoch == plain.best_epoch == int(np.argmin(plain_curve)) + 1
+    assert blown.val_metric == plain.val_metric == min(plain_curve)
+    assert np.isfinite(blown.test_metric) and blown.test_metric == plain.test_metric
+
+
 @pytest.fixture
 def compiles(caplog):
     """(thread name, program) of every XLA compilation while the test runs, from JAX's compile log."""

@@ -65,12 +65,13 @@ def analyse_task(trials, task, n_trees=100, seed=0):
         `TaskAnalysis`.
     """
     mine = trials.where(trials["task"] == task)
-    done = mine.where((mine["status"] == "done") & np.isfinite(mine["test_metric"])
-                      & np.isfinite(mine["val_metric"]))
+    done = mine.where(stats.scored(mine))
     names, fan, tfan, frac, tfrac, note = [], None, None, None, None, ""
-    if len(done) < MIN_FANOVA_TRIALS:
+    if len(done) < MIN_FANOVA_TRIALS or np.ptp(done["test_metric"]) == 0:
         note = (f"fANOVA skipped: {len(done)} finished trial(s), fewer than {MIN_FANOVA_TRIALS}; "
-                "a forest over the search space needs more.")
+                "a forest over the search space needs more." if len(done) < MIN_FANOVA_TRIALS else
+                f"fANOVA skipped: the test metric is {_fmt(done['test_metric'][0], 4)} in all {len(done)} "
+                "finished trials, so there is no variance to apportion.")
         if len(done):
             names = stats.encode_hyperparameters(done)[1]
     else:
@@ -244,11 +245,14 @@ def _best_section(doc, analyses):
 
 def _counts_section(doc, a):
     doc.h(3, "Trials per variant")
-    doc.p("Only finished trials are analysed. A diverged trial has no metric; the paper excluded none, "
-          "so many divergences in one variant are themselves a finding.")
-    rows = [[v, c["done"], c["diverged"], c["running"] + c["pending"], paper.TRIALS_PER_VARIANT]
-            for v, c in a.counts.items()]
-    doc.table(["variant", "done", "diverged", "running or pending", "paper's trials"], rows)
+    doc.p("Only finished trials are analysed. A trial that diverged after a finite validation metric keeps its "
+          "best epoch's parameters and metrics, as early stopping would have kept them (the paper excluded no "
+          "trial); one that diverged before has no metric (`diverged` counts both, `no metric` the second). Many "
+          "divergences in one variant are themselves a finding.")
+    unscored = a.trials.where(np.isin(a.trials["status"], ("done", "diverged")) & ~stats.scored(a.trials))
+    rows = [[v, c["done"], c["diverged"], int((unscored["variant"] == v).sum()), c["running"] + c["pending"],
+             paper.TRIALS_PER_VARIANT] for v, c in a.counts.items()]
+    doc.table(["variant", "done", "diverged", "no metric", "running or pending", "paper's trials"], rows)
 
 
 def _significance_section(doc, a, subset):
@@ -364,7 +368,7 @@ def write_report(workdir, n_trees=100, seed=0):
     search = config.get("search") or {}
     doc.p(f"Run {workdir.name}: {len(trials)} trials in the store ({statuses['done']} done, "
           f"{statuses['diverged']} diverged, {statuses['running'] + statuses['pending']} unfinished); "
-          f"config asks for {search.get('num_trials', '?')} trials over variants "
+          f"config asks for {search.get('num_trials', '?')} trials per variant, variants "
           f"{', '.join(search.get('variants', [])) or '?'}. All metrics are lower-is-better.")
     _best_section(doc, analyses)
     for a in analyses:

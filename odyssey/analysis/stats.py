@@ -13,7 +13,7 @@ from scipy import stats as sps
 __all__ = [
     "VARIANTS", "TASKS", "METRIC_NAMES", "HYPERPARAMETERS", "Trials", "Comparison",
     "read_config", "load_trials", "top_count", "top_trials", "welch_bonferroni",
-    "compare_variants", "status_counts", "encode_hyperparameters",
+    "compare_variants", "status_counts", "scored", "encode_hyperparameters",
 ]
 
 # The paper's order: vanilla first, then the eight variants.
@@ -147,15 +147,16 @@ def top_count(n):
 def top_trials(trials):
     """Per variant, the top 10 % of its finished trials by validation metric (lower is better).
 
-    The 10 % counts every finished trial, diverged ones included (20 of 200 in the paper): a diverged trial
-    has no metric, so it is never among the best, but it does not shrink the top either. The selected trials
+    The 10 % counts every finished trial, diverged ones included (20 of 200 in the paper). A trial that diverged
+    after a finite validation metric has its best epoch's metrics and competes like any other; one that diverged
+    before has none, so it is never among the best, but it does not shrink the top either. The selected trials
     are the best of those with a metric (all of them, if fewer).
 
     Returns:
         `Trials` holding only the selected trials of every variant.
     """
     keep = np.zeros(len(trials), bool)
-    done = _done(trials)
+    done = scored(trials)
     finished = np.isin(trials["status"], ("done", "diverged"))
     for v in VARIANTS:
         mine = trials["variant"] == v
@@ -166,8 +167,10 @@ def top_trials(trials):
     return trials.where(keep)
 
 
-def _done(trials):
-    return ((trials["status"] == "done") & np.isfinite(trials["val_metric"])
+def scored(trials):
+    """Which trials are analysed: finished ('done' or 'diverged') with finite validation and test metrics, bool[n].
+    (A diverged trial has them when it diverged after its first finite validation: its best epoch's.)"""
+    return (np.isin(trials["status"], ("done", "diverged")) & np.isfinite(trials["val_metric"])
             & np.isfinite(trials["test_metric"]))
 
 
@@ -225,8 +228,8 @@ def welch_bonferroni(samples, reference="V", alpha=0.05, n_comparisons=None, par
         samples: dict name -> float[n] test metrics; must hold `reference`.
         reference: the name compared against (vanilla).
         alpha: the family-wise significance level.
-        n_comparisons: the Bonferroni factor; default the number of other samples
-            with at least 2 values (8 in the paper).
+        n_comparisons: the Bonferroni factor; default the number of tests made: other samples with at least
+            2 values, the reference too, and not both constant (8 in the paper).
         params: optional dict name -> float[n] parameter counts, averaged into `mean_params`.
 
     Returns:
@@ -236,9 +239,7 @@ def welch_bonferroni(samples, reference="V", alpha=0.05, n_comparisons=None, par
         raise ValueError(f"no {reference!r} sample to compare against; have {sorted(samples)}")
     ref = np.asarray(samples[reference], np.float64)
     others = [k for k in samples if k != reference]
-    testable = [k for k in others if np.asarray(samples[k]).size >= 2]
-    m = len(testable) if n_comparisons is None else n_comparisons
-    out = []
+    rows = []
     for k in others:
         x = np.asarray(samples[k], np.float64)
         mean = float(x.mean()) if x.size else math.nan
@@ -248,20 +249,25 @@ def welch_bonferroni(samples, reference="V", alpha=0.05, n_comparisons=None, par
         d = diff / pooled if pooled > 0 else math.nan
         note = ""
         if ref.size < 2:
-            note = f"{reference} has {ref.size} finished trial(s); a test needs 2"
+            note = f"{reference} has {ref.size} trial(s) with a metric; a test needs 2"
         elif x.size < 2:
-            note = f"{x.size} finished trial(s); a test needs 2"
-        t = p = p_corr = math.nan
+            note = f"{x.size} trial(s) with a metric; a test needs 2"
+        t = p = math.nan
+        if not note and sd == 0 and ref_sd == 0 and mean == float(ref.mean()):
+            note = "both samples constant; the t-test is undefined"
         if not note:
             res = sps.ttest_ind(x, ref, equal_var=False)
             t, p = float(res.statistic), float(res.pvalue)
             if math.isnan(p):
                 note = "both samples constant; the t-test is undefined"
-            else:
-                p_corr = min(1.0, p * m)
         mp = math.nan
         if params is not None and np.asarray(params[k]).size:
             mp = float(np.nanmean(np.asarray(params[k], np.float64)))
+        rows.append((k, x, mean, sd, ref_sd, diff, d, t, p, mp, note))
+    m = sum(1 for row in rows if not row[-1]) if n_comparisons is None else n_comparisons
+    out = []
+    for k, x, mean, sd, ref_sd, diff, d, t, p, mp, note in rows:
+        p_corr = math.nan if note else min(1.0, p * m)
         out.append(Comparison(k, int(x.size), mean, sd, int(ref.size), float(ref.mean()) if ref.size else math.nan,
                               ref_sd, diff, d, t, p, p_corr, bool(p_corr < alpha), mp, note))
     return out
@@ -281,7 +287,7 @@ def compare_variants(trials, subset="top", alpha=0.05):
     """
     if subset not in ("top", "all"):
         raise ValueError(f"subset must be 'top' or 'all', got {subset!r}")
-    sel = top_trials(trials) if subset == "top" else trials.where(_done(trials))
+    sel = top_trials(trials) if subset == "top" else trials.where(scored(trials))
     present = [v for v in VARIANTS if (trials["variant"] == v).any()]
     samples = {v: sel["test_metric"][sel["variant"] == v] for v in present}
     params = {v: sel["n_params"][sel["variant"] == v] for v in present}

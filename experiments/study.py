@@ -60,6 +60,10 @@ class WorkdirBusy(store.StoreError):
     """Another study process holds the workdir."""
 
 
+class DataUnreadable(ValueError):
+    """The study's data could not be read (a reader's error, its type and message kept)."""
+
+
 def prepare(config, workdir):
     """Checks a study before it touches anything: the config, the data path, and a store already in workdir.
 
@@ -79,13 +83,19 @@ def prepare(config, workdir):
     search.validate_config(config)
     config.data.source = data_splits.resolve_source(config.data)
     identity, fp = search.study_identity(config), search.fingerprint(config)
-    _check_workdir(pathlib.Path(workdir), fp, identity)
+    _check_workdir(workdir, fp, identity)
     return config, fp, identity
 
 
 def _check_workdir(workdir, fp, identity):
-    if workdir.exists() and not workdir.is_dir():
-        raise store.StoreError(f"--workdir={workdir} is a file, not a directory")
+    if not str(workdir).strip():
+        raise store.StoreError("--workdir is empty: give the study's directory")
+    workdir = pathlib.Path(workdir)
+    for path in (workdir, *workdir.parents):  # the nearest that exists must be a directory
+        if path.exists():
+            if not path.is_dir():
+                raise store.StoreError(f"--workdir={workdir}: {path} is a file, not a directory")
+            break
     meta = store.read_meta(workdir / store.FILENAME)
     if meta is None or meta.get("fingerprint") == fp:
         return
@@ -256,6 +266,9 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True,
 
     Raises:
       as `prepare`, before anything in workdir is touched.
+      WorkdirBusy: another study process holds workdir.
+      DataUnreadable: the data's reader failed (workdir then holds study.lock and study.log, which says so).
+      odyssey.store.StoreError: the store or a checkpoint file in workdir cannot be read or used.
       odyssey.train.Stopped: `stop` asked to stop; run again to go on.
     """
     workdir = pathlib.Path(workdir)
@@ -268,7 +281,12 @@ def run_study(config, workdir, *, progress_seconds=30.0, report=True,
             # Checked again under the lock: another study may have started here since `prepare`.
             _check_workdir(workdir, fp, identity)
             logging.info("Study %s of %s in %s", fp, config.task, workdir)
-            splits = data_splits.load_splits(config.data)
+            try:
+                splits = data_splits.load_splits(config.data)
+            except Exception as e:  # a broken corpus fails in its reader, with any error a file can give
+                where = f", config.data.path = {config.data.path!r}" if config.data.get("path") else ""
+                raise DataUnreadable(f"the {config.task} data (source {config.data.source}{where}) could not be "
+                                     f"read: {type(e).__name__}: {e}") from e
             with _open_store(workdir / store.FILENAME, config, fp, identity, ckpts) as st:
                 ckpts.before_save = st.sync  # a checkpoint on disk is never ahead of the store's rows
                 store.write_whole(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
@@ -364,11 +382,29 @@ def main(argv):
         with stop.installed():
             run_study(_CONFIG.value, _WORKDIR.value, progress_seconds=_PROGRESS_SECONDS.value, report=_REPORT.value,
                       checkpoint_seconds=_CHECKPOINT_SECONDS.value, stop=stop)
-    except WorkdirBusy as e:
+    except (store.StoreError, DataUnreadable) as e:  # the workdir busy, a store or checkpoint unreadable, bad data
         sys.exit(f"study: error: {e}")
     except train.Stopped:
         sys.exit(128 + stop.signum)
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with a --config.<field> override that names no field of the config as one line of
+    error (ml_collections raises a KeyError or AttributeError from inside the parser, a traceback otherwise)."""
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError) as e:
+        inner = e
+        while isinstance(inner, BaseException) and inner.args:
+            inner = inner.args[0]
+        lines = str(inner).splitlines() or [""]
+        missing = lines[0].strip("'\"")
+        overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith("--config.")]
+        named = [o for o in overrides if missing and missing in o.split(".")] or overrides
+        hint = " ".join(line.strip() for line in lines[1:])
+        sys.exit(f"study: error: {', '.join(named)}: the config has no field {missing!r}" + (f". {hint}" if hint
+                                                                                             else ""))
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

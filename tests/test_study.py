@@ -614,6 +614,10 @@ def foreign_study(tmp_path):
     (("--config.data.source=standard", "--config.data.path=/nonexistent/jsb.pickle"),
      "config.data.path = '/nonexistent/jsb.pickle': nothing there"),
     (("--cpu_devices=-1",), "--cpu_devices=-1: give a positive count, or 0 for one per core"),
+    (("--config.train.max_epochz=3",),
+     "--config.train.max_epochz: the config has no field 'max_epochz'. Did you mean \"max_epochs\""),
+    (("--config.train.patience=2", "--config.search.space.foo=1"),
+     "--config.search.space.foo: the config has no field 'foo'"),
 ])
 def test_bad_input_is_a_clear_error_that_leaves_the_store_alone(foreign_study, flags, message):
     before = _snapshot(foreign_study)
@@ -624,6 +628,33 @@ def test_bad_input_is_a_clear_error_that_leaves_the_store_alone(foreign_study, f
     if not flags:
         assert "config.search.num_trials: 5 -> 3" in proc.stderr
     assert _snapshot(foreign_study) == before
+
+
+@pytest.mark.parametrize("case", ["data_is_a_directory", "data_is_empty", "workdir_under_a_file", "workdir_empty"])
+def test_unreadable_data_and_impossible_workdirs_are_clear_errors(tmp_path, case):
+    """The data's reader failing (a directory or an empty file where the corpus should be) and a workdir that
+    cannot be made are one line of error, not a traceback; an empty --workdir does not run in the current
+    directory."""
+    (tmp_path / "empty.pickle").write_bytes(b"")
+    (tmp_path / "a_file").write_text("x")
+    workdir, flags, message = {
+        "data_is_a_directory": (tmp_path / "w", ("--config.data.source=standard", f"--config.data.path={tmp_path}"),
+                                "the jsb data (source standard, config.data.path = "),
+        "data_is_empty": (tmp_path / "w", ("--config.data.source=standard",
+                                           f"--config.data.path={tmp_path / 'empty.pickle'}"),
+                          "could not be read: "),
+        "workdir_under_a_file": (tmp_path / "a_file" / "w", (), f"{tmp_path / 'a_file'} is a file, not a directory"),
+        "workdir_empty": ("", (), "--workdir is empty"),
+    }[case]
+    command = [f"--config={ROOT / 'configs' / 'test.py'}" if a == "--config=configs/test.py" else a
+               for a in study_command(workdir, *flags)]  # run from tmp_path: what an empty workdir would fill
+    proc = subprocess.run(command, cwd=tmp_path, env=os.environ | {"PYTHONPATH": str(ROOT)}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("study: error: ") and message in lines[-1], proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in ("empty.pickle", "a_file", "w")) == []
 
 
 def test_a_second_study_on_a_busy_workdir_is_refused(tmp_path):

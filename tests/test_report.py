@@ -327,3 +327,35 @@ def test_a_constant_test_metric_skips_the_fanova_with_its_reason(tmp_path):
     assert a.fanova_note == f"fANOVA skipped: the test metric is 7.25 in all {len(a.done)} finished trials, so " \
                             "there is no variance to apportion."
     assert len(a.done) == 44  # 9 x 5, less NOAF's trial without a metric
+
+
+def test_the_fanova_integrates_over_the_search_space_box_from_config_json(tmp_path, monkeypatch):
+    """With config.search.space the marginals' box is the space's in the encoded units (hand values), widened
+    to a trial outside it; without, the trials' range. write_report reads the space from config.json."""
+    workdir = _make_store(tmp_path, "jsb", 5, "learning_rate", "NFG", seed=3)
+    space = {"hidden_size": ["log_uniform_int", 20, 200], "learning_rate": ["log_uniform", 1e-6, 1e-2],
+             "momentum": ["one_minus_log_uniform", 0.01, 1.0], "input_noise": ["uniform", 0.0, 1.0]}
+    trials = stats.load_trials(workdir / "trials.sqlite")
+    boxed = report.analyse_task(trials, "jsb", n_trees=4, space=space)
+    np.testing.assert_allclose(boxed.metric_fanova.bounds, [[-6, -2], [-2, 0], [np.log10(20), np.log10(200)], [0, 1]],
+                               rtol=1e-12)
+    np.testing.assert_array_equal(boxed.time_fanova.bounds, boxed.metric_fanova.bounds)
+    X, _ = stats.encode_hyperparameters(boxed.done)
+    plain = report.analyse_task(trials, "jsb", n_trees=4)
+    np.testing.assert_array_equal(plain.metric_fanova.bounds, np.stack([X.min(0), X.max(0)], 1))
+    assert (plain.metric_fanova.bounds[:, 1] - plain.metric_fanova.bounds[:, 0] <
+            boxed.metric_fanova.bounds[:, 1] - boxed.metric_fanova.bounds[:, 0]).all()
+    con = sqlite3.connect(workdir / "trials.sqlite")
+    con.execute("UPDATE trials SET learning_rate = 1e-7 WHERE trial_id = 3")
+    con.commit()
+    con.close()
+    config = json.loads((workdir / "config.json").read_text())
+    config["search"]["space"] = space
+    (workdir / "config.json").write_text(json.dumps(config))
+    seen = []
+    analyse = report.analyse_task
+    monkeypatch.setattr(report, "analyse_task", lambda *a, **k: seen.append(k) or analyse(*a, **k))
+    md = report.write_report(workdir, n_trees=4).read_text()
+    assert "exact marginals over the search space's box" in md and [k["space"] for k in seen] == [space]
+    wide = report.analyse_task(stats.load_trials(workdir / "trials.sqlite"), "jsb", n_trees=4, space=space)
+    assert wide.metric_fanova.bounds[0, 0] == pytest.approx(-7.0) and wide.metric_fanova.bounds[0, 1] == -2.0

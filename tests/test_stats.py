@@ -188,3 +188,31 @@ def test_bad_stores_say_what_is_wrong(tmp_path):
         stats.encode_hyperparameters(one)
     with pytest.raises(FileNotFoundError, match="config.json"):
         stats.read_config(tmp_path)
+
+
+def test_space_bounds_are_the_search_space_box_in_the_encoded_units():
+    """The configs' spaces (DESIGN §4) in fANOVA's units, by hand: log10 lr [-6, -2], log10(1 - momentum) [-2, 0],
+    log10 hidden [log10 20, log10 200], noise [0, 1], TIMIT's two flags [0, 1]."""
+    import importlib.util
+    import json
+    import pathlib
+
+    def config_of(task):
+        path = pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{task}.py"
+        spec = importlib.util.spec_from_file_location(f"_stats_config_{task}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+
+    names = ["learning_rate", "momentum", "hidden_size", "input_noise", "nesterov", "clip"]
+    for task, flags in (("jsb", False), ("timit", True)):
+        space = json.loads(config_of(task).to_json())["search"]["space"]  # as config.json holds it
+        box = stats.space_bounds(space, names)
+        expected = [[-6, -2], [-2, 0], [math.log10(20), math.log10(200)], [0, 1]]
+        expected += [[0, 1], [0, 1]] if flags else [[math.nan, math.nan]] * 2
+        np.testing.assert_allclose(box, expected, rtol=1e-12, err_msg=task)
+    # A uniform momentum is log10(1 - high) .. log10(1 - low); a learning rate drawn from 0 has no log10 bound,
+    # nor a hyperparameter the space does not draw.
+    box = stats.space_bounds({"momentum": ["uniform", 0.5, 0.99], "learning_rate": ["uniform", 0.0, 0.1]},
+                             ["momentum", "learning_rate", "input_noise"])
+    np.testing.assert_allclose(box, [[-2, math.log10(0.5)], [math.nan, math.nan], [math.nan, math.nan]], rtol=1e-12)

@@ -52,7 +52,7 @@ class TaskAnalysis:
     fanova_note: str
 
 
-def analyse_task(trials, task, n_trees=100, seed=0):
+def analyse_task(trials, task, n_trees=100, seed=0, space=None):
     """Significance tests and fANOVA for one task.
 
     Args:
@@ -60,6 +60,9 @@ def analyse_task(trials, task, n_trees=100, seed=0):
         task: the task's name.
         n_trees: trees per forest.
         seed: the forests' seed.
+        space: config.search.space (config.json's), whose box the fANOVA's marginals integrate over
+            (`stats.space_bounds`), widened to any trial outside it; None, or a column it does not bound:
+            the trials' range.
 
     Returns:
         `TaskAnalysis`.
@@ -76,8 +79,14 @@ def analyse_task(trials, task, n_trees=100, seed=0):
             names = stats.encode_hyperparameters(done)[1]
     else:
         X, names = stats.encode_hyperparameters(done)
+        # The search space's box where config.search.space gives it, widened to any trial outside it (a store
+        # drawn from another space); the trials' range elsewhere.
+        box = stats.space_bounds(space, names)
+        known = np.isfinite(box).all(axis=1)
+        box[~known] = np.stack([X.min(axis=0), X.max(axis=0)], axis=1)[~known]
+        box = np.stack([np.minimum(box[:, 0], X.min(axis=0)), np.maximum(box[:, 1], X.max(axis=0))], axis=1)
         logging.info("%s: fANOVA of the test metric over %d trials, %d trees", task, len(done), n_trees)
-        fan = fanova.Fanova(X, done["test_metric"], n_trees=n_trees, seed=seed)
+        fan = fanova.Fanova(X, done["test_metric"], n_trees=n_trees, seed=seed, bounds=box)
         frac = fan.fractions()
         secs = done["train_seconds"]
         ok = np.isfinite(secs)
@@ -283,7 +292,8 @@ def _importance_section(doc, a):
         return
     doc.p(f"Fraction of the variance of the predicted test metric (and of the training time) due to each "
           f"hyperparameter and pair: {len(a.metric_fanova.trees)} regression trees over the {len(a.done)} "
-          f"finished trials of all variants, exact marginals, fractions per tree averaged. Encoding: "
+          f"finished trials of all variants, exact marginals over the search space's box (config.search.space; "
+          f"the trials' range where it bounds no column), fractions per tree averaged. Encoding: "
           + ", ".join(stats.HYPERPARAMETERS[n] for n in a.names) + ". Paper: " + paper.IMPORTANCE_SUMMARY)
     rows = []
     short = {n: stats.HYPERPARAMETERS[n] for n in a.names}
@@ -354,7 +364,9 @@ def write_report(workdir, n_trees=100, seed=0):
     if not tasks:
         tasks = [config["task"]]
     logging.info("report of %s: %d trials, tasks %s", workdir, len(trials), tasks)
-    analyses = [analyse_task(trials, t, n_trees=n_trees, seed=seed) for t in tasks]
+    space = (config.get("search") or {}).get("space")
+    analyses = [analyse_task(trials, t, n_trees=n_trees, seed=seed, space=space if t == config["task"] else None)
+                for t in tasks]
     figures = _figures(analyses, workdir / "figures")
 
     doc = _Doc()

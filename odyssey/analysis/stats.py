@@ -13,7 +13,7 @@ from scipy import stats as sps
 __all__ = [
     "VARIANTS", "TASKS", "METRIC_NAMES", "HYPERPARAMETERS", "Trials", "Comparison",
     "read_config", "load_trials", "top_count", "top_trials", "welch_bonferroni",
-    "compare_variants", "status_counts", "scored", "encode_hyperparameters",
+    "compare_variants", "status_counts", "scored", "encode_hyperparameters", "space_bounds",
 ]
 
 # The paper's order: vanilla first, then the eight variants.
@@ -299,6 +299,44 @@ def compare_variants(trials, subset="top", alpha=0.05):
                          math.nan, False, float(np.nanmean(params["V"])) if params["V"].size else math.nan,
                          "reference")
     return ref_cmp, welch_bonferroni(samples, "V", alpha, params=params)
+
+
+def space_bounds(space, names):
+    """The search space's box in `encode_hyperparameters`' units, for the fANOVA's marginals (the paper's
+    fANOVA integrates over the whole configuration space, not over the range the trials happened to reach).
+
+    Args:
+        space: config.search.space as config.json holds it: hyperparameter -> [distribution, *parameters]
+            (`odyssey.search`'s distributions).
+        names: the encoded columns (`encode_hyperparameters`' names).
+
+    Returns:
+        float64[D, 2] (lower, upper), NaN where the space does not bound a column in its units (a hyperparameter
+        it does not draw, or a bound the encoding cannot take, such as a learning rate drawn from 0).
+    """
+    out = np.full((len(names), 2), np.nan)
+    for row, name in enumerate(names):
+        entry = (space or {}).get(name)
+        if not entry:
+            continue
+        dist, params = entry[0], [float(p) for p in entry[1:]]
+        if dist == "bernoulli":
+            out[row] = (0.0, 1.0)
+            continue
+        if len(params) != 2:
+            continue
+        low, high = params
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if name == "momentum":  # encoded log10(1 - momentum)
+                box = (np.log10(low), np.log10(high)) if dist == "one_minus_log_uniform" else (
+                    np.log10(1.0 - high), np.log10(1.0 - low))
+            elif name in ("learning_rate", "hidden_size"):  # encoded log10
+                box = (np.log10(low), np.log10(high))
+            else:
+                box = (low, high)
+        if np.isfinite(box).all() and box[0] <= box[1]:
+            out[row] = box
+    return out
 
 
 def encode_hyperparameters(trials):

@@ -511,7 +511,6 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
     best_val = np.full(k, np.inf)
     best_epoch = np.zeros(k, int)
     seconds = np.zeros(k)
-    test_cache = {}
     n_train = group.arrays["train"].size
     spec = group.task
 
@@ -559,19 +558,15 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
                 ended.append((slot, "done"))
         # A trial that diverged after a finite validation keeps its best epoch's parameters and metrics, as early
         # stopping would (its validation never improves again): DESIGN §3's test metric of the best epoch.
-        scored = [slot for slot, _ in ended if np.isfinite(best_val[slot])]
-        if scored:
-            test = group.evaluate("test", group.best)
-            for slot in scored:
-                test_cache[slot] = test[slot]
+        scored = any(np.isfinite(best_val[slot]) for slot, _ in ended)
+        test = group.evaluate("test", group.best) if scored else None
         for slot, status in ended:
             trial = group.slots[slot]
             n_params = nets.count_params(trial.variant, spec.kind, group.n_in, trial.hidden_size, spec.n_out)
-            val, test_metric = ((float(best_val[slot]), float(test_cache[slot])) if slot in test_cache
+            val, test_metric = ((float(best_val[slot]), float(test[slot])) if np.isfinite(best_val[slot])
                                 else (math.nan, math.nan))
             res = TrialResult(trial.trial_id, status, int(group.epoch[slot]), int(best_epoch[slot]), val,
                               test_metric, n_params, float(seconds[slot]))
-            test_cache.pop(slot, None)
             group.slots[slot] = None
             yield res
         for slot, _ in ended:

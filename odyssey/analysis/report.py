@@ -81,10 +81,10 @@ def analyse_task(trials, task, n_trees=100, seed=0, space=None):
         X, names = stats.encode_hyperparameters(done)
         # The search space's box where config.search.space gives it, widened to any trial outside it (a store
         # drawn from another space); the trials' range elsewhere.
+        reached = np.stack([X.min(axis=0), X.max(axis=0)], axis=1)
         box = stats.space_bounds(space, names)
-        known = np.isfinite(box).all(axis=1)
-        box[~known] = np.stack([X.min(axis=0), X.max(axis=0)], axis=1)[~known]
-        box = np.stack([np.minimum(box[:, 0], X.min(axis=0)), np.maximum(box[:, 1], X.max(axis=0))], axis=1)
+        box = np.where(np.isfinite(box), box, reached)
+        box = np.stack([np.minimum(box[:, 0], reached[:, 0]), np.maximum(box[:, 1], reached[:, 1])], axis=1)
         logging.info("%s: fANOVA of the test metric over %d trials, %d trees", task, len(done), n_trees)
         fan = fanova.Fanova(X, done["test_metric"], n_trees=n_trees, seed=seed, bounds=box)
         frac = fan.fractions()

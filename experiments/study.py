@@ -219,8 +219,12 @@ def _train_pending(st, config, splits, every_s, ckpts, stop=None):
         order_note = ("" if order_seed is None else f", one data order for all trials (seed {order_seed})"
                       if stratum is None else f", each trial's own data order within strata of {stratum} sequences "
                       f"of similar length that one shared order picks (seed {order_seed})")
-        logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group, "
-                     "sharded over %d %s device(s)%s%s%s%s", len(trials), len(programs), config.search.trials_per_batch,
+        # A group's slots are min(trials_per_batch, its trials) rounded up to whole chunks on every device.
+        most = max(lay.slots for lay in layouts.values())
+        logging.info("Training %d trials in %d groups (program x hidden bucket), at most %d trials at once per group "
+                     "(trials_per_batch %d%s), sharded over %d %s device(s)%s%s%s%s", len(trials), len(programs), most,
+                     config.search.trials_per_batch,
+                     "" if most <= config.search.trials_per_batch else ", rounded up to whole chunks on each device",
                      len(devices), devices[0].platform,
                      "" if recurrent == "float32" else f", recurrent products in {recurrent}",
                      order_note,

@@ -152,6 +152,37 @@ class Checkpoints:
             elif len(kept) < len(trials):
                 self.save(path.name[:-len(SUFFIX)], identity, kept)
 
+    def regroup(self, identity: dict, assignment: dict[str, list[SavedTrial]]) -> int:
+        """Makes each file of `assignment` hold its trials, and no other file hold them: how many files changed.
+
+        A run with other hidden buckets (or mix_variants) groups saved trials otherwise than the run that saved
+        them, and a group rewrites its own file when it saves and removes it when it ends: a file of the same
+        name holding a trial of a later group would lose that trial's state. A file keeps the trials it held
+        that no file of `assignment` takes. Every new file is written before any trial leaves an old one, so a
+        kill in between leaves each trial in one file at least (`load` takes one copy; they are equal).
+        """
+        assigned = {t.trial_id for trials in assignment.values() for t in trials}
+        held = {p.name[:-len(SUFFIX)]: {t.trial_id for t in _read(p, states=False)[1]} for p in self.files()}
+        changed = 0
+        for name, trials in assignment.items():
+            if held.get(name, set()) & assigned == {t.trial_id for t in trials}:
+                continue
+            path = self.directory / (name + SUFFIX)
+            others = [t for t in _read(path)[1] if t.trial_id not in assigned] if name in held else []
+            self.save(name, identity, list(trials) + others)
+            changed += 1
+        for name, ids in held.items():
+            if name not in assignment and ids & assigned:
+                path = self.directory / (name + SUFFIX)
+                file_identity, trials = _read(path)
+                kept = [t for t in trials if t.trial_id not in assigned]
+                if kept:
+                    self.save(name, file_identity, kept)
+                else:
+                    path.unlink()
+                changed += 1
+        return changed
+
     def clear(self):
         """Removes every checkpoint file (and leftover temporary files) and the directory once it is empty."""
         if not self.directory.is_dir():

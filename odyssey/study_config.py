@@ -104,7 +104,8 @@ def study_config(task: str, quick: bool) -> ml_collections.ConfigDict:
     # dataset. False: trial k of a variant draws the same hyperparameters and seed in every task (and the
     # tasks share one data order), as studies made before this field did; resume such a study with False.
     config.search.draw_by_task = True
-    # The most trials one compiled program trains at once; it changes speed and memory, never the numbers.
+    # The most trials one compiled program trains at once, rounded up to whole equal chunks on every device (by
+    # fewer than chunks x devices; the study's log says the slots); it changes speed and memory, never the numbers.
     # 640 holds a whole group of the full study (the mixed program's smallest bucket gets ~500 of its 1600
     # trials, 526 of TIMIT's draws; 512 split that group in two waves), so a group runs as long as its longest
     # trial rather than in waves.

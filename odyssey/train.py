@@ -263,7 +263,9 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
       trials: the trials to train, in the order they should start.
       max_epochs: the epoch bound (paper: 150).
       patience: stop after this many epochs without improvement of the validation metric (paper: 15).
-      trials_per_batch: the most trials one compiled program trains at once; results never depend on it.
+      trials_per_batch: the most trials one compiled program trains at once, rounded up to whole equal chunks
+        on every device (`odyssey.layout.group_layout`: by fewer than chunks x devices); results never depend
+        on it.
       hidden_buckets: padded hidden sizes; a trial runs padded to the smallest bucket that holds it.
       eval_chunk: sequences per evaluation step (per trial; all trials of a group evaluate together), fewer
         where the step's arrays would outgrow `EVAL_BYTES` (`eval_sequences_per_step`). Speed and memory only.
@@ -380,6 +382,16 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     groups = {key: sorted(members, key=lambda t: t.trial_id not in saved)
               for key, members in group_trials(trials, hidden_buckets, mix_variants).items()}
     keys = list(groups)
+    if saved:
+        # Each saved trial into its group's file: a run of other buckets or programs than the one that saved
+        # them would otherwise have a group overwrite or remove a file of its name that holds later groups' trials.
+        moved = checkpoints.regroup(identity, {_file_name(key): [saved[t.trial_id] for t in members
+                                                                 if t.trial_id in saved]
+                                               for key, members in groups.items()
+                                               if any(t.trial_id in saved for t in members)})
+        if moved:
+            logging.info("%s: the saved states of %d trials regrouped into the files of this run's groups (%d files "
+                         "changed)", task, len(saved), moved)
     if compile_ahead is None:
         compile_ahead = default_compile_ahead(mesh.devices.flat[0])
 
@@ -408,7 +420,7 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
         if stop is not None and stop():
             raise Stopped()
         logging.info("%s: %d trials of %s padded to N=%d", task, len(groups[key]), *key)
-        saver = None if checkpoints is None else _Saver(checkpoints, f"{key[0]}_N{key[1]}", identity)
+        saver = None if checkpoints is None else _Saver(checkpoints, _file_name(key), identity)
         for res in _run_group(group, groups[key], max_epochs, patience, on_epoch, saved, saver, on_group_epoch,
                               stop):
             results[res.trial_id] = res
@@ -417,6 +429,11 @@ def train_trials(task: str, splits: dict, trials: Sequence[Trial], *, max_epochs
     if checkpoints is not None:
         checkpoints.discard([t.trial_id for t in trials])
     return [results[t.trial_id] for t in trials]
+
+
+def _file_name(key):
+    """The checkpoint file of the group of (program, bucket) `key`."""
+    return f"{key[0]}_N{key[1]}"
 
 
 def _saved_states(checkpoints, trials, identity):

@@ -1047,6 +1047,61 @@ def test_checkpoints_resume_in_other_buckets_batches_and_programs(uninterrupted_
         np.testing.assert_allclose(np.array(rows[i])[:, 1:], np.array(want_rows[i])[:, 1:], rtol=1e-5)
 
 
+def test_a_run_of_other_buckets_keeps_the_saved_state_of_a_trial_whose_group_runs_later(uninterrupted_run, tmp_path,
+                                                                                         caplog):
+    """Trials 1, 4 and 7 (N = 4, 3, 2) saved at epoch 1 in one group of N <= 4, then resumed with buckets (2, 4):
+    the group of N <= 4 (trials 1 and 4) runs first and saves under the old file's name; trial 7, whose group
+    of N <= 2 runs after it, keeps its saved state through that save (before, it was lost and trial 7 trained
+    again from its first epoch), and all three end with the uninterrupted run's numbers and rows."""
+    splits, want, want_record, _ = uninterrupted_run
+    trials = [CKPT_TRIALS[i] for i in (1, 4, 7)]
+    assert [t.hidden_size for t in trials] == [4, 3, 2]
+    ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=float("inf"))
+    first, second = [], []
+    with pytest.raises(train.Stopped):
+        run_stopping(splits, trials, record=first, checkpoints=ck, hidden_buckets=(4,), stop=lambda: len(first) >= 3)
+    assert ck.epochs() == {1: 1, 4: 1, 7: 1} and [p.name for p in ck.files()] == ["mixed_N4.npz"]
+    caplog.set_level("INFO", logger="absl")
+    with pytest.raises(train.Stopped) as stopped:
+        run_stopping(splits, trials, record=second, checkpoints=ck, hidden_buckets=(2, 4),
+                     stop=lambda: len(second) >= 2)
+    assert stopped.value.group == ("mixed", 4)
+    assert ck.epochs() == {1: 2, 4: 2, 7: 1}
+    assert sorted(p.name for p in ck.files()) == ["mixed_N2.npz", "mixed_N4.npz"]
+    assert any("saved states of 3 trials regrouped" in r.getMessage() for r in caplog.records)
+    got, third = run_stopping(splits, trials, checkpoints=ck, hidden_buckets=(2, 4))
+    for t in trials:
+        g, w = got[t.trial_id], want[t.trial_id]
+        assert (g.status, g.epochs, g.best_epoch) == (w.status, w.epochs, w.best_epoch)
+        np.testing.assert_allclose([g.val_metric, g.test_metric], [w.val_metric, w.test_metric], rtol=1e-5)
+    rows, want_rows = _by_trial(first + second + third), _by_trial(want_record)
+    for t in trials:
+        assert [r[0] for r in rows[t.trial_id]] == [r[0] for r in want_rows[t.trial_id]], t.trial_id
+        np.testing.assert_allclose(np.array(rows[t.trial_id])[:, 1:], np.array(want_rows[t.trial_id])[:, 1:],
+                                   rtol=1e-5)
+    assert ck.files() == []
+
+
+def test_checkpoints_regroup_moves_trials_between_files_and_keeps_the_rest(tmp_path):
+    """Checkpoints.regroup against the files' contents worked out by hand: assigned trials end in their file
+    alone (their states as given), a file's unassigned trials stay in it, a file left empty goes."""
+    ck = checkpoints.Checkpoints(tmp_path)
+
+    def entry(i, epoch):
+        return checkpoints.SavedTrial({"trial_id": i}, epoch, 0.5, 1, 2.0, np.full(3, i * 10 + epoch, np.float32))
+
+    ident = {"task": "jsb"}
+    ck.save("a", ident, [entry(1, 1), entry(2, 1), entry(9, 4)])  # 9: no group of this run takes it
+    ck.save("b", ident, [entry(3, 2)])
+    ck.save("c", ident, [entry(4, 5)])
+    assert ck.regroup(ident, {"c": [entry(4, 5)]}) == 0  # already where it belongs
+    assert ck.regroup(ident, {"a": [entry(1, 1)], "d": [entry(2, 1), entry(3, 2)], "c": [entry(4, 5)]}) == 3
+    contents = {p.name: {t.trial_id: (t.epoch, t.state.tolist()) for t in checkpoints._read(p)[1]}
+                for p in ck.files()}
+    assert contents == {"a.npz": {1: (1, [11.0] * 3), 9: (4, [94.0] * 3)}, "c.npz": {4: (5, [45.0] * 3)},
+                        "d.npz": {2: (1, [21.0] * 3), 3: (2, [32.0] * 3)}}
+
+
 def test_checkpoints_of_other_settings_or_other_trials_are_refused(uninterrupted_run, tmp_path):
     splits, _, _, _ = uninterrupted_run
     ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)

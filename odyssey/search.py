@@ -34,6 +34,10 @@ _DISTRIBUTIONS = {
 # its earlier fingerprint (and resumes its workdir), any other value counts. One is not quite so: before
 # train.matmul_precision, a GPU with TF32 ran the products at TF32 (JAX's default), not float32; the study
 # warns when it resumes a store from then (experiments/study.py, the store's "products" meta row).
+# Not a config field: the recipe version of the stand-in data a study trains on (`data.source` "standin"), in its
+# identity so that a study begun on one recipe's data is not resumed on another's; absent at 1, the version
+# of every study before it (their fingerprints stay).
+_STANDIN_RECIPE = "data.standin_recipe"
 _LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
                  "train.matmul_precision": "float32", "search.draw_by_task": False, "train.order_stratum": 8}
 RECURRENT_DTYPES = ("float32", "bfloat16")
@@ -291,12 +295,15 @@ def study_identity(config):
 
     Everything counts except the fields in `_SCHEDULING_ONLY` (how trials are packed into programs) and
     fields of `_LATER_FIELDS` at the value studies had before the field existed.
-    The data path counts as an absolute path.
+    The data path counts as an absolute path; stand-in data count by the version of their recipe as well
+    (data.standin_recipe, absent at version 1).
     """
     ident = _plain(config.to_dict())
     for dotted in _SCHEDULING_ONLY:
         section, key = dotted.split(".")
         ident.get(section, {}).pop(key, None)
+    if data_splits.resolve_source(config.data) == "standin" and data_splits.standin_recipe(config.task) != 1:
+        ident.setdefault("data", {})[_STANDIN_RECIPE.split(".")[1]] = data_splits.standin_recipe(config.task)
     for dotted, earlier in _LATER_FIELDS.items():
         section, key = dotted.split(".")
         if ident.get(section, {}).get(key, earlier) == earlier:
@@ -327,6 +334,10 @@ def identity_diff(old, new, prefix="config"):
 def _shown(value, prefix, key):
     """A value of `identity_diff`; a later field's absence is its value before it existed."""
     dotted = f"{prefix}.{key}".removeprefix("config.")
+    if dotted == _STANDIN_RECIPE:
+        return ("absent (stand-in data of recipe 1, or no stand-in)" if value == "<absent>" else
+                f"{value!r} (the version of the recipe that builds the stand-in data: a study is not resumed on "
+                f"data another recipe built)")
     if value == "<absent>" and dotted in _LATER_FIELDS:
         return f"{_LATER_FIELDS[dotted]!r} (absent: the field is newer than the study)"
     return repr(value)

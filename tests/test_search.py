@@ -249,7 +249,11 @@ def test_fingerprint_covers_what_changes_trials_and_nothing_else():
         _set(config, field, value)
         assert search.fingerprint(config) != fp, field
         diff = search.identity_diff(search.study_identity(base), search.study_identity(config))
-        assert len(diff) == 1 and diff[0].startswith(f"config.{field}: "), diff
+        # a data path means the standard corpus, not the stand-in of a recipe
+        also = ["config.data.standin_recipe: 2 (the version of the recipe that builds the stand-in data: a study "
+                "is not resumed on data another recipe built) -> absent (stand-in data of recipe 1, or no "
+                "stand-in)"] if field == "data.path" else []
+        assert len(diff) == 1 + len(also) and diff[0].startswith(f"config.{field}: ") and diff[1:] == also, diff
 
 
 @pytest.mark.parametrize("field,value", [("recurrent_dtype", "float32"), ("data_order", "per_trial"),
@@ -343,6 +347,31 @@ def test_a_study_from_before_draw_by_task_keeps_its_fingerprint_and_trials():
         assert search.identity_diff(search.study_identity(old), search.study_identity(load_config(task))) == [
             "config.search.draw_by_task: False (absent: the field is newer than the study) -> True"]
         assert search.study_identity(load_config(task))["search"]["draw_by_task"] is True
+
+
+def test_a_stand_in_studys_identity_holds_the_recipe_version_of_its_data(monkeypatch, tmp_path):
+    """A study on stand-in data records the version of the recipe that built them, absent at 1 (the version of
+    every study before the field, whose identities and fingerprints are thus unchanged), so that a study is not
+    resumed on data another recipe built; a study on the standard corpus records none."""
+    from odyssey.data import handwriting_standin, jsb_music21, speech_standin
+    assert search.study_identity(load_config("jsb"))["data"]["standin_recipe"] == jsb_music21.RECIPE_VERSION == 2
+    for task, module in (("jsb", jsb_music21), ("timit", speech_standin), ("iam_online", handwriting_standin)):
+        config = load_config(task)
+        assert config.data.get("source") in (None, "standin") and not config.data.get("path")
+        monkeypatch.setattr(module, "RECIPE_VERSION", 1)
+        old, old_fp = search.study_identity(config), search.fingerprint(config)
+        assert "standin_recipe" not in old["data"]
+        monkeypatch.setattr(module, "RECIPE_VERSION", 3)
+        new = search.study_identity(config)
+        assert new["data"]["standin_recipe"] == 3 and search.fingerprint(config) != old_fp
+        assert search.identity_diff(old, new) == [
+            "config.data.standin_recipe: absent (stand-in data of recipe 1, or no stand-in) -> 3 (the version of the "
+            "recipe that builds the stand-in data: a study is not resumed on data another recipe built)"]
+        del new["data"]["standin_recipe"]
+        assert new == old
+        standard = load_config(task)
+        standard.data.source, standard.data.path = "standard", str(tmp_path)
+        assert "standin_recipe" not in search.study_identity(standard)["data"]
 
 
 _T = collections.namedtuple("_T", "trial_id variant hidden_size")

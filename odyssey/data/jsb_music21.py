@@ -18,11 +18,18 @@ LOWEST_NOTE = 21  # MIDI A0, column 0 of a piano roll
 NUM_KEYS = 88  # A0..C8, MIDI 21..108
 SPLITS = ("train", "valid", "test")
 
-# Bump whenever the recipe below changes what is built: a cache with another version is rebuilt.
-RECIPE_VERSION = 1
+# Bump whenever the recipe below changes what is built: a cache with another version is rebuilt, and a study
+# begun on another version's chorales is not resumed on these (`odyssey.search.study_identity`).
+# 2: one file per score, near-copies dropped, the tonic from the key signature and the final bass.
+RECIPE_VERSION = 2
 # The benchmark's split of 382 chorales (Allan & Williams 2005), kept as proportions.
 _BENCHMARK_SIZES = (229, 76, 77)
+# In order of preference, where the corpus has a score in several formats (BWV 277, 281 and 366 in .mxl and .krn).
 _SCORE_SUFFIXES = (".mxl", ".xml", ".krn")
+# A roll with at least this share of its steps equal to those of a roll kept before it (of the same length) is
+# a copy of that chorale: the benchmark's file has no two chorales past 75 %; the corpus's copies (one
+# harmonisation in two cantatas, or in two formats) differ in a step or two.
+_COPY_SHARE = 0.9
 _LOG_EVERY = 50
 
 
@@ -31,25 +38,30 @@ def build_music21(cache_dir=None, seed=0):
 
     The recipe follows Boulanger-Lewandowski et al. (2012) as closely as music21's corpus allows:
 
-    * every Bach score of the corpus (MusicXML or Humdrum, not the roman-numeral analyses) with
-      exactly four parts (SATB); scores with instruments or a fifth voice are left out;
+    * every Bach score of the corpus (MusicXML or Humdrum, not the roman-numeral analyses; of a
+      score in both, the MusicXML) with exactly four parts (SATB); scores with instruments or a
+      fifth voice are left out;
     * repeats expanded (music21's repeat expander); a score whose repeats music21 calls badly
       formed is left out;
-    * transposed to C major or C minor: the key is music21's ``analyze("key")`` of the score as
-      written, and the shift is the one of -5..+6 semitones that takes its tonic to C; then up
+    * transposed to C major or C minor: the tonic is that of the two keys the score's first key
+      signature names (its major key and the relative minor) on which the final chord's lowest
+      note lies, else (a modal signature, a chorale that ends elsewhere) that of music21's
+      ``analyze("key")``, which confuses relative keys in ~4 % of the chorales; the shift is the
+      one of -5..+6 semitones that takes the tonic to C; then up
       an octave, the register of the benchmark's file (its notes sit an octave above the written
       pitch, in MIDI 43..96; so do these, in the same columns 22..75);
     * one time step per quarter note: step t holds every pitch sounding at offset t quarters
       (onset at or before t, end after t), so a held note repeats and grace notes never sound;
       steps of silence inside a chorale are kept, silence before the first and after the last
       note is trimmed;
-    * a score whose roll equals one already kept (the same harmonisation in two places) is dropped;
+    * a score whose roll is a copy of one already kept (the same harmonisation in two places: as
+      long, and at least 90 % of its steps equal) is dropped;
     * the chorales, ranked by the SHA-256 hex digest of "<seed>:<corpus path>", go to train,
       valid and test in that order, in the benchmark's proportions 229/76/77 of 382 rounded half
       up (``split_sizes``); each split is sorted by corpus path.
 
-    With music21 10.5 this yields 361 chorales: 216/72/73 for seed 0 (of the corpus's 413 scores,
-    368 have four parts; one has badly formed repeats; 6 repeat another's roll), 22 557 steps.
+    With music21 10.5 this yields 359 chorales: 215/71/73 for seed 0 (of the corpus's 410 scores,
+    one file each, 365 have four parts; 6 copy another's roll), 22 461 steps.
     The first build parses every score (about a minute on a busy 2-core machine) and logs
     progress; later calls read ``<cache_dir>/chorales_seed<seed>.npz`` in well under a second.
     The cache also records the recipe version and music21's version, and is rebuilt when either
@@ -172,18 +184,29 @@ def _write_cache(npz_path, json_path, recipe, rolls, names):
 
 
 def _corpus_paths():
-    """The corpus's Bach scores as (name such as "bach/bwv10.7.mxl", absolute path), sorted by name."""
+    """The corpus's Bach scores as (name such as "bach/bwv10.7.mxl", absolute path), sorted by name: one file
+    per score, the first format of `_SCORE_SUFFIXES` the corpus has it in."""
     from music21 import corpus  # pylint: disable=import-outside-toplevel
 
-    paths = [pathlib.Path(p) for p in corpus.getComposer("bach")]
-    named = [(f"bach/{p.name}", p) for p in paths if p.suffix in _SCORE_SUFFIXES]
-    return sorted(named)
+    best = {}
+    for path in map(pathlib.Path, corpus.getComposer("bach")):
+        if path.suffix in _SCORE_SUFFIXES:
+            score = path.name[:-len(path.suffix)]
+            if score not in best or _SCORE_SUFFIXES.index(path.suffix) < _SCORE_SUFFIXES.index(best[score].suffix):
+                best[score] = path
+    return sorted((f"bach/{p.name}", p) for p in best.values())
+
+
+def _copy_of(roll, kept):
+    """Whether `roll` is a copy of a roll in `kept` (lists of rolls by shape): as long, and at least
+    `_COPY_SHARE` of its steps equal."""
+    return any(np.mean(np.all(roll == other, axis=1)) >= _COPY_SHARE for other in kept.get(roll.shape, ()))
 
 
 def _build(seed, paths=None):
     """Parses the corpus (or paths, a subset of ``_corpus_paths()``) into (rolls, names) split by seed."""
     rolls, names, skipped = [], [], {"parts": 0, "repeats": 0, "empty": 0, "duplicate": 0}
-    seen = set()
+    kept = {}  # shape -> the rolls kept
     paths = _corpus_paths() if paths is None else paths
     for i, (name, path) in enumerate(paths):
         if i % _LOG_EVERY == 0:
@@ -195,11 +218,10 @@ def _build(seed, paths=None):
         if roll is None:
             skipped[reason] += 1
             continue
-        digest = (roll.shape, roll.tobytes())
-        if digest in seen:
+        if _copy_of(roll, kept):
             skipped["duplicate"] += 1
             continue
-        seen.add(digest)
+        kept.setdefault(roll.shape, []).append(roll)
         rolls.append(roll)
         names.append(name)
     logging.info(
@@ -272,13 +294,31 @@ def _chorale_roll(path):
 
 
 def _tonic_pitch_class(score):
-    """Pitch class of the tonic that music21's ``score.analyze("key")`` finds.
+    """Pitch class of the score's tonic: of the major key its first key signature names and the relative
+    minor, the one whose tonic the lowest note of the final chord has; else that of music21's
+    ``score.analyze("key")`` (a modal signature, as a minor chorale written a flat short, or a chorale
+    that ends off its tonic).
 
-    The same analyser, called without the 23 alternative Key objects analyze builds: they cost a
-    fifth of the whole build.
+    The analyser is called without the 23 alternative Key objects analyze builds: they cost a fifth of
+    the whole build.
     """
+    from music21 import key  # pylint: disable=import-outside-toplevel
     from music21.analysis import discrete  # pylint: disable=import-outside-toplevel
 
+    signature = next(iter(score.recurse().getElementsByClass(key.KeySignature)), None)
+    # Each part's last note, with its end in quarters from the score's start (the parts start together).
+    finals = []
+    for part in score.parts:
+        notes = part.flatten().notes
+        if notes:
+            finals.append((notes[-1].offset + notes[-1].quarterLength, notes[-1]))
+    if signature is not None and finals:
+        end = max(e for e, _ in finals)
+        bass = min(p.midi for e, n in finals if e == end for p in n.pitches) % 12
+        major = (7 * signature.sharps) % 12
+        for tonic in (major, (major + 9) % 12):
+            if bass == tonic:
+                return tonic
     (tonic, _, _), _ = discrete.analysisClassFromMethodName("key")().process(score)
     return tonic.pitchClass
 

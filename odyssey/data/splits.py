@@ -1,5 +1,6 @@
 """The one entry from a config's data section to train/valid/test splits: the real corpus or a stand-in."""
 
+import importlib
 import os
 
 from absl import logging
@@ -31,6 +32,15 @@ def resolve_source(data_config):
     if data_config.get("source"):
         return data_config.source
     return "standard" if data_config.get("path") else "standin"
+
+
+# The module that builds each task's stand-in, and its RECIPE_VERSION.
+_STANDINS = {"jsb": "jsb_music21", "timit": "speech_standin", "iam_online": "handwriting_standin"}
+
+
+def standin_recipe(task):
+    """The recipe version of `task`'s stand-in data (its builder's RECIPE_VERSION; a new one builds other data)."""
+    return importlib.import_module(f"odyssey.data.{_STANDINS[task]}").RECIPE_VERSION
 
 
 def _check_sizes(where, sizes):

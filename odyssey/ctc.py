@@ -4,6 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from odyssey.losses import concrete
+
 # Stands in for log(0): large enough that exp() of it is exactly 0 in float32 and float64, small
 # enough that sums of a few thousand of them stay finite, so no -inf and no NaN ever reach a gradient.
 _LOG_EPSILON = -1e5
@@ -36,6 +38,21 @@ def _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id, 
         raise ValueError(f"ctc: blank_id must be in [0, {classes}), got {blank_id}.")
     if unroll is not None and (not isinstance(unroll, int) or unroll < 1):
         raise ValueError(f"ctc: unroll must be None or a positive int, got {unroll!r}.")
+    labels, label_paddings = concrete(labels), concrete(label_paddings)
+    if labels is None or label_paddings is None:  # traced: the values are the caller's to keep right
+        return
+    padded = label_paddings > 0
+    if not np.all(padded[:, 1:] >= padded[:, :-1]):
+        row = int(np.flatnonzero(np.any(padded[:, 1:] < padded[:, :-1], axis=1))[0])
+        raise ValueError(f"ctc: each row of label_paddings must be zeros then ones (labels right-padded); row "
+                         f"{row} is {label_paddings[row].tolist()}.")
+    for what, bad in ((f"outside [0, {classes})", (labels < 0) | (labels >= classes)),
+                      (f"the blank ({blank_id})", labels == blank_id)):
+        bad &= ~padded
+        if bad.any():
+            row, slot = (int(i[0]) for i in np.nonzero(bad))
+            raise ValueError(f"ctc: a valid label is {what}: labels[{row}, {slot}] = {labels[row, slot]} "
+                             f"({int(bad.sum())} such labels).")
 
 
 def _logsumexp3(a, b, c):
@@ -68,9 +85,10 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, *, unro
     Args:
         logits: float[B, T, K] unnormalised scores; K includes the blank.
         logit_paddings: float[B, T], 1.0 where a frame is padding, 0.0 where it is valid.
-        labels: int[B, L] label ids, right-padded; valid entries must not be ``blank_id``. Values
-            in padded slots are ignored.
+        labels: int[B, L] label ids in [0, K), right-padded; valid entries must not be ``blank_id``.
+            Values in padded slots are ignored.
         label_paddings: float[B, L], 1.0 where a label slot is padding; each row is zeros then ones.
+            Concrete labels and paddings are checked for both rules; traced ones (under jit) are not.
         blank_id: static int, the class id of the blank.
         unroll: static int, time steps per iteration of the scan; it changes speed and compile
             time, never the result. None picks 1 on CPU and 8 on other backends.
@@ -79,7 +97,9 @@ def ctc_loss(logits, logit_paddings, labels, label_paddings, blank_id=0, *, unro
         float[B], the negative log-likelihood of each sequence's labels (a sum over its frames).
 
     Raises:
-        ValueError: if a rank or shape does not match the others, or blank_id or unroll is out of range.
+        ValueError: if a rank or shape does not match the others, blank_id or unroll is out of range, or
+            (concrete arguments) a valid label is out of range or the blank, or a padding row is not
+            zeros then ones.
     """
     _check_ctc_shapes(logits, logit_paddings, labels, label_paddings, blank_id, unroll)
     batch, _, _ = logits.shape

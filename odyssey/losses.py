@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _check_masked_pair(name, logits, targets, target_rank, mask):
@@ -18,6 +19,15 @@ def _check_masked_pair(name, logits, targets, target_rank, mask):
         raise ValueError(f"{name}: mask must have shape ({frames},), got {jnp.shape(mask)}.")
 
 
+def concrete(x):
+    """x as a numpy array, or None where it is traced (under jit, vmap or grad): value checks run on concrete
+    arguments only."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
+
+
 def framewise_cross_entropy(logits, labels, mask):
     """Softmax cross-entropy summed over the valid frames of one sequence (the TIMIT loss).
 
@@ -25,18 +35,26 @@ def framewise_cross_entropy(logits, labels, mask):
 
     Args:
         logits: float[T, K] unnormalised class scores of one sequence.
-        labels: int[T] target class per frame. Entries at padded frames may hold any value,
-            also one outside [0, K); a valid frame's label outside [0, K) contributes only the
-            log-partition term, since it matches no class.
+        labels: int[T] target class per frame, in [0, K) at every valid frame. Entries at padded
+            frames may hold any value, also one outside [0, K). Traced (under jit), a valid frame's
+            label outside [0, K) matches no class and the frame adds 0; concrete, it is refused.
         mask: float[T], 1.0 for a valid frame and 0.0 for padding.
 
     Returns:
         Scalar of the logits' dtype: the summed (not averaged) cross-entropy.
 
     Raises:
-        ValueError: if the ranks or shapes do not match.
+        ValueError: if the ranks or shapes do not match, or (concrete arguments) a valid frame's label
+            is outside [0, K).
     """
     _check_masked_pair("framewise_cross_entropy", logits, labels, 1, mask)
+    labels_np, mask_np = concrete(labels), concrete(mask)
+    if labels_np is not None and mask_np is not None:
+        bad = np.flatnonzero((mask_np > 0) & ((labels_np < 0) | (labels_np >= jnp.shape(logits)[-1])))
+        if bad.size:
+            raise ValueError(f"framewise_cross_entropy: the labels of valid frames must be in [0, "
+                             f"{jnp.shape(logits)[-1]}); frame {bad[0]} has {labels_np[bad[0]]} ({bad.size} such "
+                             f"frames)")
     mask = jnp.asarray(mask)
     logprobs = jax.nn.log_softmax(logits, axis=-1)
     # A one-hot product rather than a gather: out-of-range padding labels give 0, never NaN.

@@ -121,7 +121,15 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
 
     Returns:
       float[T, K] logits (rows at padded steps are the readout's bias only; losses mask them).
+
+    Raises:
+      ValueError: an unknown kind, params without the layers the kind needs, or a setting autodiff lacks.
     """
+    _check_kind(kind)
+    layers = {"fwd", "out", "bwd"} if kind == "bi" else {"fwd", "out"}
+    if not isinstance(params, dict) or set(params) != layers:
+        held = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"apply_net: a {kind!r} net's params hold {sorted(layers)}, got {held}")
     if autodiff:
         if recurrent_dtype is not None:
             raise ValueError("apply_net: recurrent_dtype is a setting of odyssey.fast_lstm; autodiff=True runs "
@@ -130,6 +138,9 @@ def apply_net(variant: str, kind: str, params: dict, xs: jax.Array, mask: jax.Ar
             raise ValueError(f"apply_net: loops={loops!r} is a setting of odyssey.fast_lstm; autodiff=True runs "
                              "the reference layer's scan")
         layer = functools.partial(lstm_layer, switches=switches)
+        if steps is not None:  # the same padding from `steps` on, as a mask for the reference scan
+            valid = (jnp.arange(xs.shape[0]) < steps).astype(xs.dtype)
+            mask = valid if mask is None else jnp.asarray(mask).astype(xs.dtype) * valid
     else:
         layer = functools.partial(fast_lstm.lstm_layer, steps=steps, switches=switches,
                                   recurrent_dtype=recurrent_dtype, loops=loops)

@@ -227,6 +227,28 @@ def test_rejects_bad_shapes(bad, message):
         ctc.ctc_loss(**args)
 
 
+@pytest.mark.parametrize("labels, label_paddings, message", [
+    ([[1, 4, 2], [1, 1, 1]], [[0, 0, 0], [0, 0, 1]], r"outside \[0, 4\): labels\[0, 1\] = 4 \(1 such"),
+    ([[1, 2, 3], [-1, 1, 1]], [[0, 0, 0], [0, 0, 1]], r"outside \[0, 4\): labels\[1, 0\] = -1"),
+    ([[1, 0, 3], [1, 2, 0]], [[0, 0, 0], [0, 0, 0]], r"the blank \(0\): labels\[0, 1\] = 0 \(2 such"),
+    ([[1, 2, 3], [1, 2, 3]], [[0, 0, 0], [1, 0, 0]], r"zeros then ones .* row 1 is \[1.0, 0.0, 0.0\]"),
+])
+def test_rejects_bad_label_values(labels, label_paddings, message):
+    """Concrete labels: a valid one out of range (it gave NaN, or wrapped around to another class), a valid one
+    that is the blank (taken as a blank), or padding that is not at the end (neither sequence's loss) is refused;
+    padded slots may hold anything."""
+    args = dict(logits=np.zeros((2, 9, 4)), logit_paddings=np.zeros((2, 9)))
+    with pytest.raises(ValueError, match=message):
+        ctc.ctc_loss(**args, labels=np.array(labels, np.int32), label_paddings=np.array(label_paddings, float))
+    rng = np.random.default_rng(5)
+    logits = rng.normal(size=(2, 9, 4))
+    padded = ctc.ctc_loss(logits, np.zeros((2, 9)), np.array([[1, 2, 9], [3, -5, 0]], np.int32),
+                          np.array([[0, 0, 1], [0, 1, 1]], float))
+    want = [optax.ctc_loss(logits[i:i + 1], np.zeros((1, 9)), np.array([y]), np.zeros((1, len(y))))[0]
+            for i, y in enumerate(([1, 2], [3]))]
+    np.testing.assert_allclose(np.asarray(padded), np.asarray(want), rtol=1e-5)
+
+
 def _logits_for_paths(paths, classes, rng):
     """float[B, T, K] whose per-frame argmax is the given path, with noise well below the margin."""
     paths = np.asarray(paths)

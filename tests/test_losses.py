@@ -121,3 +121,19 @@ def test_vmap_over_sequences_equals_the_references(x64):
 def test_rejects_bad_shapes(fn, args, message):
     with pytest.raises(ValueError, match=message):
         fn(*args)
+
+
+def test_a_valid_frames_label_out_of_range_is_refused_and_padding_may_hold_any():
+    """Concrete labels: one outside [0, K) at a valid frame is refused (it matched no class and silently added 0);
+    at padded frames any value is fine, and the loss is the loop over the valid frames."""
+    logits = np.random.default_rng(0).normal(size=(4, 3))
+    for label in (3, -1, 7):
+        with pytest.raises(ValueError, match=rf"in \[0, 3\); frame 2 has {label} \(1 such frames\)"):
+            losses.framewise_cross_entropy(logits, np.array([0, 1, label, 2]), np.ones(4))
+    got = losses.framewise_cross_entropy(logits, np.array([0, 1, 7, -1]), np.array([1.0, 1.0, 0.0, 0.0]))
+    want = sum(scipy.special.logsumexp(logits[t]) - logits[t, y] for t, y in ((0, 0), (1, 1)))
+    np.testing.assert_allclose(float(got), want, rtol=1e-6)
+    # traced (under jit) the values are not seen: the frame adds nothing, as documented
+    traced = jax.jit(losses.framewise_cross_entropy)(logits, np.array([0, 1, 7, 2]), np.ones(4))
+    want = sum(scipy.special.logsumexp(logits[t]) - logits[t, y] for t, y in ((0, 0), (1, 1), (3, 2)))
+    np.testing.assert_allclose(float(traced), want, rtol=1e-6)

@@ -130,3 +130,37 @@ def test_fgr_padding_needs_the_mask(x64):
 def test_unknown_kind_is_an_error():
     with pytest.raises(ValueError, match="unknown net kind 'tri'"):
         nets.init_net(jax.random.PRNGKey(0), "V", "tri", 2, 3, 4)
+    uni = nets.init_net(jax.random.PRNGKey(0), "V", "uni", 2, 3, 4)
+    with pytest.raises(ValueError, match="unknown net kind 'tri'"):  # it ran the one-direction net
+        nets.apply_net("V", "tri", uni, jnp.ones((5, 2)))
+    with pytest.raises(ValueError, match=r"a 'bi' net's params hold \['bwd', 'fwd', 'out'\], got \['fwd', 'out'\]"):
+        nets.apply_net("V", "bi", uni, jnp.ones((5, 2)))  # a bare KeyError 'bwd'
+    bi = nets.init_net(jax.random.PRNGKey(0), "V", "bi", 2, 3, 4)
+    with pytest.raises(ValueError, match=r"a 'uni' net's params hold \['fwd', 'out'\], got \['bwd', 'fwd', 'out'\]"):
+        nets.apply_net("V", "uni", bi, jnp.ones((5, 2)))  # its backward layer went unused
+
+
+@pytest.mark.parametrize("kind", nets.NET_KINDS)
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_steps_bound_the_sequence_with_autodiff_too(kind, with_mask, x64):
+    """steps = 4 of 7: the valid rows are those of the sequence cut at step 4, for the hand-written backward pass
+    and for autodiff (which ignored steps, so its backward layer read the padding), values and gradients."""
+    m, n, k, t, steps = 2, 3, 4, 7, 4
+    params = nets.init_net(jax.random.PRNGKey(7), "NP", kind, m, n, k, std=0.5, dtype=jnp.float64)
+    xs = jnp.asarray(np.random.default_rng(8).normal(size=(t, m)))
+    mask = jnp.asarray([1.0] * 6 + [0.0]) if with_mask else None
+    weights = jnp.asarray(np.random.default_rng(9).normal(size=(steps, k)))
+
+    def loss(p, autodiff, bounded):
+        if bounded:
+            out = nets.apply_net("NP", kind, p, xs, mask, autodiff=autodiff, steps=steps)[:steps]
+        else:
+            out = nets.apply_net("NP", kind, p, xs[:steps], autodiff=autodiff)
+        return jnp.sum(weights * out), out
+
+    (_, want_out), want_grad = jax.value_and_grad(loss, has_aux=True)(params, True, False)
+    for autodiff in (False, True):
+        (_, got_out), got_grad = jax.value_and_grad(loss, has_aux=True)(params, autodiff, True)
+        np.testing.assert_allclose(got_out, want_out, atol=1e-12, err_msg=str(autodiff))
+        for a, b in zip(jax.tree_util.tree_leaves(got_grad), jax.tree_util.tree_leaves(want_grad)):
+            np.testing.assert_allclose(a, b, atol=1e-12, err_msg=str(autodiff))

@@ -62,7 +62,7 @@ def build_music21(cache_dir=None, seed=0):
 
     With music21 10.5 this yields 359 chorales: 215/71/73 for seed 0 (of the corpus's 410 scores,
     one file each, 365 have four parts; 6 copy another's roll), 22 461 steps.
-    The first build parses every score (about a minute on a busy 2-core machine) and logs
+    The first build parses every score (about 25 s on 2 cores, up to a minute on a busy machine) and logs
     progress; later calls read ``<cache_dir>/chorales_seed<seed>.npz`` in well under a second.
     The cache also records the recipe version and music21's version, and is rebuilt when either
     differs.

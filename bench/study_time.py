@@ -196,8 +196,9 @@ def simulate_group(epochs, k):
       k: slots.
 
     Returns:
-      (lock-step epochs, epochs at which at least one trial ended, slot-epochs of live trials, the lock-step
-      epoch at which the last trial started, live trials in each lock-step epoch int[lock-step epochs]).
+      (lock-step epochs, the lock-step epochs (1-based, increasing) at whose end at least one trial ended,
+      slot-epochs of live trials, the lock-step epoch at which the last trial started, live trials in each
+      lock-step epoch int[lock-step epochs]).
     """
     free = [0] * k  # the last lock-step epoch each slot is busy until
     ends = set()
@@ -214,7 +215,7 @@ def simulate_group(epochs, k):
         live[start] += 1
         live[end] -= 1
     last_start = max((start for start, _ in spans), default=0)
-    return lockstep, len(ends), int(sum(int(e) for e in epochs)), last_start, np.cumsum(live)[:lockstep]
+    return lockstep, sorted(ends), int(sum(int(e) for e in epochs)), last_start, np.cumsum(live)[:lockstep]
 
 
 def _chunk(task, program, bucket, k, device_kind):
@@ -288,12 +289,13 @@ def _measure(task, buckets, trial_counts, variants, device, scale, on_rows=None)
     return rows
 
 
-def _bound_rows(task, buckets, bandwidth, itemsize):
-    """Rows in `_measure`'s format at the streamed-weight bound: per bucket, the mixed program (V's cell) and
-    FGR at K = 1; the projection scales them in proportion to K (bandwidth-bound work grows with K)."""
+def _bound_rows(task, buckets, bandwidth, itemsize, variants=("V", "FGR")):
+    """Rows in `_measure`'s format at the streamed-weight bound: per bucket and variant (V's cell stands for
+    the mixed program), at K = 1; the projection scales them in proportion to K (bandwidth-bound work grows
+    with K)."""
     shape = TASK_SHAPES[task]
     rows = []
-    for variant in ("V", "FGR"):
+    for variant in variants:
         for bucket in buckets:
             rate = trainer_speed.weight_stream_bound(task, shape.steps, bucket, variant, itemsize, bandwidth)
             # Evaluation runs --eval_chunk sequences per step of one forward pass, which reads the weights
@@ -316,10 +318,14 @@ def _group_cost(rows, task, variant, bucket, k, below="flat"):
         if mine and min(r["bucket"] for r in mine) <= bucket <= max(r["bucket"] for r in mine):
             break  # the first of these whose buckets hold this one
     parts = ("train_epoch_s", "valid_s", "test_s", "compile_s")
-    rule = {part: "flat" if part == "compile_s" else below for part in parts}
-    at = {b: {part: interpolate({r["K"]: r[part] for r in mine if r["bucket"] == b}, k, rule[part])
-              for part in parts}
-          for b in {r["bucket"] for r in mine}}
+
+    def part_at(b, part):
+        series = {r["K"]: r[part] for r in mine if r["bucket"] == b}
+        if part == "compile_s":  # hardly depends on K (H100, JSB N = 40: 8.6 s at K = 64, 8.4 s at 512): flat
+            return interpolate(series, min(k, max(series)), "flat")
+        return interpolate(series, k, below)
+
+    at = {b: {part: part_at(b, part) for part in parts} for b in {r["bucket"] for r in mine}}
     return {part: between_buckets({b: cost[part] for b, cost in at.items()}, bucket) for part in parts}
 
 
@@ -375,12 +381,15 @@ def project(rows, task, trials, buckets, tpb, epochs_of, balanced=False, compile
         chunk = _chunk(task, program, bucket, k, device_kind)
         k = math.ceil(k / chunk) * chunk
         cost = _group_cost(rows, task, program, bucket, k, below)
-        lockstep, test_passes, live, last_start, live_at = simulate_group(epochs_of(g, members), k)
+        lockstep, test_epochs, live, last_start, live_at = simulate_group(epochs_of(g, members), k)
         # epochs after the last start: the live trials packed into ceil(live / chunk) chunks
         busy = np.where(np.arange(lockstep) >= last_start, np.ceil(live_at / chunk) * chunk, k)
         per_k = {int(b): _group_cost(rows, task, program, bucket, int(b), below) for b in np.unique(busy)}
         train_s = float(sum(per_k[int(b)]["train_epoch_s"] for b in busy))
-        eval_s = float(sum(per_k[int(b)]["valid_s"] for b in busy)) + test_passes * cost["test_s"]
+        # a test pass runs at the end of an epoch in which trials ended, still in their slots: over that
+        # epoch's busy chunks (evaluation skips the empty ones)
+        eval_s = float(sum(per_k[int(b)]["valid_s"] for b in busy)
+                       + sum(per_k[int(busy[e - 1])]["test_s"] for e in test_epochs))
         total["train_s"] += train_s
         total["eval_s"] += eval_s
         overlap = previous_run if compile_ahead and previous_run is not None else 0.0
@@ -513,7 +522,10 @@ def main(argv):
                          "trials_per_batch": tpb,
                          "hidden_fill": sum(t.hidden_size ** 2 for t in trials) / sum(b * b for b in padded)}
         if bound is not None:
-            rows += _bound_rows(task, buckets, bound, 2 if FLAGS.recurrent_dtype == "bfloat16" else 4)
+            # one program per variant without the mixed one: each streams its own cell's weights (three-gate
+            # cells 3 N^2 of R, not V's 4 N^2)
+            variants = ("V", "FGR") if FLAGS.mix_variants else tuple(config.search.variants)
+            rows += _bound_rows(task, buckets, bound, 2 if FLAGS.recurrent_dtype == "bfloat16" else 4, variants)
         elif measured is None:
             rows += _measure(task, measure_at, settings["trials"], FLAGS.variants, device, settings["step_scale"],
                              on_rows=keep)

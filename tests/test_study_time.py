@@ -48,7 +48,7 @@ def _schedule_by_hand(epochs, k):
                 if slots[s] == 0:
                     ends.add(t + 1)
         t += 1
-    return t, len(ends), used, max(starts), live
+    return t, sorted(ends), used, max(starts), live
 
 
 def test_interpolate_below_the_smallest_count_in_proportion_when_asked():
@@ -81,13 +81,13 @@ def test_simulate_group_matches_the_schedule_stepped_by_hand(k):
     rng = np.random.default_rng(k)
     for _ in range(20):
         epochs = rng.integers(1, 30, size=int(rng.integers(1, 25))).tolist()
-        lockstep, n_ends, used, last_start, live = study_time.simulate_group(epochs, k)
+        lockstep, ends, used, last_start, live = study_time.simulate_group(epochs, k)
         ref = _schedule_by_hand(epochs, k)
-        assert (lockstep, n_ends, used, last_start) == ref[:4]
+        assert (lockstep, ends, used, last_start) == ref[:4]
         assert live.tolist() == ref[4]
     # a worked case: 2 slots, trials of 3, 1, 2, 2 epochs start at 0, 0, 1, 3 and end at 3, 1, 3, 5
-    lockstep, n_ends, used, last_start, live = study_time.simulate_group([3, 1, 2, 2], 2)
-    assert (lockstep, n_ends, used, last_start, live.tolist()) == (5, 3, 8, 3, [2, 2, 2, 1, 1])
+    lockstep, ends, used, last_start, live = study_time.simulate_group([3, 1, 2, 2], 2)
+    assert (lockstep, ends, used, last_start, live.tolist()) == (5, [1, 3, 5], 8, 3, [2, 2, 2, 1, 1])
 
 
 def _finished_store(path, epochs, pending=0):
@@ -165,6 +165,13 @@ def test_projection_at_the_bound_is_the_sum_over_trials_of_their_streamed_weight
     assert (evals[150] - evals[60]) / 90 == pytest.approx((evals[60] - evals[37]) / 23, rel=1e-6)
     assert by_rule["store_draws"]["total_s"] == pytest.approx(by_rule["store_mean"]["total_s"], rel=1e-12)
 
+    # one program per variant: each streams its own cell's R (the three-gate cells 3 b^2: NIG, NFG, NOG, CIFG)
+    nomix, _ = _project(tmp_path, "n", f"--bound_bandwidth={bandwidth}", "--nomix_variants")
+    own = {"FGR": 13, "NIG": 3, "NFG": 3, "NOG": 3, "CIFG": 3}
+    seconds_own = sum(150 * 229 * 2 * 60 * own.get(t["variant"], 4) * min(b for b in buckets if b >= t["hidden_size"])
+                      ** 2 * 4 / bandwidth for t in trials)
+    assert nomix["bound"]["train_s"] == pytest.approx(seconds_own, rel=1e-9)
+
     half, _ = _project(tmp_path, "h", f"--bound_bandwidth={2 * bandwidth}")
     assert half["bound"]["total_s"] == pytest.approx(bound["total_s"] / 2, rel=1e-9)
     bf16, _ = _project(tmp_path, "w", f"--bound_bandwidth={bandwidth}", "--recurrent_dtype=bfloat16")
@@ -184,6 +191,24 @@ def test_group_cost_takes_the_variant_rows_that_hold_the_bucket_and_the_small_k_
     prop = study_time._group_cost(rows, "jsb", "FGR", 200, 16, below="proportional")
     assert flat == {"train_epoch_s": 30.0, "valid_s": 3.0, "test_s": 1.5, "compile_s": 5.0}
     assert prop == pytest.approx({"train_epoch_s": 7.5, "valid_s": 0.75, "test_s": 0.375, "compile_s": 5.0})
+    # above the largest measured K the work grows in proportion to K, the compile does not (it was 8x at 512)
+    big = study_time._group_cost(rows, "jsb", "FGR", 200, 512)
+    assert big == pytest.approx({"train_epoch_s": 240.0, "valid_s": 24.0, "test_s": 12.0, "compile_s": 5.0})
+
+
+def test_a_test_pass_costs_the_busy_chunks_of_its_epoch(monkeypatch):
+    """One group of 4 slots in chunks of 2, trials of 5, 1, 1, 1, 1, 3 epochs (worked by hand): epoch 1 ends
+    three trials (4 slots busy), epoch 2 one (the last start: 3 live, 4 busy), epochs 4 and 5 one each (2 live,
+    then 1: packed into one chunk, 2 busy). Costs per epoch at K = 2 and 4: train 1 and 3, valid 0.1 and 0.3,
+    test 1 and 10: train 3 + 3 + 1 + 1 + 1, valid a tenth of it, tests 10 + 10 + 1 + 1 (at full K: 40)."""
+    monkeypatch.setattr(study_time, "_chunk", lambda *args: 2)
+    rows = [{"task": "jsb", "variant": "V", "bucket": 40, "K": k, "train_epoch_s": train, "valid_s": train / 10,
+             "test_s": test, "compile_s": 0.0} for k, train, test in ((2, 1.0, 1.0), (4, 3.0, 10.0))]
+    epochs = [5, 1, 1, 1, 1, 3]
+    trials = [types.SimpleNamespace(trial_id=i, variant="V", hidden_size=30) for i in range(len(epochs))]
+    got = study_time.project(rows, "jsb", trials, [40], 4, lambda g, members: epochs)
+    assert got["train_s"] == pytest.approx(9.0) and got["eval_s"] == pytest.approx(0.9 + 22.0)
+    assert (got["lockstep_epochs"], got["slot_epochs"], got["live_slot_epochs"]) == (5, 14, 12)
 
 
 def test_projection_interpolates_unmeasured_buckets_exactly_for_a_cost_in_n_squared(tmp_path):

@@ -176,7 +176,12 @@ class TrialStore:
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        try:
+            self._conn.execute("COMMIT")
+        except BaseException:  # e.g. disk full: the transaction may still be open, and would hold every later one
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
 
     def meta(self):
         """The meta table, dict str -> str."""

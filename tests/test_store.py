@@ -109,6 +109,34 @@ def test_life_of_a_trial(st):
     assert [e["epoch"] for e in st.epochs(1)] == [1, 2]
 
 
+class _FailingCommit:
+    """A connection whose next COMMIT fails (as a disk-full or I/O error would), everything else passed through."""
+
+    def __init__(self, conn):
+        self.conn, self.fail = conn, True
+
+    def execute(self, sql, *args):
+        if sql == "COMMIT" and self.fail:
+            self.fail = False
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+def test_a_failed_commit_rolls_back_and_leaves_the_store_usable(st):
+    """A COMMIT that fails raises, and its transaction's writes are rolled back; the next write works (before,
+    the connection stayed inside the failed transaction and every later BEGIN failed)."""
+    st._conn = _FailingCommit(st._conn)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        st.mark_running([1, 2])
+    assert st.counts() == {"pending": 6, "running": 0, "done": 0, "diverged": 0}
+    st.mark_running([3])
+    st.add_epoch(3, 1, 1.5, 2.5, 0.1)
+    assert st.counts()["running"] == 1 and [e["epoch"] for e in st.epochs(3)] == [1]
+
+
 def test_a_trial_that_diverged_after_its_best_epoch_keeps_its_metrics_and_counts_among_the_best(st):
     """Trial 0 (V) diverged in epoch 3 after its best, epoch 2 (train.TrialResult keeps that epoch's metrics);
     trial 3 (V) is done and worse; trial 2 (FGR) diverged with no metric."""

@@ -69,6 +69,11 @@ for name in $stages; do
   esac
 done
 if [ -n "${STUDY_STORE:-}" ] && [ ! -f "$STUDY_STORE" ]; then echo "no STUDY_STORE file at $STUDY_STORE"; exit 2; fi
+# a BUDGET test [ -gt ] cannot read (212.4, 3m) would turn the budget off: refused, as LIMIT_*s that are not whole
+for setting in BUDGET GRACE ${!LIMIT_*}; do
+  value=${!setting:-0}
+  [[ $value =~ ^[0-9]+$ ]] || { echo "$setting=$value: give whole seconds"; exit 2; }
+done
 stage() {  # name limit command...: the limit shrinks to what is left of BUDGET; under 30 s left, skipped (ran=0)
   local name=$1 limit=$2; shift 2
   ran=0
@@ -81,8 +86,9 @@ stage() {  # name limit command...: the limit shrinks to what is left of BUDGET;
   ran=1
   timeout -k "${GRACE:-15}" "$limit" "$@" > "$out/$name.log" 2>&1
   echo "   exit $? after $SECONDS s in all"
+  if [ -n "${AFTER_STAGE:-}" ]; then eval "$AFTER_STAGE"; fi  # e.g. gpu_session.sh's copy of the results so far
 }
-{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+{ date -u; timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
   $py -c "import jax; print('jax', jax.__version__, jax.devices())"; } > "$out/machine.txt" 2>&1
 cat "$out/machine.txt"
 run_speed() {

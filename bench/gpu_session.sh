@@ -14,10 +14,12 @@
 # first because they take a few minutes and are measured once, while the study (~16-19 minutes with XLA's loops,
 # estimated from 2026-11-28) outlasts one 15-minute device session unless the Pallas loops cut it by more than
 # half, and goes on across calls and
-# machines: it gets what the stages before it leave, up to LIMIT_STUDY. They run in WORK_DIR (default .gpu/run,
-# which must not be under RESULTS_DIR: a study's checkpoint files run to hundreds of MB); then what a person
-# reads is copied into RESULTS_DIR, 8 files (what a device call brings back at most): the machine, the stages'
-# logs, the study's log and its trial store, and json.tar.gz with the stages' JSON and the call's output;
+# machines: it gets what the stages before it leave, up to LIMIT_STUDY. They run in WORK_DIR (default .gpu_work,
+# which .gitignore keeps out of the working tree's copy, so no carried folder replaces it between two calls on
+# one machine; it must not be under RESULTS_DIR: a study's checkpoint files run to hundreds of MB); after every
+# stage what a person reads is copied into RESULTS_DIR (bench/gpu_collect.sh), so a call cut at its limit keeps
+# the stages that ended: 8 files (what a device call brings back at most), the machine, the stages' logs, the
+# study's log and its trial store, and json.tar.gz with the stages' JSON and the call's output;
 # gpu_check.sh's summary is the call's output. Run again with the same WORK_DIR on the same machine
 # (STAGES="study_shared", say), the study goes on from where its limit's SIGTERM stopped it, with the loops the
 # first run chose (its wall time is then the sum of the runs' training times in study.log). On a later machine,
@@ -28,14 +30,17 @@
 # the machine lacks (on the H100/H200 image with Python 3.12: ml-collections and rapidfuzz; here, beforehand:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl ml-collections rapidfuzz
-# and carry .whl). Limits (seconds): LIMIT_SPEED (default 240), LIMIT_SPEED_BF16 (120), LIMIT_LOOPS (120),
-# LIMIT_STUDY (600); SPEED_LOOPS (default xla,pallas), STAGES and BUDGET as gpu_check.sh's. DEVICE=cpu rehearses
-# the whole call on a CPU (stages cut at their limits).
+# and carry .whl, exactly those two wheels: two of one package stop the install). Limits (seconds): LIMIT_SPEED
+# (default 270: its XLA and PyTorch rows come first, the Pallas rows after them), LIMIT_SPEED_BF16 (120),
+# LIMIT_LOOPS (120), LIMIT_STUDY (600); SPEED_LOOPS (default xla,pallas), STAGES and BUDGET (whole seconds) as
+# gpu_check.sh's. A second call gives a BUDGET that leaves the call's own overhead (~60 s of the device time
+# left) and carries .whl only. DEVICE=cpu rehearses the whole call on a CPU (stages cut at their limits; a
+# rehearsal's WORK_DIR holds CPU results: remove it, or give another, before a device call).
 set -u
 results=${1:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
 jsb=${2:?usage: bench/gpu_session.sh RESULTS_DIR JSB_FILE [WHEELS_DIR]}
 wheels=${3:-}
-work=${WORK_DIR:-.gpu/run}
+work=${WORK_DIR:-.gpu_work}
 case "$(realpath -m "$work")/" in
   "$(realpath -m "$results")"/*) echo "WORK_DIR ($work) must not be under RESULTS_DIR ($results)"; exit 2 ;;
 esac
@@ -50,18 +55,10 @@ for module in ml_collections rapidfuzz; do
 done
 [ -f "$jsb" ] || { echo "no JSB file at $jsb"; exit 2; }
 mkdir -p "$results" "$work"
+# After every stage its results go to RESULTS_DIR (bench/gpu_collect.sh): a call cut at its limit keeps them.
 STAGES=${STAGES:-speed speed_bf16 loops study_shared} BUDGET=${BUDGET:-560} LIMIT_LOOPS=${LIMIT_LOOPS:-120} \
-  LIMIT_STUDY=${LIMIT_STUDY:-600} LIMIT_SPEED=${LIMIT_SPEED:-240} LIMIT_SPEED_BF16=${LIMIT_SPEED_BF16:-120} \
-  SPEED_LOOPS=${SPEED_LOOPS:-xla,pallas} bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$work/gpu_check.out"
-for f in machine.txt speed.log speed_bf16.log loops.log study_shared.log; do
-  [ -f "$work/$f" ] && cp "$work/$f" "$results/"
-done
-# The store is in WAL mode: fold its log into the file before copying it (the study may have been stopped).
-store=$work/jsb_study_shared/trials.sqlite
-[ -f "$store" ] && python3 -c "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute('PRAGMA wal_checkpoint(TRUNCATE)'); c.close()" "$store"
-for f in study.log trials.sqlite; do  # 7 files with the 5 above
-  [ -f "$work/jsb_study_shared/$f" ] && cp "$work/jsb_study_shared/$f" "$results/study_shared_$f"
-done
-# The 8th: every stage's JSON (the rows as measured) and the call's output, in one archive.
-(cd "$work" && tar -czf - $(ls *.json gpu_check.out 2>/dev/null)) > "$results/json.tar.gz"
+  LIMIT_STUDY=${LIMIT_STUDY:-600} LIMIT_SPEED=${LIMIT_SPEED:-270} LIMIT_SPEED_BF16=${LIMIT_SPEED_BF16:-120} \
+  SPEED_LOOPS=${SPEED_LOOPS:-xla,pallas} AFTER_STAGE="bench/gpu_collect.sh '$work' '$results'" \
+  bench/gpu_check.sh "$work" "$jsb" 2>&1 | tee "$work/gpu_check.out"
+bench/gpu_collect.sh "$work" "$results"
 ls -la "$results"

@@ -467,70 +467,92 @@ def main(argv):
               "recurrent_dtypes": FLAGS.recurrent_dtypes, "matmul_precisions": FLAGS.matmul_precisions,
               "lstm_loops": FLAGS.lstm_loops}
     rows = []
-    for shape in FLAGS.shapes:
-        splits = synthetic_splits(shape, steps[shape], {"train": FLAGS.sequences, "valid": 1, "test": 1},
-                                  seed=FLAGS.seed)
-        for hidden in hiddens:
-            runners = {}
-            for variant in FLAGS.variants:
-                for k in trials[shape]:
-                    for plain in (False, True) if xla_defaults else (False,):
-                        for rd, precision, loops in itertools.product(FLAGS.recurrent_dtypes, FLAGS.matmul_precisions,
-                                                                      FLAGS.lstm_loops):
-                            name = (variant + ("" if rd == "float32" else "/" + rd)
-                                    + ("" if precision == "float32" else "/" + precision)
-                                    + ("" if loops == "xla" else "/" + loops) + XLA_DEFAULTS * plain)
-                            runners[(name, k)] = TrainerTimer(
-                                shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
-                                chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain, recurrent_dtype=rd,
-                                matmul_precision=None if precision == "default" else precision, lstm_loops=loops)
-            diffs = _pallas_differences(runners)
-            for threads in thread_counts:
-                runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
-                                                          seed=FLAGS.seed)
-            if torch_device == "cuda" and FLAGS.torch_graph:
-                try:
-                    runners[("torch_graph", 1)] = TorchRunner(shape, hidden, splits, torch_device,
-                                                              seed=FLAGS.seed, graph=True)
-                except RuntimeError as err:  # a failed capture must not cost the rest of a GPU run
-                    print(f"torch LSTM graph ({shape}, N={hidden}): capture failed, left out: {err}", flush=True)
-            times = measure({key: r.train_epoch for key, r in runners.items()}, FLAGS.repeats, FLAGS.min_time)
-            rates = {key: r.updates_per_epoch / times[key]["median"] for key, r in runners.items()}
-            # Ratios are paired: in each repeat, against the fastest PyTorch baseline of that same repeat
-            # (measured moments apart), then the median over repeats; load drifts cancel.
-            per_repeat = {key: [r.updates_per_epoch / t for t in times[key]["all"]] for key, r in runners.items()}
-            torch_keys = [key for key in runners if key[0] in _TORCH_PROGRAMS]
-            best = ([max(per_repeat[key][i] for key in torch_keys) for i in range(FLAGS.repeats)]
-                    if torch_keys else None)
-            for (name, k), r in runners.items():
-                t = times[(name, k)]
-                baseline = name in _TORCH_PROGRAMS
-                row = {"shape": shape, "steps": steps[shape], "hidden": hidden, "program": name,
-                       "K": 1 if baseline else k, "torch_threads": k if baseline else None,
-                       "chunk": None if baseline else r.chunk,
-                       "updates_per_epoch": r.updates_per_epoch, "seconds_per_epoch": t["median"],
-                       "seconds_all": t["all"], "first_epoch_seconds": t["first"],
-                       "updates_per_s": rates[(name, k)],
-                       "ratio_vs_best_torch": (statistics.median(a / b for a, b in zip(per_repeat[(name, k)], best))
-                                               if best else None)}
-                if (name, k) in diffs:
-                    row["max_rel_diff_vs_xla"] = diffs[(name, k)]
-                if bandwidth and not baseline:
-                    itemsize = 2 if "/bfloat16" in name else 4
-                    row["weight_stream_bound"] = weight_stream_bound(shape, steps[shape], hidden, name, itemsize,
-                                                                     bandwidth)
-                rows.append(row)
-            if FLAGS.out:  # what is measured so far, before it is printed: a run cut at its limit keeps it
-                write_json(FLAGS.out, {"machine": info, "config": config, "rows": rows, "complete": False})
-            for row in rows[-len(runners):]:
-                print(_row_text(row), flush=True)
-            del runners
+    # XLA's loops and PyTorch first, for every shape, then the Pallas loops (beside their XLA twins' weights and
+    # PyTorch again, for the paired ratios): the first run of a Pallas kernel on a device (a fault, a hang, a
+    # slow compile) then costs none of the other rows, and a run cut at its limit has written them.
+    phases = [p for p in ([l for l in FLAGS.lstm_loops if l != "pallas"], [l for l in FLAGS.lstm_loops if l == "pallas"])
+              if p]
+    for phase, loops_now in enumerate(phases):
+        for shape in FLAGS.shapes:
+            splits = synthetic_splits(shape, steps[shape], {"train": FLAGS.sequences, "valid": 1, "test": 1},
+                                      seed=FLAGS.seed)
+            for hidden in hiddens:
+                twins = phase > 0 and "xla" in FLAGS.lstm_loops  # measured in the first phase; here for the weights
+                built = loops_now + (["xla"] if twins else [])
+                runners = _trainer_runners(shape, hidden, splits, trials[shape], built, xla_defaults, devices)
+                diffs = _pallas_differences(runners)
+                if twins:
+                    runners = {key: r for key, r in runners.items() if "/pallas" in key[0]}
+                if not runners:  # every Pallas runner failed
+                    continue
+                for threads in thread_counts:
+                    runners[("torch", threads)] = TorchRunner(shape, hidden, splits, torch_device, threads=threads,
+                                                              seed=FLAGS.seed)
+                if torch_device == "cuda" and FLAGS.torch_graph:
+                    try:
+                        runners[("torch_graph", 1)] = TorchRunner(shape, hidden, splits, torch_device,
+                                                                  seed=FLAGS.seed, graph=True)
+                    except RuntimeError as err:  # a failed capture must not cost the rest of a GPU run
+                        print(f"torch LSTM graph ({shape}, N={hidden}): capture failed, left out: {err}", flush=True)
+                times = measure({key: r.train_epoch for key, r in runners.items()}, FLAGS.repeats, FLAGS.min_time)
+                rates = {key: r.updates_per_epoch / times[key]["median"] for key, r in runners.items()}
+                # Ratios are paired: in each repeat, against the fastest PyTorch baseline of that same repeat
+                # (measured moments apart), then the median over repeats; load drifts cancel.
+                per_repeat = {key: [r.updates_per_epoch / t for t in times[key]["all"]] for key, r in runners.items()}
+                torch_keys = [key for key in runners if key[0] in _TORCH_PROGRAMS]
+                best = ([max(per_repeat[key][i] for key in torch_keys) for i in range(FLAGS.repeats)]
+                        if torch_keys else None)
+                block = []
+                for (name, k), r in runners.items():
+                    t = times[(name, k)]
+                    baseline = name in _TORCH_PROGRAMS
+                    if baseline and phase > 0:  # PyTorch's rows are the first phase's; here its times pair the ratios
+                        continue
+                    row = {"shape": shape, "steps": steps[shape], "hidden": hidden, "program": name,
+                           "K": 1 if baseline else k, "torch_threads": k if baseline else None,
+                           "chunk": None if baseline else r.chunk,
+                           "updates_per_epoch": r.updates_per_epoch, "seconds_per_epoch": t["median"],
+                           "seconds_all": t["all"], "first_epoch_seconds": t["first"],
+                           "updates_per_s": rates[(name, k)],
+                           "ratio_vs_best_torch": (statistics.median(a / b for a, b in zip(per_repeat[(name, k)], best))
+                                                   if best else None)}
+                    if (name, k) in diffs:
+                        row["max_rel_diff_vs_xla"] = diffs[(name, k)]
+                    if bandwidth and not baseline:
+                        itemsize = 2 if "/bfloat16" in name else 4
+                        row["weight_stream_bound"] = weight_stream_bound(shape, steps[shape], hidden, name, itemsize,
+                                                                         bandwidth)
+                    block.append(row)
+                rows += block
+                if FLAGS.out:  # what is measured so far, before it is printed: a run cut at its limit keeps it
+                    write_json(FLAGS.out, {"machine": info, "config": config, "rows": rows, "complete": False})
+                for row in block:
+                    print(_row_text(row), flush=True)
+                del runners
 
     info["load_after"] = load_average()
     _print_table(rows, info)
     if FLAGS.out:
         write_json(FLAGS.out, {"machine": info, "config": config, "rows": rows, "complete": True})
         print(f"wrote {FLAGS.out}")
+
+
+def _trainer_runners(shape, hidden, splits, counts, loops, xla_defaults, devices):
+    """The trainer's runners of one shape and hidden size: {(program name, K): TrainerTimer} for each variant,
+    K, (XLA's default options,) recurrent dtype, matmul precision and loops of `loops`."""
+    runners = {}
+    for variant in FLAGS.variants:
+        for k in counts:
+            for plain in (False, True) if xla_defaults else (False,):
+                for rd, precision, lp in itertools.product(FLAGS.recurrent_dtypes, FLAGS.matmul_precisions, loops):
+                    name = (variant + ("" if rd == "float32" else "/" + rd)
+                            + ("" if precision == "float32" else "/" + precision)
+                            + ("" if lp == "xla" else "/" + lp) + XLA_DEFAULTS * plain)
+                    runners[(name, k)] = TrainerTimer(
+                        shape, variant, hidden, k, splits, devices[:k], seed=FLAGS.seed,
+                        chunk=FLAGS.trials_per_chunk or None, xla_defaults=plain, recurrent_dtype=rd,
+                        matmul_precision=None if precision == "default" else precision, lstm_loops=lp)
+    return runners
 
 
 def _pallas_differences(runners):

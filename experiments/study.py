@@ -389,7 +389,12 @@ def main(argv):
     except (store.StoreError, DataUnreadable) as e:  # the workdir busy, a store or checkpoint unreadable, bad data
         sys.exit(f"study: error: {e}")
     except train.Stopped:
-        sys.exit(128 + stop.signum)
+        # Leave at once: the next group's program may be compiling in a background thread, which a normal exit
+        # waits for (12-25 s on an H100, past a time limit's grace before its SIGKILL). Everything is saved.
+        logging.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + stop.signum)
 
 
 def parse_flags(argv):

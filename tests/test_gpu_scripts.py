@@ -28,6 +28,7 @@ pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("ti
 STUB = """#!/bin/sh
 echo "$*" >> "$STUB_LOG"
 [ "$1" = "-" ] && echo pallas
+case "$*" in *"${STUB_HANG_ON:-no such call}"*) sleep 60 ;; esac
 exit 0
 """
 
@@ -108,7 +109,7 @@ def test_the_session_measures_speed_first_and_brings_back_8_files(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     limits = _limits(done.stdout)
     assert [name for name, _ in limits] == ["speed", "speed_bf16", "loops", "study_shared"]
-    assert [limit for _, limit in limits][:3] == [240, 120, 120] and 540 <= limits[3][1] <= 560
+    assert [limit for _, limit in limits][:3] == [270, 120, 120] and 540 <= limits[3][1] <= 560
     assert "--trials=1,32,200 --lstm_loops=xla,pallas" in calls[0]
     assert "--trials=200 --recurrent_dtypes=bfloat16 --lstm_loops=xla,pallas" in calls[1]
     assert "--config.train.lstm_loops=pallas" in calls[-1]  # the stand-in's choice, as the loops stage's
@@ -116,6 +117,34 @@ def test_the_session_measures_speed_first_and_brings_back_8_files(tmp_path):
     assert files == ["json.tar.gz", "loops.log", "machine.txt", "speed.log", "speed_bf16.log", "study_shared.log"]
     listed = subprocess.run(["tar", "-tzf", str(results / "json.tar.gz")], capture_output=True, text=True, check=True)
     assert sorted(listed.stdout.split()) == ["gpu_check.out", "speed.json"]
+
+
+def test_a_session_cut_at_its_limit_brings_back_the_stages_that_ended(tmp_path):
+    """The device call's limit kills the whole session in its second stage: the first stage's log and the
+    machine's description are already in the results folder (they went there when the stage ended)."""
+    work, results, jsb = tmp_path / "work", tmp_path / "results", tmp_path / "jsb.pickle"
+    jsb.write_bytes(b"chorales")
+    stub = tmp_path / "python_stub"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("STAGES", "BUDGET", "WORK_DIR")}
+    env.update(PYTHON=str(stub), STUB_LOG=str(tmp_path / "calls.txt"), WORK_DIR=str(work),
+               STAGES="speed speed_bf16", STUB_HANG_ON="--recurrent_dtypes=bfloat16")
+    cut = subprocess.run(["timeout", "-s", "KILL", "8", "bash", str(ROOT / "bench" / "gpu_session.sh"), str(results),
+                          str(jsb)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert cut.returncode in (137, -9), cut.stdout + cut.stderr  # killed (timeout -s KILL may take itself too)
+    assert sorted(p.name for p in results.iterdir()) == ["json.tar.gz", "machine.txt", "speed.log"]
+    listed = subprocess.run(["tar", "-tzf", str(results / "json.tar.gz")], capture_output=True, text=True, check=True)
+    assert listed.stdout.split() == ["gpu_check.out"]
+
+
+@pytest.mark.parametrize("setting", ["BUDGET=212.4", "BUDGET=3m", "LIMIT_STUDY=10.5", "GRACE=x"])
+def test_seconds_that_are_not_whole_are_refused_before_anything_runs(tmp_path, setting):
+    """[ -gt ] cannot read 212.4: such a BUDGET turned the budget off (each stage took its whole limit)."""
+    name, value = setting.split("=")
+    result, calls = _run(tmp_path, {"STAGES": "speed", name: value})
+    assert result.returncode == 2 and f"{name}={value}: give whole seconds" in result.stdout
+    assert calls == [] and not (tmp_path / "out" / "machine.txt").exists()
 
 
 def test_budget_spent_skips_stages(tmp_path):

@@ -49,3 +49,8 @@ def test_the_trainer_benchmark_runs_the_pallas_program_beside_its_xla_twin():
     for k in ("1", "3"):
         assert re.search(rf"^jsb +60 +8 odyssey mixed/pallas +{k} ", out, re.M), out
         assert re.search(rf"^jsb +60 +8 odyssey mixed +{k} ", out, re.M), out
+    # XLA's rows are measured and printed (and written) before the Pallas loops first run
+    printed = re.findall(r"^jsb +60 +8 odyssey (mixed\S*) +(\d+) ", out, re.M)
+    assert printed[:4] == [("mixed", "1"), ("mixed", "3"), ("mixed/pallas", "1"), ("mixed/pallas", "3")], printed
+    first_xla_row = re.search(r"^jsb +60 +8 odyssey mixed +1 ", out, re.M).start()
+    assert out.index("mixed/pallas K=1: weights after one epoch") > first_xla_row

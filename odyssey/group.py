@@ -46,6 +46,9 @@ def _eval_splits(arrays, chunk):
     sequences of similar length and its loops stop at its longest (`steps`).
     """
     steps = max(arrays[name].xs.shape[1] for name in ("valid", "test"))
+    # CTC's labels too, though evaluation decodes without them: a split of other label width would compile a
+    # second program, which compile_ahead (validation's shape) leaves to the first test pass, in the training loop
+    width = max(arrays[name].targets.shape[1] for name in ("valid", "test"))
     out = {}
     for name in ("valid", "test"):
         a = arrays[name]
@@ -54,10 +57,14 @@ def _eval_splits(arrays, chunk):
         widen = steps - a.xs.shape[1]
         xs = np.pad(a.xs, ((0, 0), (0, widen), (0, 0)))
         mask = np.pad(a.mask, ((0, 0), (0, widen)))
-        targets = a.targets
-        if a.label_paddings is None:  # frame targets grow with the steps
+        targets, label_paddings = a.targets, a.label_paddings
+        if label_paddings is None:  # frame targets grow with the steps
             targets = np.pad(targets, [(0, 0), (0, widen)] + [(0, 0)] * (targets.ndim - 2))
-        padded = _pad_split(tasks.Arrays(xs, mask, targets, a.label_paddings), chunk)
+        else:  # labels to the common width, the new slots padding
+            more = width - targets.shape[1]
+            targets = np.pad(targets, ((0, 0), (0, more)))
+            label_paddings = np.pad(label_paddings, ((0, 0), (0, more)), constant_values=1)
+        padded = _pad_split(tasks.Arrays(xs, mask, targets, label_paddings), chunk)
         lengths = padded.mask.sum(1).astype(np.int32)
         chunk_steps = [np.int32(max(1, lengths[i:i + chunk].max())) for i in range(0, padded.size, chunk)]
         out[name] = (padded, order, chunk_steps)
@@ -209,11 +216,14 @@ class Group:
         self.epoch += 1
         return np.asarray(loss), np.asarray(diverged)
 
-    def evaluate(self, split, params):
+    def evaluate(self, split, params, slots=None):
         """The metric of each slot's trial on `split` with `params` (the group's layout): float64[K], NaN for
-        empty slots (whose chunks of trials the program may skip)."""
+        empty slots and, where `slots` (bool[K]) is given, for the slots it leaves out (the program may skip
+        chunks of trials that are all left out: on a CPU, the test pass of the trials an epoch ended)."""
         arrays, order, chunk_steps = self.eval_splits[split]
         occupied = np.array([t is not None for t in self.slots])
+        if slots is not None:
+            occupied &= np.asarray(slots, bool)
         live = jax.device_put(occupied, self.shard)
         outs = []
         for start, steps in zip(range(0, arrays.size, self.eval_chunk), chunk_steps):

@@ -575,8 +575,8 @@ def _run_group(group, members, max_epochs, patience, on_epoch, saved=None, saver
                 ended.append((slot, "done"))
         # A trial that diverged after a finite validation keeps its best epoch's parameters and metrics, as early
         # stopping would (its validation never improves again): DESIGN §3's test metric of the best epoch.
-        scored = any(np.isfinite(best_val[slot]) for slot, _ in ended)
-        test = group.evaluate("test", group.best) if scored else None
+        scored = [slot for slot, _ in ended if np.isfinite(best_val[slot])]
+        test = group.evaluate("test", group.best, np.isin(np.arange(k), scored)) if scored else None
         for slot, status in ended:
             trial = group.slots[slot]
             n_params = nets.count_params(trial.variant, spec.kind, group.n_in, trial.hidden_size, spec.n_out)

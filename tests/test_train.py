@@ -1102,6 +1102,42 @@ def test_checkpoints_regroup_moves_trials_between_files_and_keeps_the_rest(tmp_p
                         "d.npz": {2: (1, [21.0] * 3), 3: (2, [32.0] * 3)}}
 
 
+def test_the_test_pass_evaluates_the_trials_that_ended_only(uninterrupted_run, monkeypatch):
+    """With validation metrics scripted so that trial i improves until epoch 2 + i % 2 (patience 1: it ends at
+    3 + i % 2, beside trials that go on), each test pass is asked for the slots of the trials that epoch ended
+    only (before, every occupied slot: on a CPU the chunks of trials still training were evaluated and thrown
+    away), and each trial's test metric is that pass's."""
+    splits = uninterrupted_run[0]
+    asked, original = [], train.Group.evaluate
+
+    def evaluate(self, split, params, slots=None):
+        out = original(self, split, params, slots)
+        if split == "valid":
+            for i, t in enumerate(self.slots):
+                if t is not None:
+                    e = int(self.epoch[i])
+                    out[i] = 10.0 - e if e <= 2 + t.trial_id % 2 else 10.0 + e
+        else:
+            asked.append({self.slots[i].trial_id: out[i] for i in np.flatnonzero(np.isfinite(out))})
+        return out
+
+    monkeypatch.setattr(train.Group, "evaluate", evaluate)
+    events = []
+    got, _ = run_stopping(splits, events=events, max_epochs=10, patience=1)
+    assert all(got[t.trial_id].epochs == 3 + t.trial_id % 2 for t in CKPT_TRIALS)
+    by_epoch, current = [], []  # the trials each group epoch ended
+    for event in events:
+        if event == ("group_epoch",):
+            if current:
+                by_epoch.append(sorted(current))
+            current = []
+        elif event[0] == "result":
+            current.append(event[1])
+    assert [sorted(a) for a in asked] == by_epoch and sum(map(len, asked)) == len(CKPT_TRIALS)
+    assert any(len(group) < 3 for group in by_epoch)  # trials ended beside others that went on
+    assert all(got[i].test_metric == a[i] for a in asked for i in a)
+
+
 def test_checkpoints_of_other_settings_or_other_trials_are_refused(uninterrupted_run, tmp_path):
     splits, _, _, _ = uninterrupted_run
     ck = checkpoints.Checkpoints(tmp_path / "ck", every_seconds=0)
@@ -1122,18 +1158,9 @@ def test_checkpoints_of_other_settings_or_other_trials_are_refused(uninterrupted
     assert ck.epochs(), "a refused run leaves the checkpoints alone"
 
 
-def test_the_groups_character_error_rate_is_the_decoded_edit_distance_of_each_trial(x64):
-    """IAM-OnDB's evaluation in the trainer's group (the mixed program, trials padded to the bucket, sequences
-    in chunks sorted by length) against best-path decoding and an edit distance per sequence in plain Python,
-    with weights large enough that the nets emit characters (a trained-for-epochs tiny net emits only blanks,
-    so its CER is 100 % whatever the evaluation does)."""
-    spec = tasks_module.get_task("iam_online")
-    splits = make_splits("iam_online", seed=9, sizes=(2, 9, 2), lengths=(4, 7))
-    arrays = {n: tasks_module.to_arrays(spec, split, np.float64) for n, split in splits.items()}
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
-    group = train.Group(spec, train.MIXED, 5, 2, arrays, 4, mesh, 4, np.dtype(np.float64))
-    trials = [train.Trial(0, "V", 5, 1e-2, 0.5, 0.0, seed=1), train.Trial(1, "CIFG", 3, 1e-2, 0.5, 0.0, seed=2)]
-    rng = np.random.default_rng(10)
+def _emitting_nets(spec, trials, rng):
+    """IAM-OnDB nets with weights large enough to emit characters, and their states to fill a group with (as
+    saved trials: weights, zero velocity, best = weights)."""
     nets_of, saved = {}, {}
     for t in trials:
         template = nets.init_net(jax.random.PRNGKey(0), t.variant, "bi", 4, t.hidden_size, spec.n_out,
@@ -1145,12 +1172,60 @@ def test_the_groups_character_error_rate_is_the_decoded_edit_distance_of_each_tr
                                + [np.ravel(x) for x in leaves])
         saved[t.trial_id] = checkpoints.SavedTrial(dataclasses.asdict(t), 1, 0.0, 1, 0.0, state)
         nets_of[t.trial_id] = params
+    return nets_of, saved
+
+
+def test_the_groups_character_error_rate_is_the_decoded_edit_distance_of_each_trial(x64):
+    """IAM-OnDB's evaluation in the trainer's group (the mixed program, trials padded to the bucket, sequences
+    in chunks sorted by length) against best-path decoding and an edit distance per sequence in plain Python,
+    with weights large enough that the nets emit characters (a trained-for-epochs tiny net emits only blanks,
+    so its CER is 100 % whatever the evaluation does)."""
+    spec = tasks_module.get_task("iam_online")
+    splits = make_splits("iam_online", seed=9, sizes=(2, 9, 2), lengths=(4, 7))
+    arrays = {n: tasks_module.to_arrays(spec, split, np.float64) for n, split in splits.items()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+    group = train.Group(spec, train.MIXED, 5, 2, arrays, 4, mesh, 4, np.dtype(np.float64))
+    trials = [train.Trial(0, "V", 5, 1e-2, 0.5, 0.0, seed=1), train.Trial(1, "CIFG", 3, 1e-2, 0.5, 0.0, seed=2)]
+    nets_of, saved = _emitting_nets(spec, trials, np.random.default_rng(10))
     group.fill(trials, saved)
     got = group.evaluate("valid", group.state["params"])
     for t in trials:
         want = _ref_metric("iam_online", t.variant, nets_of[t.trial_id], splits["valid"])
         assert 0 < want != 100.0, want  # characters were emitted, some right
         assert got[t.trial_id] == pytest.approx(want, rel=1e-12), t.variant
+
+
+def test_validation_and_test_of_other_label_widths_share_one_evaluation_program(x64):
+    """IAM-OnDB's test lines with longer labels than the validation lines: the test pass runs the validation's
+    compiled program (before, their label widths made a second one, compiled in the training loop at the first
+    trial's end, where compile_ahead had not built it), with the same CERs as plain Python's; and a pass of some
+    slots only gives those slots' metrics (NaN elsewhere)."""
+    spec = tasks_module.get_task("iam_online")
+    splits = make_splits("iam_online", seed=9, sizes=(2, 4, 3), lengths=(4, 7))
+    trials = [train.Trial(0, "V", 5, 1e-2, 0.5, 0.0, seed=1), train.Trial(1, "NP", 3, 1e-2, 0.5, 0.0, seed=2)]
+    nets_of, saved = _emitting_nets(spec, trials, np.random.default_rng(11))
+    # test labels: what V's net emits on the line and three more characters (some right, all longer)
+    forward = _ref_forward("iam_online", "V", None)
+    test = []
+    for x, _ in _pairs("iam_online", splits["test"]):
+        best = np.asarray(forward(nets_of[0], jnp.asarray(x))).argmax(1)
+        hyp = [int(c) for k, c in enumerate(best) if c != 0 and (k == 0 or c != best[k - 1])]
+        test.append((x, np.array(hyp + [5, 9, 5], np.int32)))
+    splits["test"] = test
+    arrays = {n: tasks_module.to_arrays(spec, split, np.float64) for n, split in splits.items()}
+    assert arrays["test"].targets.shape[1] > arrays["valid"].targets.shape[1]
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("trials",))
+    group = train.Group(spec, train.MIXED, 5, 2, arrays, 4, mesh, 4, np.dtype(np.float64))
+    group.fill(trials, saved)
+    group.evaluate("valid", group.state["params"])
+    programs = group._eval_fn._cache_size()  # (the programs are shared with other groups of this setting)
+    got = group.evaluate("test", group.best)
+    assert group._eval_fn._cache_size() == programs, "the test pass compiled a program of its own"
+    want = [_ref_metric("iam_online", t.variant, nets_of[t.trial_id], splits["test"]) for t in trials]
+    assert 0 < want[0] < 100.0, want  # V's: the three extra characters wrong
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    some = group.evaluate("test", group.best, np.array([False, True]))
+    assert np.isnan(some[0]) and some[1] == got[1]
 
 
 @pytest.mark.parametrize("chunk", [1, 2, None])

@@ -34,12 +34,12 @@ _DISTRIBUTIONS = {
 # its earlier fingerprint (and resumes its workdir), any other value counts. One is not quite so: before
 # train.matmul_precision, a GPU with TF32 ran the products at TF32 (JAX's default), not float32; the study
 # warns when it resumes a store from then (experiments/study.py, the store's "products" meta row).
+_LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
+                 "train.matmul_precision": "float32", "search.draw_by_task": False, "train.order_stratum": 8}
 # Not a config field: the recipe version of the stand-in data a study trains on (`data.source` "standin"), in its
 # identity so that a study begun on one recipe's data is not resumed on another's; absent at 1, the version
 # of every study before it (their fingerprints stay).
 _STANDIN_RECIPE = "data.standin_recipe"
-_LATER_FIELDS = {"train.recurrent_dtype": "float32", "train.data_order": "per_trial",
-                 "train.matmul_precision": "float32", "search.draw_by_task": False, "train.order_stratum": 8}
 RECURRENT_DTYPES = ("float32", "bfloat16")
 DATA_ORDERS = ("per_trial", "shared", "strata")
 # Sequences per length stratum of data_order "strata" where config.train.order_stratum is absent
